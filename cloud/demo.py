@@ -1,0 +1,294 @@
+"""`tendril demo`: the whole loop on embedded defaults, faster than real time.
+
+Per site: a simulated house (edge.site) drives a real firmware meter node and is driven by
+a real firmware relay node (both MicroPython unix-port processes); the cloud side prices
+CAISO LMPs into tenders, schedules each relay with Pyomo + HiGHS, dispatches signed,
+expiring commands and ingests everything the devices say. One SimClock paces all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiomqtt
+import tendril_wire as wire
+
+from cloud.demo_broker import embedded_broker
+from cloud.demo_fleet import DemoSite, make_sites
+from cloud.demo_summary import DemoSummary, PricePoint, site_result
+from cloud.dispatch import Dispatcher
+from cloud.ingest import Ingestor
+from cloud.optimizer import schedule_relay
+from cloud.prices import PriceInterval, default_prices, prices_between
+from cloud.store import EmbeddedStore, InfluxSink, Sink
+from cloud.tenders import TenderConfig, build_tenders, tender_prices
+from edge.clock import SimClock
+
+log = logging.getLogger("tendril.demo")
+LOCAL = ZoneInfo("America/Los_Angeles")
+HOUR = 3600
+RT_STEP = 300
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    sites: int = 3
+    hours: float = 24.0
+    speed: float = 1200.0
+    start: str = "2024-03-15"  # local date; the bundled CAISO slice covers March 2024
+    out: Path = Path("tendril-demo")
+    broker: str | None = None  # mqtt://host:port; None = embedded amqtt
+    influx_url: str | None = None
+    influx_token: str = ""
+    influx_org: str = "tendril"
+    influx_bucket: str = "tendril"
+    pump_kw: float = 1.5
+    pump_hours: int = 6
+    telemetry_s: int = 60
+    progress: bool = True
+
+    def sim_start(self) -> float:
+        day = datetime.strptime(self.start, "%Y-%m-%d").replace(tzinfo=LOCAL)
+        return day.timestamp()
+
+
+@dataclass
+class Counters:
+    tenders: int = 0
+    commands: int = 0
+    plant_errors: int = 0
+    solve_s: list[float] = field(default_factory=list)
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    if not url.startswith("mqtt://"):
+        raise ValueError(f"broker URL must look like mqtt://host:port, got {url!r}")
+    host, _, port = url[len("mqtt://") :].partition(":")
+    if not host:
+        raise ValueError(f"broker URL has no host: {url!r}")
+    try:
+        return host, int(port or "1883")
+    except ValueError:
+        raise ValueError(f"broker URL has a bad port: {url!r}") from None
+
+
+def _rt_prices(start: float, end: float) -> list[PriceInterval]:
+    rt = prices_between(default_prices("RTM"), start, end)
+    if not rt:
+        raise ValueError("no real-time prices in the bundled data for this window (March 2024 only)")
+    return rt
+
+
+def _da_prices(start: float, end: float) -> list[PriceInterval]:
+    da = prices_between(default_prices("DAM"), start, end)
+    if not da:
+        raise ValueError("no day-ahead prices in the bundled data for this window (March 2024 only)")
+    return da
+
+
+async def _publish(client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+    await client.publish(topic, payload, qos=1)
+
+
+async def _tender_loop(
+    client: aiomqtt.Client, clock: SimClock, sites: list[DemoSite], rt: list[PriceInterval],
+    tconf: TenderConfig, end: float, counters: Counters,
+) -> None:
+    """Every 5 minutes of simulated time, each site gets its real-time buy and sell tenders."""
+    for interval in rt:
+        if interval.start >= end:
+            break
+        await clock.sleep_until(interval.start - 10)  # a tender precedes the interval it prices
+        for site in sites:
+            for tender in build_tenders(site.site, site.feeder, [interval], "RTM", clock.now(), tconf, RT_STEP):
+                await _publish(client, wire.tender_topic(site.site), wire.encode(wire.TENDER, tender))
+                counters.tenders += 1
+
+
+async def _dispatch_loop(
+    client: aiomqtt.Client, clock: SimClock, sites: list[DemoSite], dispatcher: Dispatcher,
+    start: float, end: float, counters: Counters,
+) -> None:
+    """At each hour boundary each relay is told its scheduled state, valid for that hour."""
+    hour = start
+    while hour < end:
+        await clock.sleep_until(hour)
+        index = int((hour - start) // HOUR)
+        for site in sites:
+            relay = site.schedule[index] if index < len(site.schedule) else 0
+            out = dispatcher.command(site.site, site.relay_device, relay, hour + HOUR, clock.now())
+            await _publish(client, out.topic, out.payload)
+            counters.commands += 1
+        hour += HOUR
+
+
+async def _plant_loop(clock: SimClock, sites: list[DemoSite], end: float, step_s: float, counters: Counters) -> None:
+    """The houses' physics: relay pins in, meter power out, every `step_s` simulated seconds."""
+    while clock.now() < end:
+        now = clock.now()
+        for site in sites:
+            try:
+                site.plant.step(now)
+            except OSError as exc:
+                counters.plant_errors += 1
+                log.warning("plant step for %s failed: %s", site.site, exc)
+        await clock.sleep(step_s)
+
+
+async def _progress_loop(
+    clock: SimClock, start: float, end: float, ingestor: Ingestor, dispatcher: Dispatcher, enabled: bool
+) -> None:
+    from tqdm import tqdm
+
+    total_min = int((end - start) // 60)
+    with tqdm(total=total_min, unit="sim-min", disable=not enabled, dynamic_ncols=True) as bar:
+        while True:
+            done = min(total_min, int((clock.now() - start) // 60))
+            bar.update(done - bar.n)
+            bar.set_postfix(
+                ingested=ingestor.stats.written,
+                acked=dispatcher.stats.acked_ok,
+                sim=datetime.fromtimestamp(min(clock.now(), end), LOCAL).strftime("%m-%d %H:%M"),
+            )
+            if done >= total_min:
+                return
+            await asyncio.sleep(0.25)
+
+
+def _plan(sites: list[DemoSite], da: list[PriceInterval], tconf: TenderConfig, cfg: DemoConfig,
+          counters: Counters) -> None:
+    """Day-ahead: price each site's hourly tenders, then schedule its pump with Pyomo + HiGHS."""
+    for site in sites:
+        buys = [tender_prices(p.lmp_usd_per_mwh, p.start, tconf, site.feeder_load_ratio)[0] for p in da]
+        t0 = time.perf_counter()
+        hours_needed = min(cfg.pump_hours, len(buys))
+        sched = schedule_relay(buys, HOUR, cfg.pump_kw, hours_needed)
+        counters.solve_s.append(time.perf_counter() - t0)
+        site.schedule = list(sched.on)
+        site.da_buy = buys
+
+
+async def run_demo(cfg: DemoConfig, on_line: Callable[[str], None] = print) -> DemoSummary:
+    start = cfg.sim_start()
+    end = start + cfg.hours * HOUR
+    da = _da_prices(start, end)
+    rt = _rt_prices(start, end)
+    tconf = TenderConfig()
+    out = cfg.out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+    broker = None
+    if cfg.broker:
+        host, port = parse_mqtt_url(cfg.broker)
+    else:
+        broker = embedded_broker()
+        await broker.start()
+        host, port = broker.host, broker.port
+
+    sink: Sink
+    store: EmbeddedStore | None = None
+    if cfg.influx_url:
+        sink = InfluxSink(cfg.influx_url, cfg.influx_token, cfg.influx_org, cfg.influx_bucket)
+    else:
+        store = EmbeddedStore(out / "telemetry.lp")
+        sink = store
+
+    keys: dict[tuple[str, str], bytes] = {}
+    sites = make_sites(cfg.sites, out, start, cfg.pump_kw * 1000.0)
+    for site in sites:
+        for device in (site.meter_device, site.relay_device):
+            keys[(site.site, device)] = secrets.token_bytes(32)  # per device, per run: no key in the repo
+    dispatcher = Dispatcher(keys)
+    counters = Counters()
+    _plan(sites, da, tconf, cfg, counters)
+
+    acks_seen: list[dict[str, Any]] = []
+
+    def on_message(site: str, device: str, kind: str, msg: dict[str, Any]) -> None:
+        if kind == wire.ACK:
+            dispatcher.on_ack(site, device, msg)
+            acks_seen.append(msg)
+
+    ingestor = Ingestor(host, port, sink, on_message=on_message)
+    stop = asyncio.Event()
+    ingest_task = asyncio.create_task(ingestor.run(stop))
+    await asyncio.wait_for(ingestor.ready.wait(), timeout=30)
+
+    # The clock starts once the cloud listens, so no early telemetry is lost to a cold start.
+    clock = SimClock(sim_origin=start - 30, speed=cfg.speed)
+    for site in sites:
+        site.start_firmware(host, port, keys, clock.env_value(), cfg.telemetry_s)
+    wall0 = time.monotonic()
+    try:
+        async with aiomqtt.Client(host, port, identifier=f"tendril-cloud-{secrets.token_hex(3)}") as client:
+            tasks = [
+                asyncio.create_task(_tender_loop(client, clock, sites, rt, tconf, end, counters)),
+                asyncio.create_task(_dispatch_loop(client, clock, sites, dispatcher, start, end, counters)),
+                asyncio.create_task(_plant_loop(clock, sites, end, 10.0, counters)),
+                asyncio.create_task(_progress_loop(clock, start, end, ingestor, dispatcher, cfg.progress)),
+            ]
+            await clock.sleep_until(end)
+            # let the last telemetry and acks arrive
+            await asyncio.sleep(max(1.0, 3 * cfg.telemetry_s / cfg.speed))
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        for site in sites:
+            site.stop_firmware()
+        await asyncio.sleep(0.5)
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ingest_task, timeout=15)
+        await sink.close()
+        if broker is not None:
+            await broker.stop()
+
+    wall = time.monotonic() - wall0
+    summary = DemoSummary(
+        sim_hours=cfg.hours,
+        wall_seconds=round(wall, 2),
+        messages_ingested=ingestor.stats.written,
+        messages_rejected=sum(ingestor.stats.rejected.values()),
+        tenders_issued=counters.tenders,
+        commands_sent=dispatcher.stats.sent,
+        commands_acked=dispatcher.stats.acked_ok,
+        commands_refused=sum(dispatcher.stats.refused.values()),
+        relay_switches=0,
+        firmware_nodes=2 * len(sites),
+    )
+    if store is not None:
+        for site in sites:
+            prices = [
+                PricePoint(p.start, p.duration_s, tender_prices(p.lmp_usd_per_mwh, p.start, tconf,
+                                                                site.feeder_load_ratio)[0])
+                for p in rt
+            ]
+            meter = [(pt.ts_ns / 1e9, float(pt.fields["energy_wh"]))
+                     for pt in store.points("meter", site=site.site)]
+            relay = [(pt.ts_ns / 1e9, int(pt.fields["relay"])) for pt in store.points("relay", site=site.site)]
+            summary.sites.append(site_result(site.site, meter, relay, prices))
+        summary.relay_switches = sum(s.relay_switches for s in summary.sites)
+    (out / "summary.json").write_text(summary.to_json())
+    return summary
+
+
+def format_window(cfg: DemoConfig) -> str:
+    s = datetime.fromtimestamp(cfg.sim_start(), LOCAL)
+    e = s + timedelta(hours=cfg.hours)
+    return f"{s:%Y-%m-%d %H:%M} -> {e:%Y-%m-%d %H:%M} America/Los_Angeles"
