@@ -147,20 +147,23 @@ async def _plant_loop(clock: SimClock, sites: list[DemoSite], end: float, step_s
 
 
 async def _progress_loop(
-    clock: SimClock, start: float, end: float, ingestor: Ingestor, dispatcher: Dispatcher, enabled: bool
+    clock: SimClock, start: float, end: float, ingestor: Ingestor, dispatcher: Dispatcher, bar_enabled: bool
 ) -> None:
+    """A progress bar on a terminal; otherwise (CI, pipes) a line every 10 % of the run."""
     from tqdm import tqdm
 
     total_min = int((end - start) // 60)
-    with tqdm(total=total_min, unit="sim-min", disable=not enabled, dynamic_ncols=True) as bar:
+    next_line = 0.1
+    with tqdm(total=total_min, unit="sim-min", disable=not bar_enabled, dynamic_ncols=True) as bar:
         while True:
             done = min(total_min, int((clock.now() - start) // 60))
             bar.update(done - bar.n)
-            bar.set_postfix(
-                ingested=ingestor.stats.written,
-                acked=dispatcher.stats.acked_ok,
-                sim=datetime.fromtimestamp(min(clock.now(), end), LOCAL).strftime("%m-%d %H:%M"),
-            )
+            sim = datetime.fromtimestamp(min(clock.now(), end), LOCAL).strftime("%m-%d %H:%M")
+            bar.set_postfix(ingested=ingestor.stats.written, acked=dispatcher.stats.acked_ok, sim=sim)
+            if not bar_enabled and done >= next_line * total_min:
+                print(f"  {next_line:4.0%}  sim {sim}  ingested {ingestor.stats.written}  "
+                      f"commands acked {dispatcher.stats.acked_ok}", flush=True)
+                next_line += 0.1
             if done >= total_min:
                 return
             await asyncio.sleep(0.25)

@@ -6,12 +6,13 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cloud.demo import DemoConfig, format_window, run_demo
 
 
-def _positive(kind: type[float] | type[int], name: str):  # type: ignore[no-untyped-def]
+def _positive(kind: type[float] | type[int], name: str) -> Callable[[str], float | int]:
     def parse(text: str) -> float | int:
         try:
             value = kind(text)
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="InfluxDB token (env TENDRIL_INFLUX_TOKEN)")
     p.add_argument("--influx-org", default=d.influx_org, help=f"InfluxDB org (default {d.influx_org})")
     p.add_argument("--influx-bucket", default=d.influx_bucket, help=f"InfluxDB bucket (default {d.influx_bucket})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="print progress as plain lines instead of a bar (automatic when not on a terminal)")
     p.set_defaults(func=main)
 
 
@@ -60,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
         sites=args.sites, hours=args.hours, speed=args.speed, start=args.start, out=args.out,
         broker=args.broker, influx_url=args.influx_url, influx_token=args.influx_token,
         influx_org=args.influx_org, influx_bucket=args.influx_bucket,
-        progress=not args.no_progress and sys.stderr.isatty() or bool(os.environ.get("TENDRIL_PROGRESS")),
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
     try:
         window = format_window(cfg)
