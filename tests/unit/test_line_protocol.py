@@ -51,9 +51,7 @@ def test_names_and_tag_values_that_cannot_be_written_are_refused(bad: str) -> No
         lp.format_line(LinePoint(bad, {}, {"x": 1.0}, 0))
 
 
-@pytest.mark.parametrize(
-    "value", [float("nan"), float("inf"), 2**63, -(2**63) - 1, "line\nbreak", "nul\x00"]
-)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 2**63, -(2**63) - 1, "line\nbreak", "nul\x00"])
 def test_unwritable_field_values_are_refused(value: lp.FieldValue) -> None:
     with pytest.raises(LineProtocolError):
         lp.format_line(LinePoint("m", {}, {"x": value}, 0))
@@ -90,8 +88,16 @@ def test_lines_outside_our_dialect_are_rejected(line: str) -> None:
 
 def test_parser_reads_every_boolean_spelling_and_scientific_floats() -> None:
     point = lp.parse_line("m a=t,b=FALSE,c=True,d=f,e=1e+20,f=-2.5E-3,g=.5,h=7 9")
-    assert point.fields == {"a": True, "b": False, "c": True, "d": False, "e": 1e20, "f": -0.0025,
-                            "g": 0.5, "h": 7.0}
+    assert point.fields == {
+        "a": True,
+        "b": False,
+        "c": True,
+        "d": False,
+        "e": 1e20,
+        "f": -0.0025,
+        "g": 0.5,
+        "h": 7.0,
+    }
     assert all(isinstance(point.fields[k], float) for k in "efgh")
 
 
@@ -133,41 +139,65 @@ def test_meter_telemetry() -> None:
     msg = validated(wire.TELEMETRY, raw)
     line = lp.message_to_line("site-1", "meter_a", wire.TELEMETRY, msg, RECEIVED)
     # power_w arrived as a JSON integer and is still stored as a float (fixed field types).
-    assert line == ("meter,device=meter_a,site=site-1 "
-                    "seq=41i,power_w=1500.0,energy_wh=10.25,unsynced=true 1717000000123000000")
+    assert line == (
+        "meter,device=meter_a,site=site-1 "
+        "seq=41i,power_w=1500.0,energy_wh=10.25,unsynced=true 1717000000123000000"
+    )
 
 
 def test_relay_telemetry() -> None:
     msg = validated(wire.TELEMETRY, wire.telemetry_relay(7, 1717000001, 1, 850))
     point = lp.message_to_point("s", "pool", wire.TELEMETRY, msg, RECEIVED)
-    assert point == LinePoint(lp.MEASUREMENT_RELAY, {"site": "s", "device": "pool"},
-                              {"seq": 7, "relay": 1, "load_w": 850.0}, 1717000001_000_000_000)
+    assert point == LinePoint(
+        lp.MEASUREMENT_RELAY,
+        {"site": "s", "device": "pool"},
+        {"seq": 7, "relay": 1, "load_w": 850.0},
+        1717000001_000_000_000,
+    )
     assert isinstance(point.fields["relay"], int)
     assert isinstance(point.fields["load_w"], float)
 
 
 def test_state() -> None:
-    msg = validated(wire.STATE, {"v": 1, "seq": 3, "ts": 1717000002.5, "fw": "1.2.0", "uptime_s": 120,
-                                 "free_heap": 51234, "queue": 2, "dropped": 0, "reconnects": 1,
-                                 "relay": 0, "boot": "power_on"})
+    msg = validated(
+        wire.STATE,
+        {
+            "v": 1,
+            "seq": 3,
+            "ts": 1717000002.5,
+            "fw": "1.2.0",
+            "uptime_s": 120,
+            "free_heap": 51234,
+            "queue": 2,
+            "dropped": 0,
+            "reconnects": 1,
+            "relay": 0,
+            "boot": "power_on",
+        },
+    )
     line = lp.message_to_line("s", "d", wire.STATE, msg, RECEIVED)
-    assert line == ('device_state,device=d,site=s seq=3i,fw="1.2.0",uptime_s=120.0,free_heap=51234i,'
-                    'queue=2i,dropped=0i,reconnects=1i,relay=0i,boot="power_on" 1717000002500000000')
+    assert line == (
+        'device_state,device=d,site=s seq=3i,fw="1.2.0",uptime_s=120.0,free_heap=51234i,'
+        'queue=2i,dropped=0i,reconnects=1i,relay=0i,boot="power_on" 1717000002500000000'
+    )
 
 
 def test_ack() -> None:
     msg = validated(wire.ACK, wire.ack("cmd-9", 12, 1717000003.001, False, wire.REFUSE_EXPIRED, 1))
     line = lp.message_to_line("s", "d", wire.ACK, msg, RECEIVED)
-    assert line == ('command_ack,device=d,site=s id="cmd-9",seq=12i,ok=false,reason="expired",relay=1i '
-                    "1717000003001000000")
+    assert line == (
+        'command_ack,device=d,site=s id="cmd-9",seq=12i,ok=false,reason="expired",relay=1i '
+        "1717000003001000000"
+    )
 
 
 @pytest.mark.parametrize(("online", "value"), [(True, 1), (False, 0)])
 def test_status_is_stamped_with_the_receive_time(online: bool, value: int) -> None:
     msg = wire.decode(wire.STATUS, wire.status_payload(online))
     point = lp.message_to_point("s", "d", wire.STATUS, msg, RECEIVED)
-    assert point == LinePoint(lp.MEASUREMENT_STATUS, {"site": "s", "device": "d"}, {"online": value},
-                              1717000100_250_000_000)
+    assert point == LinePoint(
+        lp.MEASUREMENT_STATUS, {"site": "s", "device": "d"}, {"online": value}, 1717000100_250_000_000
+    )
 
 
 @pytest.mark.parametrize("kind", [wire.CMD, wire.TENDER])
@@ -217,8 +247,9 @@ def test_field_tables_follow_the_contract(kind: str, table: dict[str, type]) -> 
 
 # ------------------------------------------------------------------ round trip
 
-_name = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\\"), min_size=1,
-                max_size=12)
+_name = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\\"), min_size=1, max_size=12
+)
 _value = st.one_of(
     st.booleans(),
     st.integers(min_value=lp.INT64_MIN, max_value=lp.INT64_MAX),
