@@ -111,7 +111,8 @@ async def _tender_loop(
             break
         await clock.sleep_until(interval.start - 10)  # a tender precedes the interval it prices
         for site in sites:
-            for tender in build_tenders(site.site, site.feeder, [interval], "RTM", clock.now(), tconf, RT_STEP):
+            for tender in build_tenders(site.site, site.feeder, [interval], "RTM", clock.now(), tconf, RT_STEP,
+                                        feeder_load_ratio=site.feeder_load_ratio):
                 await _publish(client, wire.tender_topic(site.site), wire.encode(wire.TENDER, tender))
                 counters.tenders += 1
 
@@ -176,7 +177,8 @@ def _plan(sites: list[DemoSite], da: list[PriceInterval], tconf: TenderConfig, c
         buys = [tender_prices(p.lmp_usd_per_mwh, p.start, tconf, site.feeder_load_ratio)[0] for p in da]
         t0 = time.perf_counter()
         hours_needed = min(cfg.pump_hours, len(buys))
-        sched = schedule_relay(buys, HOUR, cfg.pump_kw, hours_needed)
+        # Two starts a day keeps the pump from short-cycling across cheap hours.
+        sched = schedule_relay(buys, HOUR, cfg.pump_kw, hours_needed, max_starts=2)
         counters.solve_s.append(time.perf_counter() - t0)
         site.schedule = list(sched.on)
         site.da_buy = buys
