@@ -180,3 +180,100 @@ def running(kind: str) -> Iterator[Server]:
         if os.environ.get("TENDRIL_KEEP_SERVER_DIRS") != "1":
             shutil.rmtree(workdir, ignore_errors=True)
 
+
+
+# ------------------------------------------------------------------------------------ PostgreSQL
+
+PG_USER = "tendril"
+PG_DATABASE = "tendril"
+
+
+def _postgres_bin_dir() -> Path:
+    """Newest Debian PostgreSQL server install (postgresql-NN puts binaries outside PATH)."""
+    found = shutil.which("postgres")
+    if found and (Path(found).resolve().parent / "initdb").exists():
+        return Path(found).resolve().parent  # /usr/local/bin links point into the versioned folder
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                      key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    if not versions:
+        raise ServerUnavailable("postgres not found: install the Debian package 'postgresql' "
+                                "(apt-get install postgresql)")
+    return versions[-1].parent
+
+
+def _as_postgres_user(argv: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root; as root, drop to the `postgres` system user (setpriv execs,
+    so signals reach the server itself)."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = find_binary("setpriv", "util-linux")
+    return [setpriv, "--reuid=postgres", "--regid=postgres", "--init-groups", "--", *argv]
+
+
+@dataclass
+class Postgres(Server):
+    user: str = PG_USER
+    database: str = PG_DATABASE
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL (psycopg 3 driver); trust auth, loopback only."""
+        return f"postgresql+psycopg://{self.user}@{LOOPBACK}:{self.port}/{self.database}"
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        # SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client to leave;
+        # SIGINT is "fast": roll back open sessions and stop.
+        super().stop(sig)
+
+
+def start_postgres(workdir: Path) -> Postgres:
+    """A throwaway PostgreSQL cluster in `workdir` on a free loopback port, database `tendril`."""
+    bindir = _postgres_bin_dir()
+    port = free_port()
+    pgroot = workdir / "pg"
+    pgroot.mkdir(exist_ok=True)
+    data, sockets = pgroot / "data", pgroot / "sock"
+    sockets.mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            raise ServerUnavailable("no 'postgres' system user to run the server as: install the Debian "
+                                    "package 'postgresql' (it creates the user)") from None
+        workdir.chmod(0o711)  # the server user must reach its own folders, nothing else
+        for path in (pgroot, sockets):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+    initdb = [str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust",
+              "--encoding=UTF8", "--locale=C", "--no-sync"]
+    done = subprocess.run(_as_postgres_user(initdb), capture_output=True, text=True, timeout=120, cwd=pgroot)
+    if done.returncode != 0:
+        raise RuntimeError(f"initdb failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    argv = _as_postgres_user([
+        str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+        "-c", f"listen_addresses={LOOPBACK}", "-c", f"unix_socket_directories={sockets}",
+        # a test database: durability is not what is under test, speed of setup is
+        "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+    ])
+    server = Postgres("postgres", port, workdir, argv, port)
+    server.start()
+    try:
+        _create_database(bindir, port, server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _create_database(bindir: Path, port: int, server: Postgres, timeout: float = 30.0) -> None:
+    # The port opens before the server accepts sessions; retry until createdb gets through.
+    deadline = time.monotonic() + timeout
+    argv = [str(bindir / "createdb"), "-h", LOOPBACK, "-p", str(port), "-U", PG_USER, PG_DATABASE]
+    while True:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"createdb failed: {done.stderr.strip()[-300:]}\n{server.log_tail()}")
+        time.sleep(0.1)

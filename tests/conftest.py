@@ -52,6 +52,22 @@ def victoria() -> Iterator[servers.VictoriaMetrics]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.fixture()
+def postgres() -> Iterator[servers.Postgres]:
+    """A fresh PostgreSQL cluster per test, database `tendril`; `.url` is a SQLAlchemy URL."""
+    workdir = Path(tempfile.mkdtemp(prefix="tendril-pg-"))
+    try:
+        server = servers.start_postgres(workdir)
+    except servers.ServerUnavailable as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if REQUIRE:
+            pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def micropython_binary() -> str:
     found = shutil.which("micropython")
     if found:
