@@ -1,0 +1,98 @@
+# Node configuration: the JSON object a board loads (config.json on flash, or the file
+# named by TENDRIL_FW_CONFIG on the unix port), checked once at boot with clear errors.
+
+import binascii
+
+import tendril_wire as tw
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+REQUIRED = ("site", "device", "type", "broker_host", "broker_port", "key_hex")
+
+# Optional keys and their defaults. Durations in *_s are device seconds except
+# keepalive_s, ack_timeout_s and reconnect_max_s, which are real (network) seconds.
+DEFAULTS = {
+    "telemetry_s": 10.0,
+    "state_s": 60.0,
+    "sample_s": None,  # meter sampling period; None = once per telemetry
+    "keepalive_s": 30,
+    "ack_timeout_s": 5.0,
+    "reconnect_max_s": 30.0,
+    "queue_max": 256,
+    "power_file": None,
+    "relay_file": None,
+    "relay_load_w": 0.0,
+    "min_on_s": 0.0,
+    "min_off_s": 0.0,
+    "safe_default": 0,
+    "fw_version": "0.0.0",
+    "username": None,
+    "password": None,
+    "board": {},  # board-specific settings (Wi-Fi, pins), checked by the board itself
+}  # type: dict[str, Any]
+
+_NUMBERS = ("telemetry_s", "state_s", "ack_timeout_s", "reconnect_max_s", "relay_load_w",
+            "min_on_s", "min_off_s")
+_POSITIVE = ("telemetry_s", "state_s", "ack_timeout_s", "reconnect_max_s")
+_INTS = ("broker_port", "keepalive_s", "queue_max", "safe_default")
+_STRINGS = ("broker_host", "key_hex", "fw_version")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _is_num(value):
+    # type: (Any) -> bool
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse(raw):
+    # type: (Any) -> dict[str, Any]
+    """Checked config with defaults filled in and `key` (bytes) decoded from key_hex."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a JSON object")
+    for name in raw:
+        if name not in REQUIRED and name not in DEFAULTS:
+            raise ConfigError("unknown config key %r" % (name,))
+    for name in REQUIRED:
+        if name not in raw:
+            raise ConfigError("missing config key %r" % (name,))
+    cfg = dict(DEFAULTS)
+    cfg.update(raw)
+    for name in _NUMBERS:
+        if not _is_num(cfg[name]) or cfg[name] < 0:
+            raise ConfigError("%s must be a number >= 0, got %r" % (name, cfg[name]))
+    for name in _POSITIVE:
+        if not cfg[name] > 0:
+            raise ConfigError("%s must be > 0" % name)
+    for name in _INTS:
+        if not isinstance(cfg[name], int) or isinstance(cfg[name], bool) or cfg[name] < 0:
+            raise ConfigError("%s must be an integer >= 0, got %r" % (name, cfg[name]))
+    for name in _STRINGS:
+        if not isinstance(cfg[name], str) or not cfg[name]:
+            raise ConfigError("%s must be a non-empty string" % name)
+    try:
+        tw.check_id(cfg["site"], "site")
+        tw.check_id(cfg["device"], "device")
+    except tw.ContractError as exc:
+        raise ConfigError("bad site/device id: %s" % exc)
+    if cfg["type"] not in tw.DEVICE_TYPES:
+        raise ConfigError("type must be one of %r" % (tw.DEVICE_TYPES,))
+    if cfg["safe_default"] not in (0, 1):
+        raise ConfigError("safe_default must be 0 or 1")
+    if cfg["sample_s"] is not None and (not _is_num(cfg["sample_s"]) or cfg["sample_s"] <= 0):
+        raise ConfigError("sample_s must be a number > 0")
+    if cfg["keepalive_s"] > 65535 or not 0 < cfg["broker_port"] < 65536 or cfg["queue_max"] < 1:
+        raise ConfigError("keepalive_s, broker_port or queue_max out of range")
+    if not isinstance(cfg["board"], dict):
+        raise ConfigError("board must be a JSON object")
+    try:
+        cfg["key"] = binascii.unhexlify(cfg["key_hex"])
+    except ValueError:
+        raise ConfigError("key_hex is not hexadecimal")
+    if len(cfg["key"]) < 16:
+        raise ConfigError("key must be at least 16 bytes")
+    return cfg

@@ -1,0 +1,141 @@
+# Relay node logic: decide on signed, expiring commands; fall back to a safe state.
+#
+# Pure: every call takes `now` (device unix seconds) and returns a decision; the
+# node applies the output. A refused command leaves the relay exactly as it was.
+
+import json
+
+import tendril_wire as tw
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+SEEN_IDS = 32  # how many accepted command ids are remembered against replay
+
+
+class RelayNode:
+    def __init__(self, key, now, safe_default=0, min_on_s=0.0, min_off_s=0.0, rated_load_w=0.0):
+        # type: (bytes, float, int, float, float, float) -> None
+        if safe_default not in (0, 1):
+            raise ValueError("safe_default must be 0 or 1")
+        self.key = key
+        self.safe_default = safe_default
+        self.min_on_s = min_on_s
+        self.min_off_s = min_off_s
+        self.rated_load_w = rated_load_w
+        self.relay = safe_default
+        # Boot counts as a switch into the safe state: after a power blip the
+        # anti-short-cycle timers protect the load (e.g. a compressor) too.
+        self.last_change = now
+        self.switches = 0
+        self.last_seq = None  # type: int | None
+        self.seen_ids = []  # type: list[str]
+        self.expires = None  # type: float | None  # expiry of the command in force
+        self.seq = 0
+
+    # ------------------------------------------------------------ commands
+
+    def handle_payload(self, now, site, device, payload):
+        # type: (float, str, str, bytes) -> dict[str, Any]
+        """Like handle_command, for raw MQTT payload bytes."""
+        try:
+            cmd = json.loads(payload)
+        except (ValueError, UnicodeError):
+            cmd = None
+        if not isinstance(cmd, dict):
+            return self._ack(now, {}, False, tw.REFUSE_INVALID)
+        return self.handle_command(now, site, device, cmd)
+
+    def handle_command(self, now, site, device, cmd):
+        # type: (float, str, str, dict[str, Any]) -> dict[str, Any]
+        """Apply or refuse one command; returns the ack record (tendril_wire.ack)."""
+        reason = self._refusal(now, site, device, cmd)
+        if reason is not None:
+            return self._ack(now, cmd, False, reason)
+        target = cmd["relay"]
+        if target != self.relay:
+            self.relay = target
+            self.last_change = now
+            self.switches += 1
+        self.last_seq = cmd["seq"]
+        self.seen_ids.append(cmd["id"])
+        if len(self.seen_ids) > SEEN_IDS:
+            self.seen_ids.pop(0)
+        self.expires = cmd["expires"]
+        return self._ack(now, cmd, True, tw.ACCEPTED)
+
+    def _refusal(self, now, site, device, cmd):
+        # type: (float, str, str, dict[str, Any]) -> str | None
+        try:
+            tw.validate(tw.CMD, cmd)
+        except tw.ContractError:
+            return tw.REFUSE_INVALID
+        if not tw.verify_command(self.key, site, device, cmd):
+            return tw.REFUSE_BAD_SIG
+        if now >= cmd["expires"]:
+            return tw.REFUSE_EXPIRED
+        if cmd["id"] in self.seen_ids or cmd["seq"] == self.last_seq:
+            return tw.REFUSE_REPLAYED
+        if self.last_seq is not None and cmd["seq"] < self.last_seq:
+            return tw.REFUSE_OUT_OF_ORDER
+        return self._short_cycle(now, cmd["relay"])
+
+    def _short_cycle(self, now, target):
+        # type: (float, int) -> str | None
+        """The anti-short-cycle reason that forbids switching to `target` now, if any."""
+        if target == self.relay:
+            return None
+        if target == 1 and now - self.last_change < self.min_off_s:
+            return tw.REFUSE_MIN_OFF
+        if target == 0 and now - self.last_change < self.min_on_s:
+            return tw.REFUSE_MIN_ON
+        return None
+
+    def _ack(self, now, cmd, ok, reason):
+        # type: (float, dict[str, Any], bool, str) -> dict[str, Any]
+        cmd_id = cmd.get("id")
+        seq = cmd.get("seq")
+        if not isinstance(cmd_id, str) or len(cmd_id) > 64:
+            cmd_id = ""
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            seq = -1
+        return tw.ack(cmd_id, seq, now, ok, reason, self.relay)
+
+    # ------------------------------------------------------------ safe default
+
+    def deadline(self):
+        # type: () -> float | None
+        """Device time at which tick() will fall back to the safe state, if one is pending."""
+        if self.expires is None:
+            return None
+        if self.relay == self.safe_default:
+            return self.expires
+        hold = self.min_off_s if self.relay == 0 else self.min_on_s
+        return max(self.expires, self.last_change + hold)
+
+    def tick(self, now):
+        # type: (float) -> bool
+        """Fall back to safe_default once the command in force expired; True if the relay changed.
+
+        The fallback waits for the anti-short-cycle timer too: a safe state reached by
+        short-cycling the load would not be safe for the load.
+        """
+        if self.expires is None or now < self.expires:
+            return False
+        if self.relay == self.safe_default:
+            self.expires = None
+            return False
+        if self._short_cycle(now, self.safe_default) is not None:
+            return False
+        self.relay = self.safe_default
+        self.last_change = now
+        self.switches += 1
+        self.expires = None
+        return True
+
+    def telemetry(self, now):
+        # type: (float) -> dict[str, Any]
+        msg = tw.telemetry_relay(self.seq, now, self.relay, self.rated_load_w if self.relay else 0.0)
+        self.seq += 1
+        return msg
