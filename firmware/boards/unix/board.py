@@ -1,0 +1,107 @@
+# Board for the MicroPython unix port: the "hardware" is files shared with a plant
+# simulator, the clock may run faster than life, the network is always up.
+#
+#   TENDRIL_FW_CONFIG  path of the config JSON (see tendril_fw.config)
+#   TENDRIL_CLOCK      "real_origin,sim_origin,speed": now = sim_origin + (time.time() -
+#                      real_origin) * speed, and sleeping d device seconds takes d/speed real
+#                      seconds (edge/clock.py SimClock.env_value); absent = wall clock.
+#   power_file         (meter) the plant writes the current site power in W as text
+#   relay_file         (relay) this board writes "0" or "1", atomically, at boot and on change
+
+import asyncio
+import gc
+import json
+import os
+import random
+import time
+
+from tendril_fw import config
+
+
+def parse_clock(value):
+    # type: (str | None) -> tuple[float, float, float]
+    """(real_origin, sim_origin, speed); wall clock when unset."""
+    if not value:
+        return 0.0, 0.0, 1.0
+    try:
+        real_origin, sim_origin, speed = [float(part) for part in value.split(",")]
+    except ValueError:
+        raise config.ConfigError("TENDRIL_CLOCK must be 'real_origin,sim_origin,speed', got %r" % value)
+    if not speed > 0:
+        raise config.ConfigError("TENDRIL_CLOCK speed must be > 0")
+    return real_origin, sim_origin, speed
+
+
+class Board:
+    def __init__(self, config_path=None, clock=None):
+        # type: (str | None, str | None) -> None
+        path = config_path or os.getenv("TENDRIL_FW_CONFIG")
+        if not path:
+            raise config.ConfigError("set TENDRIL_FW_CONFIG to the path of the node's config JSON")
+        try:
+            with open(path) as f:
+                raw = json.load(f)
+        except OSError as exc:
+            raise config.ConfigError("cannot read config %s: %r" % (path, exc))
+        except ValueError as exc:
+            raise config.ConfigError("config %s is not JSON: %r" % (path, exc))
+        self.cfg = config.parse(raw)
+        if self.cfg["type"] == "meter" and not self.cfg["power_file"]:
+            raise config.ConfigError("a meter on the unix board needs power_file")
+        if self.cfg["type"] == "relay" and not self.cfg["relay_file"]:
+            raise config.ConfigError("a relay on the unix board needs relay_file")
+        self.real_origin, self.sim_origin, self.speed = parse_clock(
+            clock if clock is not None else os.getenv("TENDRIL_CLOCK"))
+        self.power_errors = 0
+        self._power = 0.0
+
+    def now(self):
+        # type: () -> float
+        return self.sim_origin + (time.time() - self.real_origin) * self.speed
+
+    async def sleep(self, device_seconds):
+        # type: (float) -> None
+        await asyncio.sleep(max(0.0, device_seconds) / self.speed)
+
+    def read_power(self):
+        # type: () -> float
+        """Current site power; a missing or garbled file keeps the last value (and is counted)."""
+        path = self.cfg["power_file"]
+        try:
+            with open(path) as f:
+                value = float(f.read().strip())
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError("not finite")
+        except (OSError, ValueError) as exc:
+            self.power_errors += 1
+            self.log("power_file %s unreadable (%r), keeping %s W (%d errors)" % (
+                path, exc, self._power, self.power_errors))
+            return self._power
+        self._power = value
+        return value
+
+    def set_relay(self, state):
+        # type: (int) -> None
+        # Write-then-rename so the plant never reads a half-written file.
+        path = self.cfg["relay_file"]
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("1" if state else "0")
+        os.rename(tmp, path)
+
+    def free_heap(self):
+        # type: () -> int | None
+        mem_free = getattr(gc, "mem_free", None)
+        return mem_free() if mem_free is not None else None
+
+    def random(self):
+        # type: () -> float
+        return random.random()
+
+    async def network_up(self):
+        # type: () -> None
+        return None
+
+    def log(self, text):
+        # type: (str) -> None
+        print("[%.3f] %s" % (self.now(), text))
