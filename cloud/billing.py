@@ -167,7 +167,8 @@ def monthly_bill(site: str, year: int, month: int, tariff: Tariff, metered: Sequ
         _traded("forward sells (accepted tenders)", _neg(cents(-sum(tx.cost_usd for tx in sells))),
                 kwh(-sum(tx.quantity_kwh for tx in sells))),
         _traded("ex-post buys (metered above position)", cents(expost.bought_usd), kwh(expost.bought_kwh)),
-        _traded("ex-post sells (metered below position)", _neg(cents(expost.sold_usd)), kwh(-expost.sold_kwh)),
+        _traded("ex-post sells (metered below position)", _neg(cents(expost.sold_usd)),
+                kwh(-expost.sold_kwh)),
     ]
     shadow = sub_total + _sum(transactive)
     credit = oat_total - shadow
