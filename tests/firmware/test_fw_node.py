@@ -1,0 +1,137 @@
+# Node plumbing that needs no broker: config checks, backoff, the producer's schedule
+# and the outbox overflow count, driven by a virtual device clock.
+
+import asyncio
+import json
+
+import tendril_wire as tw
+from tendril_fw import config
+from tendril_fw.node import Node, backoff_delay, next_due
+
+T0 = 1700000000.0
+
+
+def raw_config(**extra):
+    raw = {"site": "s1", "device": "m1", "type": "meter", "broker_host": "127.0.0.1",
+           "broker_port": 1, "key_hex": "00" * 16}
+    raw.update(extra)
+    return raw
+
+
+def config_error(raw):
+    try:
+        config.parse(raw)
+    except config.ConfigError as exc:
+        return str(exc)
+    raise AssertionError(f"config accepted: {raw!r}")
+
+
+def test_config_defaults_and_key():
+    cfg = config.parse(raw_config(telemetry_s=5))
+    assert cfg["key"] == b"\x00" * 16
+    assert cfg["telemetry_s"] == 5 and cfg["state_s"] == config.DEFAULTS["state_s"]
+
+
+def test_config_errors_name_the_problem():
+    assert "missing config key 'broker_host'" in config_error(
+        {k: v for k, v in raw_config().items() if k != "broker_host"})
+    assert "unknown config key 'colour'" in config_error(raw_config(colour="red"))
+    assert "telemetry_s" in config_error(raw_config(telemetry_s=0))
+    assert "telemetry_s" in config_error(raw_config(telemetry_s="5"))
+    assert "type" in config_error(raw_config(type="toaster"))
+    assert "site" in config_error(raw_config(site="Bad/Site"))
+    assert "key_hex" in config_error(raw_config(key_hex="zz"))
+    assert "at least 16" in config_error(raw_config(key_hex="00"))
+    assert "safe_default" in config_error(raw_config(safe_default=2))
+    assert "broker_port" in config_error(raw_config(broker_port=True))
+    assert "JSON object" in config_error([1])
+
+
+def test_backoff_grows_is_capped_and_jittered():
+    assert backoff_delay(0, 30, 0.0) == 0.25
+    assert backoff_delay(0, 30, 0.999) < 0.5
+    assert backoff_delay(3, 30, 0.0) == 2.0
+    assert backoff_delay(50, 30, 0.0) == 15.0
+    assert backoff_delay(50, 30, 0.9999) < 30.0
+
+
+def test_next_due_skips_missed_ticks():
+    assert next_due(100.0, 10.0, 105.0) == 110.0
+    assert next_due(100.0, 10.0, 137.0) == 147.0
+
+
+class _Stop(Exception):
+    pass
+
+
+class VirtualBoard:
+    """A device whose clock only moves when the node sleeps; stops the node at `end`."""
+
+    def __init__(self, end, power_w=1800.0):
+        self.t = T0
+        self.end = end
+        self.power_w = power_w
+        self.lines = []
+
+    def now(self):
+        return self.t
+
+    async def sleep(self, d):
+        if self.t + d > self.end:
+            raise _Stop()
+        self.t += d
+        await asyncio.sleep(0)
+
+    def read_power(self):
+        return self.power_w
+
+    def free_heap(self):
+        return 12345
+
+    def random(self):
+        return 0.5
+
+    def log(self, text):
+        self.lines.append(text)
+
+
+def run_producer(node):
+    try:  # noqa: SIM105 - MicroPython has no contextlib
+        asyncio.run(node._produce())
+    except _Stop:
+        pass
+
+
+def test_outbox_overflow_while_offline_drops_oldest_and_is_reported():
+    board = VirtualBoard(end=T0 + 200)
+    cfg = config.parse(raw_config(telemetry_s=10, state_s=1000, queue_max=5))
+    node = Node(board, cfg)
+    run_producer(node)
+    assert node.outbox.dropped == 15 and len(node.outbox) == 5
+    records = []
+    while len(node.outbox):
+        ident, payload = node.outbox.peek()
+        records.append(tw.decode(tw.TELEMETRY, payload))
+        node.outbox.remove_through(ident)
+    assert [r["seq"] for r in records] == [15, 16, 17, 18, 19]
+    assert [r["ts"] for r in records] == [T0 + 160, T0 + 170, T0 + 180, T0 + 190, T0 + 200]
+    assert abs(records[-1]["energy_wh"] - 1800.0 * 200 / 3600) < 1e-9
+    assert any("dropped oldest" in line for line in board.lines)
+    node._state(board.now())
+    state = tw.decode(tw.STATE, node._pending_state)
+    assert state["dropped"] == 15 and state["free_heap"] == 12345 and state["fw"] == "0.0.0"
+
+
+def test_state_records_follow_state_period():
+    board = VirtualBoard(end=T0 + 95)
+    node = Node(board, config.parse(raw_config(telemetry_s=1000, state_s=30)))
+    states = []
+    original = node._state
+
+    def capture(now):
+        original(now)
+        states.append(json.loads(node._pending_state)["ts"])
+
+    node._state = capture
+    run_producer(node)
+    assert states == [T0, T0 + 30, T0 + 60, T0 + 90]

@@ -1,0 +1,175 @@
+# Relay command decisions: every refusal reason leaves the relay exactly as it was.
+
+import json
+
+import tendril_wire as tw
+from tendril_fw.relay import RelayNode
+
+KEY = b"0123456789abcdef0123456789abcdef"
+SITE = "site-1"
+DEV = "pump-1"
+NOW = 1700000000.0
+
+
+def relay(safe_default=0, min_on_s=0.0, min_off_s=0.0):
+    return RelayNode(KEY, NOW, safe_default, min_on_s, min_off_s, 1500.0)
+
+
+def cmd(cmd_id, seq, state, expires=NOW + 300, issued=NOW, key=KEY, device=DEV):
+    return tw.make_command(key, SITE, device, cmd_id, seq, issued, expires, state)
+
+
+def snapshot(r):
+    return (r.relay, r.switches, r.last_change, r.last_seq, list(r.seen_ids), r.expires)
+
+
+def refused(r, now, command, reason):
+    before = snapshot(r)
+    ack = r.handle_command(now, SITE, DEV, command)
+    assert ack["ok"] is False, ack
+    assert ack["reason"] == reason, (ack, reason)
+    assert snapshot(r) == before, "a refused command changed the relay"
+    tw.encode(tw.ACK, ack)  # refusals are valid acks too
+    return ack
+
+
+def test_signed_command_switches_and_acks():
+    r = relay()
+    ack = r.handle_command(NOW + 1, SITE, DEV, cmd("c1", 1, 1))
+    assert ack == tw.ack("c1", 1, NOW + 1, True, tw.ACCEPTED, 1)
+    assert r.relay == 1 and r.switches == 1 and r.last_change == NOW + 1
+
+
+def test_command_that_changes_nothing_is_accepted():
+    r = relay()
+    ack = r.handle_command(NOW + 1, SITE, DEV, cmd("c1", 1, 0))
+    assert ack["ok"] is True and ack["reason"] == tw.ACCEPTED and ack["relay"] == 0
+    assert r.switches == 0
+
+
+def test_invalid_payloads_are_refused():
+    r = relay()
+    good = cmd("c1", 1, 1)
+    bad = []
+    for field in good:
+        partial = dict(good)
+        del partial[field]
+        bad.append(partial)
+    extra = dict(good)
+    extra["force"] = True
+    bad.append(extra)
+    for field, value in (("relay", 2), ("relay", True), ("seq", "1"), ("v", 2), ("id", ""),
+                         ("expires", float("nan"))):
+        broken = dict(good)
+        broken[field] = value
+        bad.append(broken)
+    for command in bad:
+        refused(r, NOW + 1, command, tw.REFUSE_INVALID)
+    for payload in (b"not json", b"[1, 2]", b"\xff\xfe", b"", b"null"):
+        before = snapshot(r)
+        ack = r.handle_payload(NOW + 1, SITE, DEV, payload)
+        assert ack["ok"] is False and ack["reason"] == tw.REFUSE_INVALID and ack["id"] == ""
+        assert snapshot(r) == before
+        tw.encode(tw.ACK, ack)
+    # and the untouched command still works
+    assert r.handle_payload(NOW + 1, SITE, DEV, json.dumps(good).encode())["ok"] is True
+
+
+def test_bad_signatures_are_refused():
+    r = relay()
+    tampered = cmd("c1", 1, 0)
+    tampered["relay"] = 1
+    other_key = cmd("c2", 2, 1, key=b"another-key-another-key-another!")
+    other_device = cmd("c3", 3, 1, device="pump-2")
+    short_sig = cmd("c4", 4, 1)
+    short_sig["sig"] = short_sig["sig"][:10]
+    for command in (tampered, other_key, other_device, short_sig):
+        refused(r, NOW + 1, command, tw.REFUSE_BAD_SIG)
+    assert r.relay == 0
+
+
+def test_expired_commands_are_refused():
+    r = relay()
+    refused(r, NOW + 300, cmd("c1", 1, 1, expires=NOW + 300), tw.REFUSE_EXPIRED)
+    refused(r, NOW + 301, cmd("c2", 2, 1, expires=NOW + 300), tw.REFUSE_EXPIRED)
+
+
+def test_replayed_commands_are_refused():
+    r = relay()
+    first = cmd("c1", 5, 1)
+    assert r.handle_command(NOW + 1, SITE, DEV, first)["ok"] is True
+    refused(r, NOW + 2, first, tw.REFUSE_REPLAYED)  # the very same message again
+    refused(r, NOW + 2, cmd("c2", 5, 0), tw.REFUSE_REPLAYED)  # new id, same seq
+    refused(r, NOW + 2, cmd("c1", 6, 0), tw.REFUSE_REPLAYED)  # old id, new seq
+    assert r.relay == 1
+
+
+def test_out_of_order_commands_are_refused():
+    r = relay()
+    assert r.handle_command(NOW + 1, SITE, DEV, cmd("c9", 9, 1))["ok"] is True
+    refused(r, NOW + 2, cmd("c8", 8, 0), tw.REFUSE_OUT_OF_ORDER)
+    assert r.handle_command(NOW + 3, SITE, DEV, cmd("c10", 10, 0))["ok"] is True
+
+
+def test_min_off_time_blocks_switching_on_too_soon():
+    r = relay(min_off_s=120)
+    refused(r, NOW + 60, cmd("c1", 1, 1), tw.REFUSE_MIN_OFF)  # boot counts as the last OFF
+    assert r.handle_command(NOW + 120, SITE, DEV, cmd("c2", 2, 1))["ok"] is True
+    assert r.handle_command(NOW + 130, SITE, DEV, cmd("c3", 3, 0))["ok"] is True
+    refused(r, NOW + 249, cmd("c4", 4, 1), tw.REFUSE_MIN_OFF)
+    assert r.relay == 0
+
+
+def test_min_on_time_blocks_switching_off_too_soon():
+    r = relay(min_on_s=300)
+    assert r.handle_command(NOW + 10, SITE, DEV, cmd("c1", 1, 1, expires=NOW + 900))["ok"] is True
+    refused(r, NOW + 309, cmd("c2", 2, 0, expires=NOW + 900), tw.REFUSE_MIN_ON)
+    assert r.relay == 1
+    # staying on is not a switch, so the timer does not refuse it
+    assert r.handle_command(NOW + 309, SITE, DEV, cmd("c3", 3, 1, expires=NOW + 900))["ok"] is True
+    assert r.handle_command(NOW + 310, SITE, DEV, cmd("c4", 4, 0, expires=NOW + 900))["ok"] is True
+    assert r.relay == 0
+
+
+def test_falls_back_to_safe_default_when_the_command_lapses():
+    r = relay()
+    r.handle_command(NOW, SITE, DEV, cmd("c1", 1, 1, expires=NOW + 300))
+    assert r.deadline() == NOW + 300
+    assert r.tick(NOW + 299.9) is False and r.relay == 1
+    assert r.tick(NOW + 300) is True and r.relay == 0
+    assert r.switches == 2 and r.deadline() is None
+    assert r.tick(NOW + 1000) is False
+
+
+def test_newer_command_keeps_the_relay_until_its_own_expiry():
+    r = relay()
+    r.handle_command(NOW, SITE, DEV, cmd("c1", 1, 1, expires=NOW + 300))
+    r.handle_command(NOW + 200, SITE, DEV, cmd("c2", 2, 1, expires=NOW + 600))
+    assert r.tick(NOW + 300) is False and r.relay == 1
+    assert r.tick(NOW + 600) is True and r.relay == 0
+
+
+def test_fallback_waits_for_the_anti_short_cycle_timer():
+    r = relay(min_on_s=600)
+    r.handle_command(NOW, SITE, DEV, cmd("c1", 1, 1, expires=NOW + 300))
+    assert r.deadline() == NOW + 600
+    assert r.tick(NOW + 300) is False and r.relay == 1
+    assert r.tick(NOW + 600) is True and r.relay == 0
+
+
+def test_safe_default_on():
+    r = relay(safe_default=1)
+    assert r.relay == 1
+    r.handle_command(NOW, SITE, DEV, cmd("c1", 1, 0, expires=NOW + 60))
+    assert r.relay == 0
+    assert r.tick(NOW + 60) is True and r.relay == 1
+
+
+def test_telemetry_reports_rated_load_only_when_on():
+    r = relay()
+    off = r.telemetry(NOW)
+    r.handle_command(NOW, SITE, DEV, cmd("c1", 1, 1))
+    on = r.telemetry(NOW + 1)
+    assert (off["relay"], off["load_w"], off["seq"]) == (0, 0.0, 0)
+    assert (on["relay"], on["load_w"], on["seq"]) == (1, 1500.0, 1)
+    tw.encode(tw.TELEMETRY, on)
