@@ -142,6 +142,10 @@ def main(args: argparse.Namespace) -> int:
         history = feed.electricity_usage()
         subscription = subscribe(args.site, history, tariff)
         start, end = tariff.month_window(year, month)
+        if month not in subscription.profile.months():
+            have = ", ".join(str(m) for m in subscription.profile.months())
+            raise ValueError(f"{gb_path.name} has history for month(s) {have} only; a subscription for "
+                             f"month {month} needs that month's history")
         replay = replay_history(history, tariff, year, month, subscription.profile)
         metered, replayed = _metered(history, start, end, replay)
         layers = [_prices(args.rt_prices, "RTM"), _prices(args.da_prices, "DAM")]
