@@ -1,0 +1,88 @@
+"""`tendril ingest` option handling: URLs, defaults, clear errors."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from cloud.ingest_cli import (
+    DEFAULT_STORE_FILE,
+    UsageError,
+    check_http_url,
+    parse_broker_url,
+    register,
+    run_ingest,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mqtt://127.0.0.1:1883", ("127.0.0.1", 1883)),
+        ("mqtt://broker.example:8883/", ("broker.example", 8883)),
+        ("mqtt://localhost", ("localhost", 1883)),
+        ("mqtt://[::1]:1884", ("::1", 1884)),
+    ],
+)
+def test_good_broker_urls(url: str, expected: tuple[str, int]) -> None:
+    assert parse_broker_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("127.0.0.1:1883", "mqtt://host:port"),
+        ("mqtts://h:8883", "TLS"),
+        ("mqtt://h:port", "bad port"),
+        ("mqtt://h:70000", "bad port"),
+        ("mqtt://:1883", "no host"),
+        ("mqtt://user:pw@h:1883", "credentials"),
+        ("mqtt://h:1883/topic", "only host and port"),
+    ],
+)
+def test_bad_broker_urls_say_why(url: str, why: str) -> None:
+    with pytest.raises(UsageError, match=why):
+        parse_broker_url(url)
+
+
+@pytest.mark.parametrize("url", ["ftp://h", "http://", "h:8086", "http://h:x"])
+def test_bad_influx_urls(url: str) -> None:
+    with pytest.raises(UsageError, match="influx-url"):
+        check_http_url(url)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tendril")
+    register(p.add_subparsers(dest="command"))
+    return p
+
+
+def test_defaults() -> None:
+    args = parser().parse_args(["ingest"])
+    assert args.broker == "mqtt://127.0.0.1:1883"
+    assert args.store_file == DEFAULT_STORE_FILE == Path("tendril-data/telemetry.lp")
+    assert (args.influx_org, args.influx_bucket, args.batch_max, args.flush_interval) == (
+        "tendril",
+        "tendril",
+        500,
+        0.1,
+    )
+    assert args.func is run_ingest
+
+
+def test_bad_url_is_an_error_exit_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parser().parse_args(["ingest", "--broker", "tcp://h:1"])
+    assert args.func(args) == 2
+    assert "error: --broker must look like mqtt://host:port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "option", [["--batch-max", "0"], ["--flush-interval", "-1"], ["--stats-interval", "0"]]
+)
+def test_non_positive_tuning_is_refused(option: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["ingest", *option])
