@@ -83,6 +83,7 @@ class ReadingType:
     interval_length_s: int | None
     flow_direction: int | None
     kind: int | None
+    uom_line: int = 0
 
     @property
     def is_energy(self) -> bool:
@@ -92,7 +93,7 @@ class ReadingType:
         """kWh represented by one IntervalReading value (divides, so 703 Wh -> 0.703 exactly as typed)."""
         if not self.is_energy:
             unit = UOM_NAMES.get(self.uom, "unknown")
-            raise GreenButtonError(source, self.line, "uom",
+            raise GreenButtonError(source, self.uom_line or self.line, "uom",
                                    f"uom {self.uom} ({unit}) is not energy in Wh; cannot read usage in kWh")
         mult = self.power_of_ten_multiplier
         scale: int = 10 ** abs(mult)
@@ -137,11 +138,13 @@ class GreenButtonFeed:
 
     def electricity_usage(self) -> list[UsageInterval]:
         """The one electricity energy series (delivered or net) in the feed, in kWh."""
-        candidates = [
+        delivered = [
             mr for up in self.usage_points if up.service_kind in (None, SERVICE_ELECTRICITY)
-            for mr in up.meter_readings
-            if mr.reading_type.is_energy and mr.reading_type.flow_direction in (None, FLOW_FORWARD, FLOW_NET)
+            for mr in up.meter_readings if mr.reading_type.flow_direction in (None, FLOW_FORWARD, FLOW_NET)
         ]
+        candidates = [mr for mr in delivered if mr.reading_type.is_energy]
+        if not candidates and delivered:
+            return delivered[0].usage(self.source)  # raises, naming the ReadingType's uom
         if len(candidates) != 1:
             found = ", ".join(f"{mr.href} (line {mr.line})" for mr in candidates) or "none"
             raise GreenButtonError(self.source, 1, "feed",
@@ -261,6 +264,7 @@ def _reading_type(entry: _Entry, source: str) -> ReadingType:
         interval_length_s=_int_child(node, "intervalLength", source, required=False),
         flow_direction=_int_child(node, "flowDirection", source, required=False),
         kind=_int_child(node, "kind", source, required=False),
+        uom_line=uom_node.line if (uom_node := node.find("uom")) is not None else node.line,
     )
 
 
