@@ -110,9 +110,10 @@ class Node:
         await client.connect()
         sender = None
         try:
-            await client.publish(self.topic(tw.STATUS), tw.status_payload(True), 1, True)
+            # Subscribe first: "online" promises that commands sent from now on arrive.
             if self.relay is not None:
                 await client.subscribe(self.topic(tw.CMD), 1)
+            await client.publish(self.topic(tw.STATUS), tw.status_payload(True), 1, True)
             self.connects += 1
             self.reconnects = self.connects - 1
             self.client = client
