@@ -29,6 +29,7 @@ from cloud.demo_fleet import DemoSite, make_sites
 from cloud.demo_summary import DemoSummary, PricePoint, site_result
 from cloud.dispatch import Dispatcher
 from cloud.ingest import Ingestor
+from cloud.ingest_cli import parse_broker_url
 from cloud.optimizer import schedule_relay
 from cloud.prices import PriceInterval, default_prices, prices_between
 from cloud.store import EmbeddedStore, InfluxSink, Sink
@@ -69,18 +70,6 @@ class Counters:
     commands: int = 0
     plant_errors: int = 0
     solve_s: list[float] = field(default_factory=list)
-
-
-def parse_mqtt_url(url: str) -> tuple[str, int]:
-    if not url.startswith("mqtt://"):
-        raise ValueError(f"broker URL must look like mqtt://host:port, got {url!r}")
-    host, _, port = url[len("mqtt://") :].partition(":")
-    if not host:
-        raise ValueError(f"broker URL has no host: {url!r}")
-    try:
-        return host, int(port or "1883")
-    except ValueError:
-        raise ValueError(f"broker URL has a bad port: {url!r}") from None
 
 
 def _rt_prices(start: float, end: float) -> list[PriceInterval]:
@@ -197,7 +186,7 @@ async def run_demo(cfg: DemoConfig, on_line: Callable[[str], None] = print) -> D
 
     broker = None
     if cfg.broker:
-        host, port = parse_mqtt_url(cfg.broker)
+        host, port = parse_broker_url(cfg.broker)
     else:
         broker = embedded_broker()
         await broker.start()

@@ -59,6 +59,7 @@ class ContractError(ValueError):
     """A topic or payload that violates the contract; `reason` is a short stable code."""
 
     def __init__(self, reason, detail=""):
+        # type: (str, str) -> None
         super().__init__(reason + (": " + detail if detail else ""))
         self.reason = reason
         self.detail = detail
@@ -260,7 +261,8 @@ def decode(kind, payload):
         raise ContractError("too_large", str(len(payload)))
     try:
         msg = json.loads(payload)
-    except (ValueError, UnicodeError) as exc:
+    except (ValueError, UnicodeError, RuntimeError) as exc:
+        # RuntimeError: CPython's RecursionError and MicroPython's depth limit on nested arrays
         raise ContractError("bad_json", str(exc)[:80])
     if not isinstance(msg, dict):
         raise ContractError("not_object")

@@ -123,3 +123,7 @@ def test_status_is_online_or_offline():
 def test_esp32_epoch_converts_in_one_place():
     assert w.to_unix_time(0, 2000) == 946684800
     assert w.to_unix_time(5, 1970) == 5
+
+
+def test_deeply_nested_json_is_bad_json_not_a_crash():
+    _raises_reason("bad_json", w.decode, w.TELEMETRY, b"[" * 4000)
