@@ -106,6 +106,7 @@ def test_outbox_overflow_while_offline_drops_oldest_and_is_reported():
     board = VirtualBoard(end=T0 + 200)
     cfg = config.parse(raw_config(telemetry_s=10, state_s=1000, queue_max=5))
     node = Node(board, cfg)
+    node.boot(board.now())
     run_producer(node)
     assert node.outbox.dropped == 15 and len(node.outbox) == 5
     records = []
@@ -125,6 +126,7 @@ def test_outbox_overflow_while_offline_drops_oldest_and_is_reported():
 def test_state_records_follow_state_period():
     board = VirtualBoard(end=T0 + 95)
     node = Node(board, config.parse(raw_config(telemetry_s=1000, state_s=30)))
+    node.boot(board.now())
     states = []
     original = node._state
 
@@ -135,3 +137,26 @@ def test_state_records_follow_state_period():
     node._state = capture
     run_producer(node)
     assert states == [T0, T0 + 30, T0 + 60, T0 + 90]
+
+
+class UnsyncedBoard(VirtualBoard):
+    """Boots at the ESP32 epoch; the second network_up() sets the clock (NTP)."""
+
+    def __init__(self):
+        VirtualBoard.__init__(self, end=T0 + 100)
+        self.t = tw.to_unix_time(5.0, 2000)
+        self.attempts = 0
+
+    async def network_up(self):
+        self.attempts += 1
+        if self.attempts == 1:
+            raise OSError("Wi-Fi down")
+        self.t = T0
+
+
+def test_node_waits_for_a_valid_clock_before_reading_it():
+    board = UnsyncedBoard()
+    node = Node(board, config.parse(raw_config()))
+    asyncio.run(node._wait_for_clock())
+    assert board.attempts == 2 and board.now() == T0
+    assert any("Wi-Fi down" in line for line in board.lines)

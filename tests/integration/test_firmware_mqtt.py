@@ -152,6 +152,14 @@ def wait_ack(collector: Collector, proc: FirmwareProcess, cmd_id: str) -> dict[s
     )
 
 
+def wait_log(proc: FirmwareProcess, text: str, count: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while proc.log_text().count(text) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"firmware did not log {text!r} {count} times within {WAIT_S} s\n{log_of(proc)()}")
+        time.sleep(0.02)
+
+
 def wait_file(path: Path, expected: str) -> None:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
@@ -192,6 +200,14 @@ def test_meter_telemetry_has_increasing_seq_and_energy_from_the_power_file(
     write_atomically(power_file, "500")
     switched = next_reading(500.0)
     readings += [switched, next_reading()]
+    # A garbled or missing power file keeps the last good value (and the firmware says so).
+    write_atomically(power_file, "12OO W")
+    wait_log(proc, "unreadable", 1)
+    garbled = next_reading()
+    power_file.unlink()
+    wait_log(proc, "unreadable", 2)
+    missing = next_reading()
+    assert garbled["power_w"] == missing["power_w"] == 500.0
 
     assert [r["seq"] for r in readings[:4]] == [0, 1, 2, 3]
     assert all(a["seq"] < b["seq"] for a, b in itertools.pairwise(readings))
@@ -310,11 +326,7 @@ def test_frozen_broker_is_detected_and_queued_telemetry_is_replayed_in_order(
     assert mosquitto.proc is not None
     mosquitto.proc.send_signal(signal.SIGSTOP)  # TCP stays up, the broker goes silent
     try:
-        deadline = time.monotonic() + WAIT_S
-        while "session ended" not in proc.log_text():
-            if time.monotonic() > deadline:
-                pytest.fail(f"firmware never noticed the silent broker\n{log_of(proc)()}")
-            time.sleep(0.05)
+        wait_log(proc, "session ended", 1)
         time.sleep(1.0)  # let a few readings pile up in the outbox while offline
     finally:
         mosquitto.proc.send_signal(signal.SIGCONT)

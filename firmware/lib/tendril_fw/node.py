@@ -56,12 +56,9 @@ class Node:
         self.device = cfg["device"]
         self.is_relay = cfg["type"] == tw.DEVICE_RELAY
         self.outbox = outbox if outbox is not None else RamQueue(cfg["queue_max"])
-        self.boot_time = board.now()
+        self.boot_time = 0.0
         self.meter = None if self.is_relay else MeterNode()
-        self.relay = None  # type: RelayNode | None
-        if self.is_relay:
-            self.relay = RelayNode(cfg["key"], self.boot_time, cfg["safe_default"], cfg["min_on_s"],
-                                   cfg["min_off_s"], cfg["relay_load_w"])
+        self.relay = None  # type: RelayNode | None  # created by boot(), on a valid clock
         self.reconnects = 0
         self.connects = 0
         self.client = None  # type: MQTTClient | None
@@ -77,10 +74,21 @@ class Node:
 
     # ------------------------------------------------------------ main loop
 
+    def boot(self, now):
+        # type: (float) -> None
+        """Start device-time state at `now`, a valid wall-clock time."""
+        self.boot_time = now
+        if self.is_relay:
+            cfg = self.cfg
+            self.relay = RelayNode(cfg["key"], now, cfg["safe_default"], cfg["min_on_s"], cfg["min_off_s"],
+                                   cfg["relay_load_w"])
+
     async def run(self):
         # type: () -> None
-        if self.relay is not None:
-            self.board.set_relay(self.relay.relay)
+        if self.is_relay:
+            self.board.set_relay(self.cfg["safe_default"])
+        await self._wait_for_clock()
+        self.boot(self.board.now())
         asyncio.create_task(self._produce())
         attempt = 0
         while True:
@@ -97,6 +105,21 @@ class Node:
             attempt += 1
             self.board.log("reconnecting in %.2f s" % delay)
             await asyncio.sleep(delay)
+
+    async def _wait_for_clock(self):
+        # type: () -> None
+        # An ESP32 boots at 2000-01-01 until NTP (in network_up) sets it; records
+        # stamped before that would be rejected, and a meter would integrate the jump.
+        attempt = 0
+        while self.board.now() < tw.MIN_TS:
+            try:
+                await self.board.network_up()
+            except Exception as exc:
+                self.board.log("network/clock not ready: %r" % (exc,))
+            if self.board.now() >= tw.MIN_TS:
+                return
+            await asyncio.sleep(backoff_delay(attempt, self.cfg["reconnect_max_s"], self.board.random()))
+            attempt += 1
 
     async def _session(self):
         # type: () -> None

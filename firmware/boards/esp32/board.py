@@ -1,0 +1,110 @@
+# Board for an ESP32 running MicroPython: relay on a GPIO, meter from the utility
+# meter's pulse LED (an optical pickup on a GPIO), Wi-Fi, NTP, config.json on flash.
+#
+# Board-specific settings live under the config's "board" object:
+#   wifi_ssid, wifi_password        the customer's Wi-Fi
+#   relay_pin (default 26)          GPIO driving the relay (1 = load on)
+#   pulse_pin (default 27)          GPIO of the meter's pulse pickup (meter)
+#   pulses_per_kwh (default 1000)   the meter's LED constant (imp/kWh)
+#   ntp_host (default pool.ntp.org)
+# This file cannot run on the unix port (no `network`, no machine.Pin there).
+
+import asyncio
+import gc
+import json
+import os
+import time
+
+import machine
+import network
+import ntptime
+
+import tendril_wire as tw
+from tendril_fw import config
+
+# The port's epoch: 2000 on ESP32. Converted to unix seconds only via tendril_wire.
+EPOCH_YEAR = time.gmtime(0)[0]
+WIFI_TIMEOUT_S = 20
+
+
+class Board:
+    def __init__(self, path="config.json"):
+        try:
+            with open(path) as f:
+                self.cfg = config.parse(json.load(f))
+        except OSError as exc:
+            raise config.ConfigError("cannot read %s: %r" % (path, exc))
+        except ValueError as exc:
+            if isinstance(exc, config.ConfigError):
+                raise
+            raise config.ConfigError("%s is not JSON: %r" % (path, exc))
+        hw = self.cfg["board"]
+        self.wlan = network.WLAN(network.STA_IF)
+        self.synced = False
+        self.relay_pin = None
+        if self.cfg["type"] == tw.DEVICE_RELAY:
+            # Drive the safe default before anything else: the output is undefined until now.
+            self.relay_pin = machine.Pin(hw.get("relay_pin", 26), machine.Pin.OUT,
+                                         value=self.cfg["safe_default"])
+        else:
+            self.pulses = 0
+            self.pulses_per_kwh = hw.get("pulses_per_kwh", 1000)
+            self._last_ticks = time.ticks_ms()
+            pin = machine.Pin(hw.get("pulse_pin", 27), machine.Pin.IN, machine.Pin.PULL_UP)
+            pin.irq(trigger=machine.Pin.IRQ_FALLING, handler=self._pulse)
+
+    def _pulse(self, _pin):
+        self.pulses += 1  # IRQ context: no allocation
+
+    # ------------------------------------------------------------ clock
+
+    def now(self):
+        return tw.to_unix_time(time.time(), EPOCH_YEAR)
+
+    async def sleep(self, device_seconds):
+        await asyncio.sleep(max(0.0, device_seconds))
+
+    # ------------------------------------------------------------ I/O
+
+    def read_power(self):
+        """Average power since the previous call, from meter pulses."""
+        state = machine.disable_irq()
+        pulses, self.pulses = self.pulses, 0
+        machine.enable_irq(state)
+        ticks = time.ticks_ms()
+        dt_s = time.ticks_diff(ticks, self._last_ticks) / 1000
+        self._last_ticks = ticks
+        if dt_s <= 0:
+            return 0.0
+        return pulses / self.pulses_per_kwh * 1000.0 * 3600.0 / dt_s
+
+    def set_relay(self, state):
+        self.relay_pin.value(1 if state else 0)
+
+    def free_heap(self):
+        gc.collect()
+        return gc.mem_free()
+
+    def random(self):
+        return int.from_bytes(os.urandom(4), "big") / 4294967296
+
+    async def network_up(self):
+        hw = self.cfg["board"]
+        if not self.wlan.isconnected():
+            self.wlan.active(True)
+            self.wlan.connect(hw["wifi_ssid"], hw["wifi_password"])
+            for _ in range(WIFI_TIMEOUT_S * 10):
+                if self.wlan.isconnected():
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise OSError("Wi-Fi %r did not connect" % hw["wifi_ssid"])
+        if not self.synced:
+            # Readings before NTP would carry a 2000-01-01 timestamp, which the wire
+            # contract rejects; the session does not start until the clock is right.
+            ntptime.host = hw.get("ntp_host", "pool.ntp.org")
+            ntptime.settime()
+            self.synced = True
+
+    def log(self, text):
+        print("[%d] %s" % (self.now(), text))
