@@ -305,6 +305,10 @@ def test_sigkill_makes_the_broker_publish_the_retained_offline_status(
     status = late.wait_for("retained status", lambda _t, _m, retained: retained, log_of(proc))
     assert status == json.loads(tw.status_payload(False))
 
+    proc.restart()  # and a restarted node is back online, again retained
+    wait_online(late, proc)
+    assert proc.alive
+
 
 def test_frozen_broker_is_detected_and_queued_telemetry_is_replayed_in_order(
     mosquitto: Mosquitto, tmp_path: Path, start_node: Callable[..., FirmwareProcess],

@@ -50,8 +50,8 @@ class Board:
             self.pulses = 0
             self.pulses_per_kwh = hw.get("pulses_per_kwh", 1000)
             self._last_ticks = time.ticks_ms()
-            pin = machine.Pin(hw.get("pulse_pin", 27), machine.Pin.IN, machine.Pin.PULL_UP)
-            pin.irq(trigger=machine.Pin.IRQ_FALLING, handler=self._pulse)
+            self.pulse_pin = machine.Pin(hw.get("pulse_pin", 27), machine.Pin.IN, machine.Pin.PULL_UP)
+            self.pulse_pin.irq(trigger=machine.Pin.IRQ_FALLING, handler=self._pulse)
 
     def _pulse(self, _pin):
         self.pulses += 1  # IRQ context: no allocation
