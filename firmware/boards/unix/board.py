@@ -91,8 +91,11 @@ class Board:
 
     def free_heap(self):
         # type: () -> int | None
-        mem_free = getattr(gc, "mem_free", None)
-        return mem_free() if mem_free is not None else None
+        mem_free = getattr(gc, "mem_free", None)  # MicroPython only
+        if mem_free is None:
+            return None
+        gc.collect()  # report what is really free, not what is merely uncollected
+        return mem_free()
 
     def random(self):
         # type: () -> float
