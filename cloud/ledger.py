@@ -20,13 +20,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Engine, create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from cloud import ledger_schema as schema
 
 GENESIS = "0" * 64
 DEFAULT_URL = "sqlite:///tendril-ledger.db"
+_SCHEMA_LOCK = 0x7E4D_1ED6  # PostgreSQL advisory lock id taken while creating the tables
 
 
 class LedgerError(ValueError):
@@ -114,8 +115,11 @@ class Ledger:
         self.engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
         if is_sqlite:
             _sqlite_immediate(self.engine)
-        schema.metadata.create_all(self.engine)
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two processes opening a new ledger at once would race to create the same tables.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+            schema.metadata.create_all(conn)
             if conn.execute(select(schema.anchor.c.id)).first() is None:
                 conn.execute(insert(schema.anchor).values(
                     id=1, record_count=0, head_seq=0, head_hash=GENESIS))
