@@ -160,9 +160,11 @@ def main(args: argparse.Namespace) -> int:
         bill.notes.append(
             f"metered: {gb_path.name} days of {first:%Y-%m} laid onto {bill.month} by day type and "
             "clock hour (stand-in meter)" if replayed else f"metered: {gb_path.name} readings")
+        trades = f"{len(transactions)} forward transactions in the ledger" if args.ledger \
+            else "no ledger given, so no forward transactions"
         bill.notes.append(f"subscription: mean by month x day type x hour of {len(history)} readings "
-                          f"in {gb_path.name}; {len(transactions)} forward transactions in the ledger")
-        bill.notes.extend(f"data warning: {w}" for w in feed.warnings)
+                          f"in {gb_path.name}; {trades}")
+        bill.notes.extend(f"data warning: {w.replace(str(gb_path), gb_path.name)}" for w in feed.warnings)
         print(bill.render())
         csv_path, json_path = write_outputs(bill, args.out)
         print()
