@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import aiomqtt
 import tendril_wire as wire
 
-from cloud.demo_broker import embedded_broker
+from cloud.demo_broker import EmbeddedBroker, embedded_broker
 from cloud.demo_fleet import DemoSite, make_sites
 from cloud.demo_summary import DemoSummary, PricePoint, site_result
 from cloud.dispatch import Dispatcher
@@ -40,6 +40,9 @@ log = logging.getLogger("tendril.demo")
 LOCAL = ZoneInfo("America/Los_Angeles")
 HOUR = 3600
 RT_STEP = 300
+STARTUP_S = 1.5  # wall seconds for the firmware processes to boot and subscribe
+DA_TENDER_VALID_S = 24 * HOUR
+OnMessage = Callable[[str, str, str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,76 @@ def _plan(sites: list[DemoSite], da: list[PriceInterval], tconf: TenderConfig, c
         site.da_buy = buys
 
 
-async def run_demo(cfg: DemoConfig, on_line: Callable[[str], None] = print) -> DemoSummary:
+@dataclass
+class Services:
+    """The cloud side's moving parts for one run, torn down in reverse order."""
+
+    host: str
+    port: int
+    sink: Sink
+    store: EmbeddedStore | None
+    broker: EmbeddedBroker | None
+    ingestor: Ingestor
+    ingest_task: asyncio.Task[None]
+    stop: asyncio.Event
+
+    async def close(self) -> None:
+        self.stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ingest_task, timeout=15)
+        await self.sink.close()
+        if self.broker is not None:
+            await self.broker.stop()
+
+
+async def _start_services(cfg: DemoConfig, out: Path, on_message: OnMessage) -> Services:
+    broker = None
+    if cfg.broker:
+        host, port = parse_broker_url(cfg.broker)
+    else:
+        broker = embedded_broker()
+        await broker.start()
+        host, port = broker.host, broker.port
+    store = None
+    sink: Sink
+    if cfg.influx_url:
+        sink = InfluxSink(cfg.influx_url, cfg.influx_token, cfg.influx_org, cfg.influx_bucket)
+    else:
+        store = EmbeddedStore(out / "telemetry.lp")
+        sink = store
+    ingestor = Ingestor(host, port, sink, on_message=on_message)
+    stop = asyncio.Event()
+    task = asyncio.create_task(ingestor.run(stop))
+    try:
+        await asyncio.wait_for(ingestor.ready.wait(), timeout=30)
+    except TimeoutError:
+        stop.set()
+        raise ValueError(f"ingestion could not subscribe at mqtt://{host}:{port} within 30 s") from None
+    return Services(host, port, sink, store, broker, ingestor, task, stop)
+
+
+async def _wait_online(online: set[tuple[str, str]], expected: set[tuple[str, str]], sites: list[DemoSite],
+                       timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not expected <= online:
+        if time.monotonic() > deadline:
+            missing = sorted(expected - online)
+            logs = "; ".join(p.log_text()[-300:] for s in sites for p in s.processes if not p.alive)
+            raise ValueError(f"firmware nodes not online after {timeout_s:.0f} s: {missing} {logs}")
+        await asyncio.sleep(0.02)
+
+
+async def _publish_day_ahead(client: aiomqtt.Client, sites: list[DemoSite], da: list[PriceInterval],
+                             tconf: TenderConfig, now: float, counters: Counters) -> None:
+    """The hourly day-ahead tenders each site's plan was made against, valid until their hour starts."""
+    for site in sites:
+        for tender in build_tenders(site.site, site.feeder, da, "DAM", now, tconf, DA_TENDER_VALID_S,
+                                    feeder_load_ratio=site.feeder_load_ratio):
+            await _publish(client, wire.tender_topic(site.site), wire.encode(wire.TENDER, tender))
+            counters.tenders += 1
+
+
+async def run_demo(cfg: DemoConfig) -> DemoSummary:
     start = cfg.sim_start()
     end = start + cfg.hours * HOUR
     da = _da_prices(start, end)
@@ -184,59 +256,44 @@ async def run_demo(cfg: DemoConfig, on_line: Callable[[str], None] = print) -> D
         shutil.rmtree(out)
     out.mkdir(parents=True)
 
-    broker = None
-    if cfg.broker:
-        host, port = parse_broker_url(cfg.broker)
-    else:
-        broker = embedded_broker()
-        await broker.start()
-        host, port = broker.host, broker.port
-
-    sink: Sink
-    store: EmbeddedStore | None = None
-    if cfg.influx_url:
-        sink = InfluxSink(cfg.influx_url, cfg.influx_token, cfg.influx_org, cfg.influx_bucket)
-    else:
-        store = EmbeddedStore(out / "telemetry.lp")
-        sink = store
-
-    keys: dict[tuple[str, str], bytes] = {}
     sites = make_sites(cfg.sites, out, start, cfg.pump_kw * 1000.0)
-    for site in sites:
-        for device in (site.meter_device, site.relay_device):
-            keys[(site.site, device)] = secrets.token_bytes(32)  # per device, per run: no key in the repo
+    # One key per device, made for this run only: no key is ever in the repository.
+    keys = {(s.site, d): secrets.token_bytes(32) for s in sites for d in (s.meter_device, s.relay_device)}
     dispatcher = Dispatcher(keys)
     counters = Counters()
     _plan(sites, da, tconf, cfg, counters)
 
-    acks_seen: list[dict[str, Any]] = []
+    online: set[tuple[str, str]] = set()
 
     def on_message(site: str, device: str, kind: str, msg: dict[str, Any]) -> None:
         if kind == wire.ACK:
             dispatcher.on_ack(site, device, msg)
-            acks_seen.append(msg)
+        elif kind == wire.STATUS:
+            (online.add if msg["state"] == wire.ONLINE else online.discard)((site, device))
 
-    ingestor = Ingestor(host, port, sink, on_message=on_message)
-    stop = asyncio.Event()
-    ingest_task = asyncio.create_task(ingestor.run(stop))
-    await asyncio.wait_for(ingestor.ready.wait(), timeout=30)
-
-    # The clock starts once the cloud listens, so no early telemetry is lost to a cold start.
-    clock = SimClock(sim_origin=start - 30, speed=cfg.speed)
-    for site in sites:
-        site.start_firmware(host, port, keys, clock.env_value(), cfg.telemetry_s)
+    services = await _start_services(cfg, out, on_message)
+    # Simulated time reaches `start` only STARTUP_S after now, so every node is connected
+    # and subscribed before the first tender or command; what they report earlier is
+    # stamped before `start` and left out of the summary.
+    clock = SimClock(sim_origin=start, speed=cfg.speed, real_origin=time.time() + STARTUP_S)
     wall0 = time.monotonic()
     try:
-        async with aiomqtt.Client(host, port, identifier=f"tendril-cloud-{secrets.token_hex(3)}") as client:
+        for site in sites:
+            site.start_firmware(services.host, services.port, keys, clock.env_value(), cfg.telemetry_s)
+        plant = asyncio.create_task(_plant_loop(clock, sites, end, 10.0, counters))
+        await _wait_online(online, set(keys), sites, timeout_s=30)
+        async with aiomqtt.Client(services.host, services.port,
+                                  identifier=f"tendril-cloud-{secrets.token_hex(3)}") as client:
+            await _publish_day_ahead(client, sites, da, tconf, clock.now(), counters)
             tasks = [
+                plant,
                 asyncio.create_task(_tender_loop(client, clock, sites, rt, tconf, end, counters)),
                 asyncio.create_task(_dispatch_loop(client, clock, sites, dispatcher, start, end, counters)),
-                asyncio.create_task(_plant_loop(clock, sites, end, 10.0, counters)),
-                asyncio.create_task(_progress_loop(clock, start, end, ingestor, dispatcher, cfg.progress)),
+                asyncio.create_task(_progress_loop(clock, start, end, services.ingestor, dispatcher,
+                                                   cfg.progress)),
             ]
             await clock.sleep_until(end)
-            # let the last telemetry and acks arrive
-            await asyncio.sleep(max(1.0, 3 * cfg.telemetry_s / cfg.speed))
+            await asyncio.sleep(max(1.0, 3 * cfg.telemetry_s / cfg.speed))  # the last telemetry and acks
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -245,40 +302,45 @@ async def run_demo(cfg: DemoConfig, on_line: Callable[[str], None] = print) -> D
     finally:
         for site in sites:
             site.stop_firmware()
-        await asyncio.sleep(0.5)
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ingest_task, timeout=15)
-        await sink.close()
-        if broker is not None:
-            await broker.stop()
+        await asyncio.sleep(0.5)  # the offline statuses
+        await services.close()
 
-    wall = time.monotonic() - wall0
+    summary = _summarise(cfg, services, dispatcher, counters, sites, rt, tconf, start, end,
+                         time.monotonic() - wall0)
+    (out / "summary.json").write_text(summary.to_json())
+    return summary
+
+
+def _summarise(cfg: DemoConfig, services: Services, dispatcher: Dispatcher, counters: Counters,
+               sites: list[DemoSite], rt: list[PriceInterval], tconf: TenderConfig, start: float,
+               end: float, wall_s: float) -> DemoSummary:
+    stats = services.ingestor.stats
     summary = DemoSummary(
         sim_hours=cfg.hours,
-        wall_seconds=round(wall, 2),
-        messages_ingested=ingestor.stats.written,
-        messages_rejected=sum(ingestor.stats.rejected.values()),
+        wall_seconds=round(wall_s, 2),
+        messages_ingested=stats.written,
+        messages_rejected=sum(stats.rejected.values()),
         tenders_issued=counters.tenders,
         commands_sent=dispatcher.stats.sent,
         commands_acked=dispatcher.stats.acked_ok,
         commands_refused=sum(dispatcher.stats.refused.values()),
         relay_switches=0,
-        firmware_nodes=2 * len(sites),
+        firmware_nodes=sum(len(s.processes) for s in sites),
     )
-    if store is not None:
-        for site in sites:
-            prices = [
-                PricePoint(p.start, p.duration_s, tender_prices(p.lmp_usd_per_mwh, p.start, tconf,
-                                                                site.feeder_load_ratio)[0])
-                for p in rt
-            ]
-            meter = [(pt.ts_ns / 1e9, float(pt.fields["energy_wh"]))
-                     for pt in store.points("meter", site=site.site)]
-            relay = [(pt.ts_ns / 1e9, int(pt.fields["relay"])) for pt in store.points("relay", site=site.site)]
-            summary.sites.append(site_result(site.site, meter, relay, prices))
-        summary.relay_switches = sum(s.relay_switches for s in summary.sites)
-    (out / "summary.json").write_text(summary.to_json())
+    store = services.store
+    if store is None:  # an external store: the per-site table is for its own dashboards
+        return summary
+    lo, hi = int(start * 1e9), int(end * 1e9)
+    for site in sites:
+        prices = [PricePoint(p.start, p.duration_s,
+                             tender_prices(p.lmp_usd_per_mwh, p.start, tconf, site.feeder_load_ratio)[0])
+                  for p in rt]
+        meter = [(pt.ts_ns / 1e9, float(pt.fields["energy_wh"]))
+                 for pt in store.points("meter", site=site.site) if lo <= pt.ts_ns <= hi]
+        relay = [(pt.ts_ns / 1e9, int(pt.fields["relay"]))
+                 for pt in store.points("relay", site=site.site) if lo <= pt.ts_ns <= hi]
+        summary.sites.append(site_result(site.site, meter, relay, prices))
+    summary.relay_switches = sum(s.relay_switches for s in summary.sites)
     return summary
 
 

@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="InfluxDB token (env TENDRIL_INFLUX_TOKEN)")
     p.add_argument("--influx-org", default=d.influx_org, help=f"InfluxDB org (default {d.influx_org})")
     p.add_argument("--influx-bucket", default=d.influx_bucket, help=f"InfluxDB bucket (default {d.influx_bucket})")
-    p.add_argument("--no-progress", action="store_true", help="print progress as plain lines instead of a bar (automatic when not on a terminal)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="print progress as plain lines instead of a bar (automatic when not on a terminal)")
     p.set_defaults(func=main)
 
 

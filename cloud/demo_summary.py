@@ -6,6 +6,7 @@ Pure: takes stored readings and tender prices, returns numbers. The demo prints 
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -58,7 +59,8 @@ class DemoSummary:
             f"commands acked       {self.commands_acked} ({self.commands_refused} refused)",
             f"relay switches       {self.relay_switches}",
             "",
-            f"{'site':<10}{'readings':>10}{'energy kWh':>12}{'cost $':>10}{'$/kWh':>8}{'relay on h':>12}{'switches':>10}",
+            f"{'site':<10}{'readings':>10}{'energy kWh':>12}{'cost $':>10}{'$/kWh':>8}"
+            f"{'relay on h':>12}{'switches':>10}",
         ]
         for s in self.sites:
             per_kwh = s.cost_usd / s.energy_kwh if s.energy_kwh else 0.0
@@ -86,7 +88,7 @@ def energy_cost(readings: Sequence[tuple[float, float]], prices: Sequence[PriceP
     ordered = sorted(readings)
     kwh = 0.0
     cost = 0.0
-    for (t0, e0), (_t1, e1) in zip(ordered, ordered[1:], strict=False):
+    for (t0, e0), (_t1, e1) in itertools.pairwise(ordered):
         step_kwh = max(0.0, e1 - e0) / 1000.0  # a meter reset never bills negative energy
         kwh += step_kwh
         cost += step_kwh * price_at(prices, t0)
@@ -98,7 +100,7 @@ def relay_activity(readings: Sequence[tuple[float, int]]) -> tuple[float, int]:
     ordered = sorted(readings)
     on_s = 0.0
     switches = 0
-    for (t0, r0), (t1, r1) in zip(ordered, ordered[1:], strict=False):
+    for (t0, r0), (t1, r1) in itertools.pairwise(ordered):
         if r0:
             on_s += t1 - t0
         if r1 != r0:
