@@ -88,7 +88,7 @@ def test_hmac_matches_rfc4231_case_2():
     # RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?"
     mac = w.hmac_sha256(b"Jefe", b"what do ya want for nothing?")
     expected = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-    assert "".join("{:02x}".format(b) for b in mac) == expected
+    assert "".join(f"{b:02x}" for b in mac) == expected
 
 
 def test_signed_command_verifies_only_for_its_device_and_key():
