@@ -17,6 +17,8 @@ from importlib import import_module
 SUBCOMMANDS: tuple[str, ...] = (
     "cloud.demo_cli",
     "cloud.ingest_cli",
+    "cloud.bill_cli",
+    "cloud.ledger_cli",
 )
 
 
