@@ -24,13 +24,18 @@ class HvacSpec:
     t_max_c: float = 23.0
     can_heat: bool = True
     can_cool: bool = True
-    penalty_usd_per_ch: float = 2.0  # $ per degree-hour outside the band
+    penalty_usd_per_ch: float = 5.0  # $ per degree-hour outside the band
+    # Plan this far inside the band: the relay runs whole 5-minute steps, not the planned share,
+    # and the rounding moves the house by up to ~0.1 C either way.
+    plan_margin_c: float = 0.15
 
     def __post_init__(self) -> None:
         if not self.t_min_c < self.t_max_c:
             raise ValueError(f"comfort band needs t_min < t_max, got {self.t_min_c}, {self.t_max_c}")
         if not (math.isfinite(self.penalty_usd_per_ch) and self.penalty_usd_per_ch > 0):
             raise ValueError(f"penalty must be > 0, got {self.penalty_usd_per_ch}")
+        if not 0 <= 2 * self.plan_margin_c < self.t_max_c - self.t_min_c:
+            raise ValueError(f"plan_margin_c {self.plan_margin_c} does not fit in the comfort band")
         if not (self.can_heat or self.can_cool):
             raise ValueError("an HVAC that can neither heat nor cool controls nothing")
 
@@ -67,8 +72,8 @@ def inputs(spec: HvacSpec, state: SiteState, fc: SiteForecast, h: Horizon) -> Pa
     return {
         "hvac_t0": state.t_in_c,
         "hvac_t_out": np.asarray(fc.t_out_c, dtype=float),
-        "hvac_t_min": np.full(h.steps, spec.t_min_c),
-        "hvac_t_max": np.full(h.steps, spec.t_max_c),
+        "hvac_t_min": np.full(h.steps, spec.t_min_c + spec.plan_margin_c),
+        "hvac_t_max": np.full(h.steps, spec.t_max_c - spec.plan_margin_c),
     }
 
 

@@ -1,0 +1,69 @@
+"""Receding horizon for one site: build its models once, re-solve on every price or state change.
+
+Two models per site, from the same device components:
+  * day-ahead: 24 hourly steps on the hourly tenders; the pool pump is decided here (binary,
+    limited starts). Its plan gives the hourly forward transactions and the pump schedule.
+  * real-time: 288 five-minute steps (a rolling day); re-solved on every 5-minute tender with
+    the devices' latest telemetry. The pump follows its day-ahead plan, so this is an LP.
+
+Re-solving touches no Pyomo: new inputs are packed into the parameter vector and HiGHS is
+warm-started (cloud.opt_compile, cloud.opt_solve). Chosen over a persistent Pyomo solver with
+mutable Params by measurement (bench/optimize.py): faster per re-solve, and the matrix form
+is what a fleet worker can hold for a thousand sites.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cloud.devices import Horizon, SiteForecast, SiteState
+from cloud.opt_compile import CompiledSite, compile_model
+from cloud.opt_model import SiteSpec, build_model, model_inputs
+from cloud.opt_schedule import SiteSchedule, extract
+from cloud.opt_solve import HighsRunner, SolveState
+
+REAL_TIME = Horizon(288, 300.0)
+DAY_AHEAD = Horizon(24, 3600.0)
+MODES = ("rt", "da")
+
+
+@dataclass
+class _Mode:
+    horizon: Horizon
+    decide_pump: bool
+    compiled: CompiledSite
+    state: SolveState
+
+
+@dataclass
+class SitePlanner:
+    spec: SiteSpec
+    runner: HighsRunner = field(default_factory=HighsRunner)
+    real_time: Horizon = REAL_TIME
+    day_ahead: Horizon = DAY_AHEAD
+    _modes: dict[str, _Mode] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for mode, h, decide in (("rt", self.real_time, False), ("da", self.day_ahead, True)):
+            compiled = compile_model(build_model(self.spec, h, decide_pump=decide))
+            self._modes[mode] = _Mode(h, decide, compiled, SolveState(compiled))
+
+    def horizon(self, mode: str) -> Horizon:
+        return self._mode(mode).horizon
+
+    def compiled(self, mode: str) -> CompiledSite:
+        return self._mode(mode).compiled
+
+    def _mode(self, mode: str) -> _Mode:
+        if mode not in self._modes:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        return self._modes[mode]
+
+    def solve(self, mode: str, state: SiteState, fc: SiteForecast,
+              time_limit_s: float | None = None) -> SiteSchedule:
+        """Plan from `fc.start`; ValueError on bad inputs, SolveError if HiGHS gives no optimum."""
+        md = self._mode(mode)
+        values = model_inputs(self.spec, state, fc, md.horizon, decide_pump=md.decide_pump)
+        p = md.compiled.pack(values)
+        sol = self.runner.solve(md.state, p, time_limit_s)
+        return extract(self.spec, md.compiled, sol, md.horizon, fc.start)
