@@ -1,0 +1,55 @@
+"""One command, `tendril`: every subcommand documents itself and refuses bad arguments clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cloud.cli import SUBCOMMANDS, build_parser
+
+pytestmark = pytest.mark.unit
+
+
+def _subcommands() -> list[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    choices = action.choices
+    assert isinstance(choices, dict)
+    return sorted(choices)
+
+
+def test_every_registered_module_adds_a_subcommand() -> None:
+    assert len(_subcommands()) >= len(SUBCOMMANDS)
+    assert {"demo", "ingest"} <= set(_subcommands())
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert f"tendril {command}" in out and len(out.splitlines()) > 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--sites", "0"], "--sites must be > 0"),
+        (["demo", "--speed", "fast"], "--speed must be a number"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_reason(argv: list[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "cloud.cli", *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_demo_outside_the_bundled_prices_is_a_clear_error() -> None:
+    proc = subprocess.run([sys.executable, "-m", "cloud.cli", "demo", "--start", "2019-01-01", "--hours", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "March 2024" in proc.stderr
