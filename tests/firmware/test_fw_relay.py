@@ -3,7 +3,7 @@
 import json
 
 import tendril_wire as tw
-from tendril_fw.relay import RelayNode
+from tendril_fw.relay import OVERRIDE_OFF, OVERRIDE_ON, REFUSE_MAX_SWITCHES, REFUSE_OVERRIDE, RelayNode
 
 KEY = b"0123456789abcdef0123456789abcdef"
 SITE = "site-1"
@@ -11,8 +11,8 @@ DEV = "pump-1"
 NOW = 1700000000.0
 
 
-def relay(safe_default=0, min_on_s=0.0, min_off_s=0.0):
-    return RelayNode(KEY, NOW, safe_default, min_on_s, min_off_s, 1500.0)
+def relay(safe_default=0, min_on_s=0.0, min_off_s=0.0, max_switches_per_hour=0):
+    return RelayNode(KEY, NOW, safe_default, min_on_s, min_off_s, 1500.0, max_switches_per_hour)
 
 
 def cmd(cmd_id, seq, state, expires=NOW + 300, issued=NOW, key=KEY, device=DEV):
@@ -20,7 +20,8 @@ def cmd(cmd_id, seq, state, expires=NOW + 300, issued=NOW, key=KEY, device=DEV):
 
 
 def snapshot(r):
-    return (r.relay, r.switches, r.last_change, r.last_seq, list(r.seen_ids), r.expires)
+    return (r.relay, r.switches, r.last_change, r.last_seq, list(r.seen_ids), r.expires,
+            list(r.switch_times), r.override, r.commanded)
 
 
 def refused(r, now, command, reason):
@@ -173,3 +174,68 @@ def test_telemetry_reports_rated_load_only_when_on():
     assert (off["relay"], off["load_w"], off["seq"]) == (0, 0.0, 0)
     assert (on["relay"], on["load_w"], on["seq"]) == (1, 1500.0, 1)
     tw.encode(tw.TELEMETRY, on)
+
+
+def test_max_switches_per_hour_refuses_the_next_switch_until_the_hour_slides():
+    r = relay(max_switches_per_hour=3)
+    for i, state in enumerate((1, 0, 1)):
+        assert r.handle_command(NOW + 10 * i, SITE, DEV, cmd(f"c{i}", i + 1, state, expires=NOW + 9000))["ok"]
+    refused(r, NOW + 100, cmd("c9", 9, 0, expires=NOW + 9000), REFUSE_MAX_SWITCHES)
+    # keeping the state is no switch, so it is accepted even with the budget spent
+    assert r.handle_command(NOW + 101, SITE, DEV, cmd("c10", 10, 1, expires=NOW + 9000))["ok"] is True
+    # the first switch (at NOW) leaves the sliding hour at NOW + 3600
+    refused(r, NOW + 3599, cmd("c11", 11, 0, expires=NOW + 9000), REFUSE_MAX_SWITCHES)
+    assert r.handle_command(NOW + 3600, SITE, DEV, cmd("c12", 12, 0, expires=NOW + 9000))["ok"] is True
+    assert r.relay == 0
+
+
+def test_safety_fallback_is_not_blocked_by_the_switch_budget():
+    r = relay(max_switches_per_hour=1)
+    assert r.handle_command(NOW, SITE, DEV, cmd("c1", 1, 1, expires=NOW + 60))["ok"] is True
+    assert r.tick(NOW + 60) is True and r.relay == 0
+
+
+def test_every_refusal_kind_leaves_the_relay_on_and_untouched():
+    r = relay(min_on_s=600, min_off_s=600, max_switches_per_hour=10)
+    assert r.handle_command(NOW + 600, SITE, DEV, cmd("on", 5, 1, expires=NOW + 3000))["ok"] is True
+    now = NOW + 700
+    forged = cmd("f", 6, 0, key=b"another-key-another-key-another!", expires=NOW + 3000)
+    cases = (
+        (cmd("x", 6, 0, expires=now), tw.REFUSE_EXPIRED),
+        (cmd("on", 5, 1, expires=NOW + 3000), tw.REFUSE_REPLAYED),
+        (cmd("old", 4, 0, expires=NOW + 3000), tw.REFUSE_OUT_OF_ORDER),
+        (forged, tw.REFUSE_BAD_SIG),
+        (cmd("off", 6, 0, expires=NOW + 3000), tw.REFUSE_MIN_ON),
+    )
+    for command, reason in cases:
+        ack = refused(r, now, command, reason)
+        assert ack["relay"] == 1
+    assert r.relay == 1 and r.switches == 1
+
+
+def test_local_override_wins_over_the_cloud_and_is_reported():
+    r = relay(min_off_s=600)
+    report = r.set_override(NOW + 1, 1)  # the button ignores the compressor timer: a person is there
+    assert report == tw.ack("override", -1, NOW + 1, True, OVERRIDE_ON, 1)
+    tw.encode(tw.ACK, report)
+    assert r.set_override(NOW + 2, 1) is None  # no change, no report
+    refused(r, NOW + 700, cmd("c1", 1, 0, expires=NOW + 900), REFUSE_OVERRIDE)
+    # a command in force while overridden does not expire the override either
+    assert r.deadline() is None and r.tick(NOW + 10000) is False and r.relay == 1
+    released = r.set_override(NOW + 800, None)
+    assert released["reason"] == OVERRIDE_OFF and released["relay"] == 0  # no command: safe default
+    assert r.relay == 0
+
+
+def test_releasing_the_override_restores_the_command_in_force():
+    r = relay()
+    assert r.handle_command(NOW, SITE, DEV, cmd("c1", 1, 1, expires=NOW + 600))["ok"] is True
+    r.set_override(NOW + 10, 0)
+    assert r.relay == 0
+    assert r.set_override(NOW + 20, None)["relay"] == 1
+    assert r.tick(NOW + 600) is True and r.relay == 0
+    # released after the command lapsed: straight to the safe default
+    r2 = relay(safe_default=1)
+    r2.handle_command(NOW, SITE, DEV, cmd("c1", 1, 0, expires=NOW + 60))
+    r2.set_override(NOW + 10, 0)
+    assert r2.set_override(NOW + 100, None)["relay"] == 1 and r2.expires is None

@@ -12,11 +12,18 @@ if TYPE_CHECKING:
     from typing import Any
 
 SEEN_IDS = 32  # how many accepted command ids are remembered against replay
+HOUR_S = 3600.0
+# Reasons the wire contract does not (yet) name; acks carry them as plain strings.
+REFUSE_MAX_SWITCHES = "max_switches"
+REFUSE_OVERRIDE = "local_override"
+OVERRIDE_ON = "local_override"
+OVERRIDE_OFF = "override_released"
 
 
 class RelayNode:
-    def __init__(self, key, now, safe_default=0, min_on_s=0.0, min_off_s=0.0, rated_load_w=0.0):
-        # type: (bytes, float, int, float, float, float) -> None
+    def __init__(self, key, now, safe_default=0, min_on_s=0.0, min_off_s=0.0, rated_load_w=0.0,
+                 max_switches_per_hour=0):
+        # type: (bytes, float, int, float, float, float, int) -> None
         if safe_default not in (0, 1):
             raise ValueError("safe_default must be 0 or 1")
         self.key = key
@@ -24,7 +31,11 @@ class RelayNode:
         self.min_on_s = min_on_s
         self.min_off_s = min_off_s
         self.rated_load_w = rated_load_w
+        self.max_switches_per_hour = max_switches_per_hour  # 0 = no limit
         self.relay = safe_default
+        self.switch_times = []  # type: list[float]  # switches within the last hour
+        self.override = None  # type: int | None  # local button state; wins over the cloud
+        self.commanded = None  # type: int | None  # state of the cloud command in force
         # Boot counts as a switch into the safe state: after a power blip the
         # anti-short-cycle timers protect the load (e.g. a compressor) too.
         self.last_change = now
@@ -53,11 +64,8 @@ class RelayNode:
         reason = self._refusal(now, site, device, cmd)
         if reason is not None:
             return self._ack(now, cmd, False, reason)
-        target = cmd["relay"]
-        if target != self.relay:
-            self.relay = target
-            self.last_change = now
-            self.switches += 1
+        self._switch(now, cmd["relay"])
+        self.commanded = cmd["relay"]
         self.last_seq = cmd["seq"]
         self.seen_ids.append(cmd["id"])
         if len(self.seen_ids) > SEEN_IDS:
@@ -79,7 +87,58 @@ class RelayNode:
             return tw.REFUSE_REPLAYED
         if self.last_seq is not None and cmd["seq"] < self.last_seq:
             return tw.REFUSE_OUT_OF_ORDER
-        return self._short_cycle(now, cmd["relay"])
+        if self.override is not None:
+            return REFUSE_OVERRIDE
+        reason = self._short_cycle(now, cmd["relay"])
+        if reason is None and cmd["relay"] != self.relay and self._switch_budget(now) <= 0:
+            return REFUSE_MAX_SWITCHES
+        return reason
+
+    def _switch_budget(self, now):
+        # type: (float) -> int
+        """Switches still allowed in the sliding hour ending at `now` (large if unlimited)."""
+        while self.switch_times and self.switch_times[0] <= now - HOUR_S:
+            self.switch_times.pop(0)
+        if not self.max_switches_per_hour:
+            return 1 << 30
+        return self.max_switches_per_hour - len(self.switch_times)
+
+    def _switch(self, now, target):
+        # type: (float, int) -> bool
+        if target == self.relay:
+            return False
+        self.relay = target
+        self.last_change = now
+        self.switches += 1
+        self.switch_times.append(now)
+        if len(self.switch_times) > max(self.max_switches_per_hour, 1):
+            self.switch_times.pop(0)
+        return True
+
+    # ------------------------------------------------------------ local override
+
+    def set_override(self, now, state):
+        # type: (float, int | None) -> dict[str, Any] | None
+        """The local button: 0/1 forces the output at once, None hands control back.
+
+        Returns the report to publish (an ack-shaped record, id "override") when the
+        override engaged or was released, None if nothing changed. The person at the
+        load wins over every timer and the cloud; on release the cloud command still in
+        force applies again, else the safe default.
+        """
+        if state == self.override:
+            return None
+        self.override = state
+        if state is not None:
+            self._switch(now, state)
+            return tw.ack("override", -1, now, True, OVERRIDE_ON, self.relay)
+        if self.commanded is not None and self.expires is not None and now < self.expires:
+            self._switch(now, self.commanded)
+        else:
+            self.commanded = None
+            self.expires = None
+            self._switch(now, self.safe_default)
+        return tw.ack("override", -1, now, True, OVERRIDE_OFF, self.relay)
 
     def _short_cycle(self, now, target):
         # type: (float, int) -> str | None
@@ -107,7 +166,7 @@ class RelayNode:
     def deadline(self):
         # type: () -> float | None
         """Device time at which tick() will fall back to the safe state, if one is pending."""
-        if self.expires is None:
+        if self.expires is None or self.override is not None:
             return None
         if self.relay == self.safe_default:
             return self.expires
@@ -121,17 +180,18 @@ class RelayNode:
         The fallback waits for the anti-short-cycle timer too: a safe state reached by
         short-cycling the load would not be safe for the load.
         """
-        if self.expires is None or now < self.expires:
+        if self.expires is None or now < self.expires or self.override is not None:
             return False
         if self.relay == self.safe_default:
             self.expires = None
+            self.commanded = None
             return False
         if self._short_cycle(now, self.safe_default) is not None:
             return False
-        self.relay = self.safe_default
-        self.last_change = now
-        self.switches += 1
+        # Safety first: the fallback may exceed max_switches_per_hour (it still counts).
+        self._switch(now, self.safe_default)
         self.expires = None
+        self.commanded = None
         return True
 
     def telemetry(self, now):
