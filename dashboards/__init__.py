@@ -1,0 +1,1 @@
+"""Tendril's Grafana dashboards as code: definitions, JSON export, checks."""
