@@ -110,6 +110,6 @@ def test_check_mode_passes_and_stale_reports_an_edited_or_missing_file(
     write(tmp_path)
     assert stale(tmp_path) == []
     edited = tmp_path / "tendril-site.json"
-    edited.write_text(edited.read_text().replace('"power_w"', '"power_watts"'))
+    edited.write_text(edited.read_text().replace("power_w", "power_watts"))
     (tmp_path / "tendril-fleet.json").unlink()
     assert stale(tmp_path) == ["tendril-fleet.json", "tendril-site.json"]
