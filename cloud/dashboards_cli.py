@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dsub.required = True
 
     prov = dsub.add_parser("provision", help="create or update datasource, folder and dashboards (idempotent)")
-    prov.add_argument("--grafana", required=True, help="Grafana URL, e.g. http://127.0.0.1:3000")
+    prov.add_argument("--grafana", default=None,
+                      help="Grafana URL, e.g. http://127.0.0.1:3000; absent: only the DBRP mapping is made "
+                           "(for Grafana provisioned from files)")
     prov.add_argument("--token", default=os.environ.get("GRAFANA_TOKEN"),
                       help="Grafana service-account token (env GRAFANA_TOKEN)")
     _influx_args(prov)
@@ -39,6 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     exp.add_argument("--dashboards-path", default=DEFAULT_DASHBOARDS_PATH,
                      help=f"where Grafana will find the dashboard JSON (default {DEFAULT_DASHBOARDS_PATH})")
     exp.add_argument("--dashboards", type=Path, default=JSON_DIR, help="folder of dashboard JSON")
+    exp.add_argument("--skip-json", action="store_true",
+                     help="write only the YAML (mount the dashboard JSON folder at --dashboards-path yourself)")
     exp.set_defaults(func=export_main)
 
 
@@ -66,8 +70,11 @@ def provision_main(args: argparse.Namespace) -> int:
 
     from cloud.grafana_provision import InfluxTarget, ProvisionError, ensure_dbrp, provision
 
-    if not args.token:
+    if args.grafana and not args.token:
         print("tendril dashboards provision: --token or GRAFANA_TOKEN is required", file=sys.stderr)
+        return 2
+    if not args.grafana and args.no_dbrp:
+        print("tendril dashboards provision: nothing to do (no --grafana and --no-dbrp)", file=sys.stderr)
         return 2
     dashes = _checked_dashboards(args.dashboards)
     if dashes is None:
@@ -83,11 +90,11 @@ def provision_main(args: argparse.Namespace) -> int:
             state = ensure_dbrp(args.influx_url, influx_token, args.influx_org, args.influx_bucket,
                                 args.influx_database)
             print(f"dbrp {args.influx_database}/autogen -> {args.influx_bucket}: {state}")
-        report = provision(GrafanaApi.from_url(args.grafana, credential=args.token), target, dashes)
+        if args.grafana:
+            print(provision(GrafanaApi.from_url(args.grafana, credential=args.token), target, dashes).render())
     except (ProvisionError, OSError) as exc:
         print(f"tendril dashboards provision: {exc}", file=sys.stderr)
         return 1
-    print(report.render())
     return 0
 
 
@@ -104,6 +111,8 @@ def export_main(args: argparse.Namespace) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path}")
+    if args.skip_json:
+        return 0
     json_out = out / "dashboards" / "tendril"
     json_out.mkdir(parents=True, exist_ok=True)
     for name in dashes:
