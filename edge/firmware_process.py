@@ -70,7 +70,13 @@ class FirmwareConfig:
     sample_s: float | None = None
     ack_timeout_s: float = 5.0
     reconnect_max_s: float = 30.0
-    queue_max: int = 256
+    queue_max: int = 2048  # telemetry held while offline, RAM + flash (state_dir)
+    ram_queue_max: int = 32
+    replay_per_s: float = 5.0  # backlog records per real second after an outage
+    state_dir: Path | None = None  # the node's flash; FirmwareProcess defaults it to workdir/flash
+    wdt_s: float = 0.0  # watchdog timeout (real seconds); 0 = off
+    max_switches_per_hour: int = 0  # relay; 0 = no limit
+    override_file: Path | None = None  # relay: the local button ("0"/"1"; absent = released)
 
     def __post_init__(self) -> None:
         tendril_wire.check_id(self.site, "site")
@@ -85,6 +91,10 @@ class FirmwareConfig:
             raise ValueError(f"safe_default must be 0 or 1, got {self.safe_default!r}")
         if len(self.key) < 16:
             raise ValueError("key must be at least 16 bytes")
+        if not 1 <= self.ram_queue_max <= self.queue_max:
+            raise ValueError(f"need 1 <= ram_queue_max <= queue_max, got {self.ram_queue_max}, {self.queue_max}")
+        if self.replay_per_s <= 0 or self.wdt_s < 0 or self.max_switches_per_hour < 0:
+            raise ValueError("replay_per_s must be > 0, wdt_s and max_switches_per_hour >= 0")
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -105,7 +115,15 @@ class FirmwareConfig:
             "ack_timeout_s": self.ack_timeout_s,
             "reconnect_max_s": self.reconnect_max_s,
             "queue_max": self.queue_max,
+            "ram_queue_max": self.ram_queue_max,
+            "replay_per_s": self.replay_per_s,
+            "wdt_s": self.wdt_s,
+            "max_switches_per_hour": self.max_switches_per_hour,
         }
+        if self.state_dir is not None:
+            doc["state_dir"] = str(self.state_dir)
+        if self.override_file is not None:
+            doc["override_file"] = str(self.override_file)
         if self.power_file is not None:
             doc["power_file"] = str(self.power_file)
         if self.relay_file is not None:
@@ -131,6 +149,8 @@ class FirmwareProcess:
         self.heapsize = heapsize  # e.g. "28wK" to emulate an ESP32's heap
         self.config_path = self.workdir / f"{config.device}.json"
         self.log_path = self.workdir / f"{config.device}.log"
+        # The node's flash (outbox backlog, seq counters): survives restarts, as on a device.
+        self.state_dir = config.state_dir if config.state_dir is not None else self.workdir / "flash"
         self.proc: subprocess.Popen[bytes] | None = None
         self.binary = find_micropython()
 
@@ -159,7 +179,9 @@ class FirmwareProcess:
         if self.alive:
             raise RuntimeError(f"firmware {self.config.device} is already running (pid {self.pid})")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(json.dumps(self.config.to_json(), indent=1))
+        doc = self.config.to_json()
+        doc.setdefault("state_dir", str(self.state_dir))
+        self.config_path.write_text(json.dumps(doc, indent=1))
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env()

@@ -69,6 +69,7 @@ class VirtualBoard:
 
     def __init__(self, end, power_w=1800.0):
         self.t = T0
+        self.mono = 0.0
         self.end = end
         self.power_w = power_w
         self.lines = []
@@ -76,10 +77,14 @@ class VirtualBoard:
     def now(self):
         return self.t
 
+    def monotonic(self):
+        return self.mono
+
     async def sleep(self, d):
         if self.t + d > self.end:
             raise _Stop()
         self.t += d
+        self.mono += d
         await asyncio.sleep(0)
 
     def read_power(self):
@@ -118,9 +123,10 @@ def test_outbox_overflow_while_offline_drops_oldest_and_is_reported():
     assert [r["ts"] for r in records] == [T0 + 160, T0 + 170, T0 + 180, T0 + 190, T0 + 200]
     assert abs(records[-1]["energy_wh"] - 1800.0 * 200 / 3600) < 1e-9
     assert any("dropped oldest" in line for line in board.lines)
-    node._state(board.now())
-    state = tw.decode(tw.STATE, node._pending_state)
+    node.state(board.now())
+    state = tw.decode(tw.STATE, node.uplink._state)
     assert state["dropped"] == 15 and state["free_heap"] == 12345 and state["fw"] == "0.0.0"
+    assert state["queue"] == 0 and state["uptime_s"] == 200 and state["boot"] == "unknown"
 
 
 def test_state_records_follow_state_period():
@@ -128,13 +134,13 @@ def test_state_records_follow_state_period():
     node = Node(board, config.parse(raw_config(telemetry_s=1000, state_s=30)))
     node.boot(board.now())
     states = []
-    original = node._state
+    original = node.state
 
     def capture(now):
         original(now)
-        states.append(json.loads(node._pending_state)["ts"])
+        states.append(json.loads(node.uplink._state)["ts"])
 
-    node._state = capture
+    node.state = capture
     run_producer(node)
     assert states == [T0, T0 + 30, T0 + 60, T0 + 90]
 
@@ -160,3 +166,35 @@ def test_node_waits_for_a_valid_clock_before_reading_it():
     asyncio.run(node._wait_for_clock())
     assert board.attempts == 2 and board.now() == T0
     assert any("Wi-Fi down" in line for line in board.lines)
+
+
+class SteppingBoard(VirtualBoard):
+    """Boots on the ESP32 epoch; NTP steps the clock to true time T0 + uptime at uptime 50 s."""
+
+    def __init__(self):
+        VirtualBoard.__init__(self, end=0)
+        self.t = tw.to_unix_time(5.0, 2000)
+
+    async def sleep(self, d):
+        if self.mono + d > 100:
+            raise _Stop()
+        self.mono += d
+        self.t = T0 + self.mono if self.mono >= 50 else self.t + d
+        await asyncio.sleep(0)
+
+
+def test_records_before_clock_sync_are_stamped_unsynced_and_corrected_at_sync():
+    board = SteppingBoard()
+    node = Node(board, config.parse(raw_config(telemetry_s=10, state_s=1000)))
+    run_producer(node)
+    records = []
+    while len(node.outbox):
+        ident, payload = node.outbox.peek()
+        records.append(tw.decode(tw.TELEMETRY, payload))
+        node.outbox.remove_through(ident)
+    assert [r["seq"] for r in records] == list(range(10))
+    assert [r["ts"] for r in records] == [T0 + 10 * (k + 1) for k in range(10)]
+    assert [r.get("unsynced", False) for r in records] == [True] * 4 + [False] * 6
+    # the register integrated 1800 W over real uptime, not over the 24-year clock step
+    assert [round(r["energy_wh"], 6) for r in records] == [5.0 * (k + 1) for k in range(10)]
+    assert any("clock synced" in line for line in board.lines)

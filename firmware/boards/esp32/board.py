@@ -7,6 +7,9 @@
 #   pulse_pin (default 27)          GPIO of the meter's pulse pickup (meter)
 #   pulses_per_kwh (default 1000)   the meter's LED constant (imp/kWh)
 #   ntp_host (default pool.ntp.org)
+#   override_pin (optional)         a latching switch to ground: closed = load forced ON
+#                                   locally (wins over the cloud), open = cloud in control
+# The outbox backlog and seq counters live in state_dir (default /state on LittleFS).
 # This file cannot run on the unix port (no `network`, no machine.Pin there).
 
 import asyncio
@@ -25,6 +28,9 @@ from tendril_fw import config
 # The port's epoch: 2000 on ESP32. Converted to unix seconds only via tendril_wire.
 EPOCH_YEAR = time.gmtime(0)[0]
 WIFI_TIMEOUT_S = 20
+BOOT_REASONS = {machine.PWRON_RESET: "power_on", machine.HARD_RESET: "hard_reset",
+                machine.WDT_RESET: "watchdog", machine.DEEPSLEEP_RESET: "deep_sleep",
+                machine.SOFT_RESET: "soft_reset"}
 
 
 class Board:
@@ -38,7 +44,15 @@ class Board:
             if isinstance(exc, config.ConfigError):
                 raise
             raise config.ConfigError("%s is not JSON: %r" % (path, exc))
+        if not self.cfg["state_dir"]:
+            self.cfg["state_dir"] = "/state"
         hw = self.cfg["board"]
+        self._boot_reason = BOOT_REASONS.get(machine.reset_cause(), "unknown")
+        self._mono_ms = 0
+        self._mono_last = time.ticks_ms()
+        self.override_pin = None
+        if hw.get("override_pin") is not None:
+            self.override_pin = machine.Pin(hw["override_pin"], machine.Pin.IN, machine.Pin.PULL_UP)
         self.wlan = network.WLAN(network.STA_IF)
         self.synced = False
         self.relay_pin = None
@@ -77,6 +91,23 @@ class Board:
         if dt_s <= 0:
             return 0.0
         return pulses / self.pulses_per_kwh * 1000.0 * 3600.0 / dt_s
+
+    def monotonic(self):
+        ticks = time.ticks_ms()
+        self._mono_ms += time.ticks_diff(ticks, self._mono_last)
+        self._mono_last = ticks
+        return self._mono_ms / 1000.0
+
+    def watchdog(self, timeout_s):
+        return machine.WDT(timeout=int(timeout_s * 1000))
+
+    def boot_reason(self):
+        return self._boot_reason
+
+    def read_override(self):
+        if self.override_pin is None:
+            return None
+        return 1 if self.override_pin.value() == 0 else None
 
     def set_relay(self, state):
         self.relay_pin.value(1 if state else 0)

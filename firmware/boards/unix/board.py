@@ -7,6 +7,10 @@
 #                      seconds (edge/clock.py SimClock.env_value); absent = wall clock.
 #   power_file         (meter) the plant writes the current site power in W as text
 #   relay_file         (relay) this board writes "0" or "1", atomically, at boot and on change
+#   override_file      (relay, optional) the local button: "0"/"1" forces the output, absent
+#                      or empty releases it
+#   state_dir          the node's "flash": outbox backlog, seq counters, reset cause
+#   wdt_s              machine.WDT here is the host shim next to this file (kills the process)
 
 import asyncio
 import gc
@@ -15,7 +19,11 @@ import os
 import random
 import time
 
+import machine
 from tendril_fw import config
+from tendril_fw.flashlog import makedirs
+
+BOOT_REASONS = {machine.PWRON_RESET: "power_on", machine.WDT_RESET: "watchdog"}
 
 
 def parse_clock(value):
@@ -54,6 +62,40 @@ class Board:
             clock if clock is not None else os.getenv("TENDRIL_CLOCK"))
         self.power_errors = 0
         self._power = 0.0
+        if self.cfg["state_dir"]:
+            makedirs(self.cfg["state_dir"])
+            machine.RESET_FILE = self.cfg["state_dir"] + "/reset_cause"
+        self._boot_reason = BOOT_REASONS.get(machine.reset_cause(), "unknown")
+        self._mono_ms = 0
+        self._mono_last = time.ticks_ms()
+
+    def boot_reason(self):
+        # type: () -> str
+        return self._boot_reason
+
+    def monotonic(self):
+        # type: () -> float
+        """Real seconds since boot; ticks_ms wraps (2**30 ms), so accumulate differences."""
+        ticks = time.ticks_ms()
+        self._mono_ms += time.ticks_diff(ticks, self._mono_last)
+        self._mono_last = ticks
+        return self._mono_ms / 1000.0
+
+    def watchdog(self, timeout_s):
+        # type: (float) -> machine.WDT
+        return machine.WDT(timeout=int(timeout_s * 1000))
+
+    def read_override(self):
+        # type: () -> int | None
+        path = self.cfg["override_file"]
+        if not path:
+            return None
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            return None
+        return 1 if text == "1" else 0 if text == "0" else None
 
     def now(self):
         # type: () -> float

@@ -20,7 +20,13 @@ DEFAULTS = {
     "keepalive_s": 30,
     "ack_timeout_s": 5.0,
     "reconnect_max_s": 30.0,
-    "queue_max": 256,
+    "queue_max": 2048,  # telemetry records held while offline (RAM + flash)
+    "ram_queue_max": 32,  # of which in RAM; the rest goes to flash when state_dir is set
+    "replay_per_s": 5.0,  # backlog records per real second after an outage
+    "state_dir": None,  # flash directory for the outbox and seq counters; None = RAM only
+    "wdt_s": 0,  # watchdog timeout, real seconds; 0 = no watchdog
+    "max_switches_per_hour": 0,  # relay; 0 = no limit
+    "override_file": None,  # unix board: the local button ("0", "1", absent = released)
     "power_file": None,
     "relay_file": None,
     "relay_load_w": 0.0,
@@ -34,9 +40,9 @@ DEFAULTS = {
 }  # type: dict[str, Any]
 
 _NUMBERS = ("telemetry_s", "state_s", "ack_timeout_s", "reconnect_max_s", "relay_load_w",
-            "min_on_s", "min_off_s")
-_POSITIVE = ("telemetry_s", "state_s", "ack_timeout_s", "reconnect_max_s")
-_INTS = ("broker_port", "keepalive_s", "queue_max", "safe_default")
+            "min_on_s", "min_off_s", "replay_per_s", "wdt_s")
+_POSITIVE = ("telemetry_s", "state_s", "ack_timeout_s", "reconnect_max_s", "replay_per_s")
+_INTS = ("broker_port", "keepalive_s", "queue_max", "ram_queue_max", "safe_default", "max_switches_per_hour")
 _STRINGS = ("broker_host", "key_hex", "fw_version")
 
 
@@ -87,6 +93,11 @@ def parse(raw):
         raise ConfigError("sample_s must be a number > 0")
     if cfg["keepalive_s"] > 65535 or not 0 < cfg["broker_port"] < 65536 or cfg["queue_max"] < 1:
         raise ConfigError("keepalive_s, broker_port or queue_max out of range")
+    for name in ("state_dir", "override_file"):
+        if cfg[name] is not None and (not isinstance(cfg[name], str) or not cfg[name]):
+            raise ConfigError("%s must be a non-empty string or null" % name)
+    if cfg["ram_queue_max"] < 1:
+        raise ConfigError("ram_queue_max must be >= 1")
     if not isinstance(cfg["board"], dict):
         raise ConfigError("board must be a JSON object")
     try:

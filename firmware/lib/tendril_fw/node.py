@@ -1,43 +1,46 @@
-# The node's async main loop, for a meter or a relay.
+# The node: what a meter or relay does on the device clock, for the uplink to send.
 #
-# Three concerns run side by side:
-#   producer  - on the device clock: samples, telemetry into the outbox, state records;
-#               it never waits for the network, so readings survive an outage.
-#   session   - one MQTT connection: last will, online status, command subscription,
-#               then a single sender drains acks, state and the outbox in order.
-#   reconnect - capped exponential backoff with jitter between sessions.
+# Coroutines side by side:
+#   producer  samples, telemetry, state on the device clock; never waits for the
+#             network, so readings survive an outage (they wait in the outbox).
+#   uplink    MQTT session, reconnects and send order (tendril_fw.uplink).
+#   override  polls the local button (relay): the person at the load wins.
+#   health    feeds the watchdog only while producer and uplink keep their promises.
+#
+# Time: until the clock is synced (NTP on ESP32) records are stamped on the device's
+# raw clock, kept in RAM and marked unsynced; at sync the jump is measured against the
+# monotonic clock and added to them. Only then do they get encoded (the contract
+# rejects pre-2020 stamps) and queued. The meter's energy register never integrates
+# the jump.
 #
 # The board supplies everything physical (duck-typed):
 #   now() -> unix seconds on the device clock     async sleep(device_seconds)
+#   monotonic() -> real seconds, never steps       speed: device s per real s (default 1)
 #   read_power() -> W (meter)                      set_relay(0|1) (relay)
+#   read_override() -> None|0|1 (optional)         watchdog(timeout_s) -> obj with feed()
 #   free_heap() -> int | None                      random() -> float in [0, 1)
-#   async network_up() (Wi-Fi etc.; may raise)     log(text)
+#   boot_reason() -> str (optional)                async network_up() (may raise)   log(text)
 
 import asyncio
 
 import tendril_wire as tw
+from tendril_fw.flashlog import FlashLog
+from tendril_fw.health import Liveness
 from tendril_fw.meter import MeterNode
-from tendril_fw.mqtt_client import MQTTClient, MQTTError
-from tendril_fw.outbox import RamQueue
+from tendril_fw.outbox import Outbox
 from tendril_fw.relay import RelayNode
+from tendril_fw.seqstore import SeqCounter
+from tendril_fw.uplink import Uplink, backoff_delay
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-BACKOFF_BASE_S = 0.5
-MAX_PENDING_ACKS = 16
+__all__ = ("Node", "backoff_delay", "next_due")
 
-
-def backoff_delay(attempt, cap, rnd):
-    # type: (int, float, float) -> float
-    """Real seconds to wait before reconnect attempt `attempt` (0-based); rnd in [0, 1).
-
-    Half fixed, half random ("equal jitter"): a fleet that lost the broker together
-    does not come back in lockstep, yet no device retries too eagerly.
-    """
-    delay = min(cap, BACKOFF_BASE_S * (2 ** min(attempt, 16)))
-    return delay / 2 + delay / 2 * rnd
+UNSYNCED_MAX = 64  # records held in RAM until the clock is synced
+OVERRIDE_POLL_S = 1.0  # device seconds between reads of the local button
+SLACK_S = 10.0  # real seconds a loop may overrun its promise before the watchdog starves
 
 
 def next_due(due, period, now):
@@ -55,122 +58,95 @@ class Node:
         self.site = cfg["site"]
         self.device = cfg["device"]
         self.is_relay = cfg["type"] == tw.DEVICE_RELAY
-        self.outbox = outbox if outbox is not None else RamQueue(cfg["queue_max"])
-        self.boot_time = 0.0
+        state_dir = cfg.get("state_dir")
+        if outbox is None:
+            flash = FlashLog(state_dir + "/outbox") if state_dir else None
+            outbox = Outbox(cfg["queue_max"], cfg["ram_queue_max"], flash, board.log)
+        self.outbox = outbox
+        self.seqs = SeqCounter(state_dir + "/seq" if state_dir else None)
+        self.state_seqs = SeqCounter(state_dir + "/state_seq" if state_dir else None)
+        self.speed = getattr(board, "speed", 1.0)
+        self.boot_mono = board.monotonic()
+        reason = getattr(board, "boot_reason", None)
+        self.boot_reason = reason() if reason is not None else "unknown"
         self.meter = None if self.is_relay else MeterNode()
-        self.relay = None  # type: RelayNode | None  # created by boot(), on a valid clock
-        self.reconnects = 0
-        self.connects = 0
-        self.client = None  # type: MQTTClient | None
-        self._state_seq = 0
-        self._pending_state = None  # type: bytes | None
-        self._acks = []  # type: list[bytes]
-        self._wake = asyncio.Event()
+        self.relay = None  # type: RelayNode | None  # created at clock sync
+        self.synced = False
+        self.clock_step = 0.0
+        self.unsynced = []  # type: list[dict[str, Any]]
+        self.unsynced_dropped = 0
+        self._last_raw = None  # type: float | None
+        self._last_mono = 0.0
+        self.liveness = Liveness()
+        subs = (tw.device_topic(self.site, self.device, tw.CMD),) if self.is_relay else ()
+        self.uplink = Uplink(board, cfg, self.outbox, self._on_message, subs, self._beat)
         self._watch = None  # type: Any
 
-    def topic(self, kind):
-        # type: (str) -> str
-        return tw.device_topic(self.site, self.device, kind)
+    def _beat(self, name, within):
+        # type: (str, float) -> None
+        self.liveness.beat(name, self.board.monotonic(), within)
 
     # ------------------------------------------------------------ main loop
-
-    def boot(self, now):
-        # type: (float) -> None
-        """Start device-time state at `now`, a valid wall-clock time."""
-        self.boot_time = now
-        if self.is_relay:
-            cfg = self.cfg
-            self.relay = RelayNode(cfg["key"], now, cfg["safe_default"], cfg["min_on_s"], cfg["min_off_s"],
-                                   cfg["relay_load_w"])
 
     async def run(self):
         # type: () -> None
         if self.is_relay:
             self.board.set_relay(self.cfg["safe_default"])
-        await self._wait_for_clock()
-        self.boot(self.board.now())
+        asyncio.create_task(self._health())
         asyncio.create_task(self._produce())
-        attempt = 0
-        while True:
-            connected_before = self.connects
-            try:
-                await self._session()
-            except Exception as exc:  # whatever broke, the device must come back
-                self.board.log("session ended: %r" % (exc,))
-            finally:
-                self.client = None
-            if self.connects != connected_before:
-                attempt = 0
-            delay = backoff_delay(attempt, self.cfg["reconnect_max_s"], self.board.random())
-            attempt += 1
-            self.board.log("reconnecting in %.2f s" % delay)
-            await asyncio.sleep(delay)
+        await self._wait_for_clock()
+        if self.is_relay:
+            asyncio.create_task(self._watch_override())
+        await self.uplink.run()
 
     async def _wait_for_clock(self):
         # type: () -> None
-        # An ESP32 boots at 2000-01-01 until NTP (in network_up) sets it; records
-        # stamped before that would be rejected, and a meter would integrate the jump.
+        # An ESP32 boots at 2000-01-01 until NTP (in network_up) sets it.
         attempt = 0
-        while self.board.now() < tw.MIN_TS:
-            try:
-                await self.board.network_up()
-            except Exception as exc:
-                self.board.log("network/clock not ready: %r" % (exc,))
-            if self.board.now() >= tw.MIN_TS:
+        while True:
+            self._beat("uplink", self.cfg["reconnect_max_s"] + 60.0)
+            if self.board.now() < tw.MIN_TS:
+                try:
+                    await self.board.network_up()
+                except Exception as exc:
+                    self.board.log("network/clock not ready: %r" % (exc,))
+            if self.check_sync(self.board.now()):
                 return
             await asyncio.sleep(backoff_delay(attempt, self.cfg["reconnect_max_s"], self.board.random()))
             attempt += 1
 
-    async def _session(self):
-        # type: () -> None
-        await self.board.network_up()
-        client = MQTTClient(
-            "tendril-%s-%s" % (self.site, self.device), self.cfg["broker_host"], self.cfg["broker_port"],
-            keepalive=self.cfg["keepalive_s"], clean_session=False,
-            username=self.cfg["username"], password=self.cfg["password"],
-            will=(self.topic(tw.STATUS), tw.status_payload(False), 1, True),
-            on_message=self._on_message, ack_timeout=self.cfg["ack_timeout_s"])
-        await client.connect()
-        sender = None
-        try:
-            # Subscribe first: "online" promises that commands sent from now on arrive.
-            if self.relay is not None:
-                await client.subscribe(self.topic(tw.CMD), 1)
-            await client.publish(self.topic(tw.STATUS), tw.status_payload(True), 1, True)
-            self.connects += 1
-            self.reconnects = self.connects - 1
-            self.client = client
-            self.board.log("connected to %s:%d nodelay=%s session_present=%s" % (
-                client.host, client.port, client.nodelay, client.session_present))
-            sender = asyncio.create_task(self._send(client))
-            await client.wait_closed()
-        finally:
-            if sender is not None:
-                sender.cancel()
-            client.abort("session ended")
+    def check_sync(self, now):
+        # type: (float) -> bool
+        """Notice the clock becoming valid; stamp what waited with the measured jump."""
+        if self.synced:
+            return True
+        mono = self.board.monotonic()
+        if now < tw.MIN_TS:
+            self._last_raw, self._last_mono = now, mono
+            return False
+        jump = 0.0
+        if self._last_raw is not None:
+            jump = now - (self._last_raw + (mono - self._last_mono) * self.speed)
+            self.board.log("clock synced: stepped %.3f s" % jump)
+        self.synced = True
+        self.clock_step = jump
+        if self.meter is not None and self.meter.last_t is not None:
+            self.meter.last_t += jump  # the register must not integrate the step
+        self.boot(now)
+        waiting, self.unsynced = self.unsynced, []
+        for msg in waiting:
+            msg["ts"] += jump
+            msg["unsynced"] = True
+            self._queue(msg)
+        return True
 
-    async def _send(self, client):
-        # type: (MQTTClient) -> None
-        # The only publisher while connected: one message in flight keeps telemetry in
-        # order, and an item leaves the outbox only after its PUBACK.
-        try:
-            while True:
-                self._wake.clear()
-                if self._acks:
-                    await client.publish(self.topic(tw.ACK), self._acks[0], 1)
-                    self._acks.pop(0)
-                elif self._pending_state is not None:
-                    payload = self._pending_state
-                    self._pending_state = None
-                    await client.publish(self.topic(tw.STATE), payload, 1)
-                elif len(self.outbox):
-                    item = self.outbox.peek()
-                    await client.publish(self.topic(tw.TELEMETRY), item[1], 1)
-                    self.outbox.remove_through(item[0])
-                else:
-                    await self._wake.wait()
-        except MQTTError as exc:
-            client.abort(str(exc))
+    def boot(self, now):
+        # type: (float) -> None
+        """Start wall-clock state at `now`, a synced time."""
+        if self.is_relay and self.relay is None:
+            cfg = self.cfg
+            self.relay = RelayNode(cfg["key"], now, cfg["safe_default"], cfg["min_on_s"], cfg["min_off_s"],
+                                   cfg["relay_load_w"], cfg["max_switches_per_hour"])
 
     # ------------------------------------------------------------ producer
 
@@ -180,6 +156,7 @@ class Node:
         state_s = self.cfg["state_s"]
         sample_s = self.cfg["sample_s"] or tel_s
         now = self.board.now()
+        self.check_sync(now)
         if self.meter is not None:
             self.meter.sample(now, self.board.read_power())
         next_tel = now + tel_s
@@ -187,46 +164,88 @@ class Node:
         next_sample = now + sample_s
         while True:
             now = self.board.now()
+            if not self.synced and self.check_sync(now):
+                # the clock stepped: move the schedule with it, and say hello at once
+                next_tel += self.clock_step
+                next_sample += self.clock_step
+                next_state = now
             if self.meter is not None and (now >= next_sample or now >= next_tel):
                 self.meter.sample(now, self.board.read_power())
                 next_sample = now + sample_s
             if now >= next_tel:
-                self._telemetry(now)
+                self.telemetry(now)
                 next_tel = next_due(next_tel, tel_s, now)
             if now >= next_state:
-                self._state(now)
+                self.state(now)
                 next_state = next_due(next_state, state_s, now)
             due = min(next_tel, next_state, next_sample if self.meter is not None else next_tel)
-            await self.board.sleep(max(0.0, due - self.board.now()))
+            wait = max(0.0, due - self.board.now())
+            self._beat("producer", wait / self.speed + SLACK_S)
+            await self.board.sleep(wait)
 
-    def _telemetry(self, now):
+    def telemetry(self, now):
         # type: (float) -> None
         source = self.meter if self.meter is not None else self.relay
-        assert source is not None
-        payload = tw.encode(tw.TELEMETRY, source.telemetry(now))
-        if not self.outbox.push(payload):
-            self.board.log("outbox full: dropped oldest telemetry (%d so far)" % self.outbox.dropped)
-        self._wake.set()
+        if source is None:
+            return  # a relay has no state to report before the clock is synced
+        source.seq = self.seqs.take()
+        msg = source.telemetry(now)
+        if self.synced:
+            self._queue(msg)
+            return
+        self.unsynced.append(msg)
+        if len(self.unsynced) > UNSYNCED_MAX:
+            self.unsynced.pop(0)
+            self.unsynced_dropped += 1
 
-    def _state(self, now):
+    def _queue(self, msg):
+        # type: (dict[str, Any]) -> None
+        if not self.uplink.telemetry(tw.encode(tw.TELEMETRY, msg)):
+            self.board.log("outbox full: dropped oldest telemetry (%d so far)" % self.outbox.dropped)
+
+    def dropped(self):
+        # type: () -> int
+        return self.outbox.dropped + self.unsynced_dropped
+
+    def state(self, now):
         # type: (float) -> None
-        msg = {"v": tw.VERSION, "seq": self._state_seq, "ts": now, "fw": self.cfg["fw_version"],
-               "uptime_s": now - self.boot_time, "queue": len(self.outbox),
-               "dropped": self.outbox.dropped, "reconnects": self.reconnects}  # type: dict[str, Any]
+        if not self.synced:
+            return
+        msg = {"v": tw.VERSION, "seq": self.state_seqs.take(), "ts": now, "fw": self.cfg["fw_version"],
+               "uptime_s": (self.board.monotonic() - self.boot_mono) * self.speed,
+               "queue": self.uplink.queued() + len(self.unsynced), "dropped": self.dropped(),
+               "reconnects": self.uplink.reconnects, "boot": self.boot_reason}  # type: dict[str, Any]
         heap = self.board.free_heap()
         if heap is not None:
             msg["free_heap"] = heap
         if self.relay is not None:
             msg["relay"] = self.relay.relay
-        self._state_seq += 1
-        self._pending_state = tw.encode(tw.STATE, msg)  # only the latest state matters
-        self._wake.set()
+        self.uplink.state(tw.encode(tw.STATE, msg))
 
-    # ------------------------------------------------------------ commands
+    # ------------------------------------------------------------ health
+
+    async def _health(self):
+        # type: () -> None
+        timeout = self.cfg["wdt_s"]
+        if not timeout:
+            return
+        wdt = self.board.watchdog(timeout)
+        complained = False
+        while True:
+            stale = self.liveness.stale(self.board.monotonic())
+            if not stale:
+                wdt.feed()
+                complained = False
+            elif not complained:
+                self.board.log("watchdog not fed: %s stalled" % ",".join(stale))
+                complained = True
+            await asyncio.sleep(timeout / 4)
+
+    # ------------------------------------------------------------ relay
 
     def _on_message(self, topic, payload, qos, retain):
         # type: (str, bytes, int, bool) -> None
-        if self.relay is None or topic != self.topic(tw.CMD):
+        if self.relay is None or topic != tw.device_topic(self.site, self.device, tw.CMD):
             return
         now = self.board.now()
         before = self.relay.relay
@@ -236,16 +255,13 @@ class Node:
             self._output_changed(now)
         if ack["ok"]:
             self._arm_fallback()
-        self._acks.append(tw.encode(tw.ACK, ack))
-        if len(self._acks) > MAX_PENDING_ACKS:
-            self._acks.pop(0)
-        self._wake.set()
+        self.uplink.ack(tw.encode(tw.ACK, ack))
 
     def _output_changed(self, now):
         # type: (float) -> None
         assert self.relay is not None
         self.board.set_relay(self.relay.relay)
-        self._telemetry(now)  # report a switch at once, not at the next period
+        self.telemetry(now)  # report a switch at once, not at the next period
 
     def _arm_fallback(self):
         # type: () -> None
@@ -272,3 +288,27 @@ class Node:
                 self._output_changed(now)
             elif relay.deadline() == deadline:
                 return  # nothing left to wait for
+
+    def poll_override(self, now):
+        # type: (float) -> None
+        """Apply the local button's state; report any change at once."""
+        read = getattr(self.board, "read_override", None)
+        if read is None or self.relay is None:
+            return
+        before = self.relay.relay
+        report = self.relay.set_override(now, read())
+        if report is None:
+            return
+        self.board.log("local override: %s, relay %d" % (report["reason"], report["relay"]))
+        if self.relay.relay != before:
+            self._output_changed(now)
+        self.uplink.ack(tw.encode(tw.ACK, report))
+        self._arm_fallback()  # released: the command in force expires as usual
+
+    async def _watch_override(self):
+        # type: () -> None
+        if getattr(self.board, "read_override", None) is None:
+            return
+        while True:
+            self.poll_override(self.board.now())
+            await self.board.sleep(OVERRIDE_POLL_S)
