@@ -197,7 +197,12 @@ def compile_model(m: pyo.ConcreteModel) -> CompiledSite:
     row_lo, row_up = [], []
     for con, sense in info.rows:
         lb, body, ub = con.to_bounded_expression(False)
-        offset = params.affine(generate_standard_repn(body, compute_values=False).constant)
+        body_repn = generate_standard_repn(body, compute_values=False)
+        for coef in body_repn.linear_coefs:
+            if not isinstance(coef, int | float) and params.affine(coef)[1]:
+                raise CompileError(f"row {con.name}: an input multiplies a variable ({coef}); inputs may "
+                                   "only enter bounds, right-hand sides and costs")
+        offset = params.affine(body_repn.constant)
         if sense == 0:
             rhs = _sub(params.affine(ub), offset)
             row_lo.append(rhs)

@@ -74,8 +74,9 @@ class HighsRunner:
         self._highs = highspy.Highs()  # type: ignore[no-untyped-call]
         self._highs.setOptionValue("output_flag", False)
         self._highs.setOptionValue("presolve", "on" if self.presolve else "off")
-        # one worker process is one solve at a time; HiGHS threads would fight the pool for cores
-        self._highs.setOptionValue("threads", 1)
+        # No "threads" option: HiGHS has one scheduler per process, and setting it here fails every
+        # later run if anything else in the process (a Pyomo solve) started HiGHS first. The dual
+        # simplex on these LPs runs on one thread anyway.
         self._highs.setOptionValue("mip_rel_gap", 1e-6)
 
     def _pass(self, st: SolveState, cost: FloatArray, clo: FloatArray, cup: FloatArray,
@@ -115,7 +116,10 @@ class HighsRunner:
             j = int(np.flatnonzero(clo > cup + 1e-9)[0])
             raise SolveError("infeasible", f"column {j} has lower bound {clo[j]} above upper {cup[j]}")
         limit = time_limit_s if time_limit_s is not None else self.time_limit_s
-        self._highs.setOptionValue("time_limit", math.inf if limit is None else max(limit, 0.0))
+        # HiGHS compares time_limit with its run clock, which adds up over every run of this
+        # instance: the limit for this solve is the clock now plus the budget.
+        budget = math.inf if limit is None else self._highs.getRunTime() + max(limit, 0.0)
+        self._highs.setOptionValue("time_limit", budget)
         warm = False
         if self._loaded is st and st.cost is not None:
             self._update(st, cost, clo, cup, rlo, rup)

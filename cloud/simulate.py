@@ -66,6 +66,7 @@ class RunLog:
     trades: TradeDesk | None = None
     solves: int = 0
     failures: dict[str, int] = field(default_factory=dict)
+    last_failure: dict[str, str] = field(default_factory=dict)
     solve_s: list[float] = field(default_factory=list)
     planned_violation_ch: float = 0.0
     relays: RelayBank | None = None
@@ -177,8 +178,9 @@ def run_optimized(w: World, desk: TradeDesk, cfg: SimConfig, progress: Progress)
             log.restarts += report.restarts
             log.solves += len(report.fresh)
             log.solve_s.extend(report.solve_s)
-            for site in report.failed:
+            for site, why in report.failed.items():
                 log.failures[site] = log.failures.get(site, 0) + 1
+                log.last_failure[site] = why
             wanted: list[tuple[str, str, int]] = []
             plans: list[tuple[int, SiteSchedule | None, int | None]] = []
             for i, h in enumerate(w.homes):
@@ -202,7 +204,8 @@ def run_optimized(w: World, desk: TradeDesk, cfg: SimConfig, progress: Progress)
                 local = datetime.fromtimestamp(t + STEP_S, LOCAL).strftime("%m-%d %H:%M")
                 med = np.median(log.solve_s) * 1000 if log.solve_s else float("nan")
                 progress(f"  optimized: {100 * (k + 1) / w.steps:5.1f}%  sim {local}  re-solves {log.solves}  "
-                         f"median HiGHS {med:.1f} ms  failures {sum(log.failures.values())}")
+                         f"median HiGHS {med:.1f} ms  failures {sum(log.failures.values())}"
+                         + (f" (last: {next(reversed(log.last_failure.values()))[:80]})" if log.last_failure else ""))
     return log
 
 
@@ -242,8 +245,9 @@ def _day_ahead(w: World, k0: int, pool: FleetPool, desk: TradeDesk, pump_plan: l
             for i, h in enumerate(w.homes)]
     report = pool.solve(jobs)
     log.restarts += report.restarts
-    for site in report.failed:
+    for site, why in report.failed.items():
         log.failures[site] = log.failures.get(site, 0) + 1
+        log.last_failure[site] = f"day-ahead: {why}"
     day_end = next((d for d in _day_starts(w) if d > k0), w.steps)
     for i, h in enumerate(w.homes):
         sched = report.schedules.get(h.site)

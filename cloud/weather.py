@@ -7,7 +7,7 @@ onto the typical year by month, day and time of day, so March 2024 prices meet a
 Dry-bulb is a reading at the stamp: interpolated linearly between stamps. GHI is the mean over
 the hour ending at the stamp: constant within that hour. A day the slice lacks (a lookahead
 past the end of the month) repeats the latest day before it (a persistence forecast); a month
-the slice lacks is an error.
+the slice lacks is an error (but the first hour of a month may start from its own value).
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ class Weather:
         return stamp.month, stamp.day, stamp.hour + 1
 
     def _lookup(self, table: dict[tuple[int, int, int], float], lst_s: float) -> float:
-        for back in range(3):  # a missing day repeats the latest day before it
-            probe = lst_s - back * DAY
+        # A missing day repeats the latest day before it; the first hour of the slice also
+        # stands in for the hour before it (the stamp a 00:00 interpolation starts from).
+        self._key(lst_s)  # a month the slice lacks is an error, not a guess
+        for shift in (0, -DAY, -2 * DAY, HOUR):
             try:
-                key = self._key(probe)
+                key = self._key(lst_s + shift)
             except WeatherDataError:
-                if back == 0:
-                    raise
-                break
+                continue
             if key in table:
                 return table[key]
         raise WeatherDataError(f"no weather near local standard time {lst_s}")
@@ -72,7 +72,10 @@ class Weather:
         before = math.floor(lst / HOUR) * HOUR
         frac = (lst - before) / HOUR
         # the stamp at `before` is the end of the previous hour
-        t0 = self._lookup(self.temp_c, before - 1)
+        try:
+            t0 = self._lookup(self.temp_c, before - 1)
+        except WeatherDataError:  # first hour of the slice: nothing before it to start from
+            t0 = self._lookup(self.temp_c, before + HOUR - 1)
         t1 = self._lookup(self.temp_c, before + HOUR - 1)
         return t0 + (t1 - t0) * frac
 

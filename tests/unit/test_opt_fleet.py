@@ -89,3 +89,15 @@ def test_a_worker_dying_mid_round_fails_only_its_current_site() -> None:
             assert site in {"s0", "s2"} and why == "worker died"
             assert report.schedules[site].start == START
         assert len(report.failed) <= 1
+
+
+def test_the_time_limit_is_per_solve_not_per_worker_lifetime() -> None:
+    from cloud.opt_horizon import SitePlanner
+    from cloud.opt_solve import HighsRunner
+
+    # HiGHS's clock adds up over an instance's runs: 200 re-solves take well over the 0.5 s each
+    # one may use, which failed every solve after the first half-second before the fix
+    runner = HighsRunner(time_limit_s=0.5)
+    planner = SitePlanner(SPECS[1], runner)
+    for shift in range(200):
+        planner.solve("rt", SiteState(), forecast(REAL_TIME, START + shift * 300))
