@@ -195,6 +195,15 @@ class FirmwareProcess:
         """SIGKILL: no goodbye to the broker, so it publishes the last will."""
         return self._end(signal.SIGKILL, 5.0)
 
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to `timeout` s for the process to end by itself (e.g. its watchdog); its exit code or None."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def restart(self) -> None:
         self.stop()
         self.start()
