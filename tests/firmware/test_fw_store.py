@@ -5,6 +5,7 @@
 import os
 
 import fw_flash
+from tendril_fw import flashlog
 from tendril_fw.flashlog import FlashLog, frame
 from tendril_fw.outbox import Outbox
 from tendril_fw.seqstore import SeqCounter
@@ -87,36 +88,84 @@ def test_torn_tail_record_is_ignored_and_never_appended_after():
         assert len(log) == 5
 
 
+class _TornFile:
+    """A file whose power fails after `budget` more bytes (CPython stand-in for a cut block device)."""
+
+    def __init__(self, f, budget):
+        self.f = f
+        self.budget = budget
+
+    def write(self, data):
+        if len(data) > self.budget[0]:
+            self.f.write(data[:self.budget[0]])
+            self.budget[0] = 0
+            raise OSError(5, "power cut mid-write")
+        self.budget[0] -= len(data)
+        return self.f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def _torn_open(budget):
+    def torn_open(path, mode="r"):
+        f = open(path, mode)  # noqa: SIM115 - closed by the caller's with-block
+        return _TornFile(f, budget) if mode == "ab" else f
+
+    return torn_open
+
+
 def test_power_cut_in_the_middle_of_a_flash_write_keeps_earlier_records():
+    # MicroPython: LittleFS on a RAM block device whose power fails after N block writes
+    # (the last one torn half-way). CPython: the append itself is cut after N bytes.
     path, dev = fw_flash.fresh_dir()
-    if dev is None:
-        return  # CPython has no LittleFS; the torn-tail test above covers the host directory
     log = FlashLog(path + "/q", seg_records=8)
     log.append_many([rec(i) for i in range(20)])
-    image = bytes(dev.data)
+    image = bytes(dev.data) if dev is not None else None
+    batch = [rec(i) for i in range(20, 26)]
+    batch_bytes = sum(len(frame(r)) for r in batch)
+    cuts = range(0, 12) if dev is not None else range(0, batch_bytes, 7)
     cuts_that_failed = 0
-    for cut_after in range(0, 12):
-        dev.data[:] = image
-        fw_flash.remount(path, dev)
+    for cut in cuts:
+        if dev is not None:
+            dev.data[:] = image
+            fw_flash.remount(path, dev)
         log = FlashLog(path + "/q", seg_records=8)
         assert len(log) == 20
-        dev.cut_after = cut_after
+        budget = [cut]
+        if dev is not None:
+            dev.cut_after = cut
+        else:
+            flashlog.open = _torn_open(budget)
         try:
-            log.append_many([rec(i) for i in range(20, 26)])
+            log.append_many(batch)
         except OSError:
             cuts_that_failed += 1
-        fw_flash.remount(path, dev)  # power back on: a fresh boot over the same flash
+        finally:
+            if dev is None:
+                del flashlog.open
+        if dev is not None:
+            fw_flash.remount(path, dev)  # power back on: a fresh boot over the same flash
         recovered = FlashLog(path + "/q", seg_records=8)
         got = []
         while len(recovered):
             got.append(recovered.peek())
             recovered.pop()
-        # the earlier 20 are intact; the interrupted batch is all there or not at all
-        # (LittleFS commits a file on close); never a corrupt or reordered record
-        assert got[:20] == [rec(i) for i in range(20)], cut_after
-        assert got[20:] in ([], [rec(i) for i in range(20, 26)]), (cut_after, got[20:])
+        # the earlier 20 are intact and in order; of the interrupted batch only whole
+        # records survive, in order (LittleFS commits a file on close: all or nothing)
+        assert got[:20] == [rec(i) for i in range(20)], cut
+        assert got[20:] == batch[:len(got) - 20], (cut, got[20:])
+        if dev is not None:
+            assert got[20:] in ([], batch), (cut, got[20:])
         recovered.append_many([rec(50)])
         assert recovered.peek() == rec(50) and len(recovered) == 1
+        if dev is None:  # back to the 20 records for the next cut
+            recovered.pop()
+            log = FlashLog(path + "/q", seg_records=8)
+            log.append_many([rec(i) for i in range(20)])
     assert cuts_that_failed >= 5  # the cuts really hit the write
 
 
