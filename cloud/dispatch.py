@@ -97,6 +97,7 @@ class Dispatcher:
         self._changed_at: dict[DeviceKey, float] = {}
         self._switches: dict[DeviceKey, deque[float]] = {}
         self._attempts: dict[tuple[str, str, str], tuple[int, float]] = {}  # (sends, last send)
+        self._switches_sent: set[tuple[str, str, str]] = set()  # pending commands that switch
         self.flagged: dict[str, str] = {}  # site -> why its commands are not getting through
         self._keys = dict(keys)
         self._grace_s = grace_s
@@ -173,6 +174,8 @@ class Dispatcher:
                               requested if reason else None, reason)
         self._pending[(site, device, cmd_id)] = out
         self._attempts[(site, device, cmd_id)] = (1, now)
+        if self._relay.get((site, device)) != relay:
+            self._switches_sent.add((site, device, cmd_id))
         self._switched((site, device), relay, now)
         self.stats.sent += 1
         self.stats.pending = len(self._pending)
@@ -197,6 +200,7 @@ class Dispatcher:
             self.stats.unmatched_acks += 1
             return None
         sends, _ = self._attempts.pop(ref, (1, out.sent_at))
+        switched = {ref} & self._switches_sent
         self._settle(ref)
         # A re-sent command answered "replayed": the first copy arrived and was applied, only its
         # ack was lost. That is a delivery, not a refusal.
@@ -208,10 +212,16 @@ class Dispatcher:
         # The ack reports the relay as it is: believe it over what we last asked for.
         if ack["relay"] in (0, 1):
             self._switched((site, device), ack["relay"], float(ack["ts"]))
+            if delivered and ref in switched and ack["relay"] == out.cmd["relay"]:
+                # it switched when the device got it (a retry lands later than the first send):
+                # time the minimum on/off from then, as the firmware does
+                dev = (site, device)
+                self._changed_at[dev] = max(self._changed_at.get(dev, -math.inf), float(ack["ts"]))
         return out
 
     def _settle(self, ref: tuple[str, str, str]) -> None:
         del self._pending[ref]
+        self._switches_sent.discard(ref)
         self._attempts.pop(ref, None)
         self._done[ref] = None
         if len(self._done) > _DONE_MEMORY:
@@ -232,6 +242,9 @@ class Dispatcher:
                 why = "expired" if now >= cmd.cmd["expires"] else f"no ack after {sends} sends"
                 self.flagged[cmd.site] = f"{cmd.device}: command {cmd.cmd['id']} {why}"
                 self.stats.given_up += 1
+                if cmd.cmd["seq"] == self._seq.get((cmd.site, cmd.device)):
+                    # the device may or may not have it: its state is unknown until it acks again
+                    self._relay.pop((cmd.site, cmd.device), None)
                 self._settle(ref)
                 continue
             self._attempts[ref] = (sends + 1, now)

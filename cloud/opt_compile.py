@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyomo.environ as pyo
-import scipy.sparse as sp  # type: ignore[import-untyped]  # pyproject: add scipy-stubs or an override
+import scipy.sparse as sp  # type: ignore[import-untyped,import-not-found,unused-ignore]
 from pyomo.core.expr.numeric_expr import (
     DivisionExpression,
     NegationExpression,

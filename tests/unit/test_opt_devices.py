@@ -60,7 +60,7 @@ def test_comfort_penalty_is_paid_when_the_band_cannot_be_held() -> None:
 
 
 def test_ev_reaches_its_energy_by_departure_at_the_cheapest_steps() -> None:
-    spec = SiteSpec("h", ev=EvSpec(params=EvParams(max_kw=7.2, eta=0.9)))
+    spec = SiteSpec("h", ev=EvSpec(params=EvParams(max_kw=7.2, eta=0.9), plan_margin_steps=0.0))
     session = EvSession(START - 3 * 3600, START + 7 * 3600, need_kwh=20.0)
     sched = SitePlanner(spec).solve("rt", SiteState(ev_stored_kwh=2.0), forecast(RT, sessions=(session,)))
     dep = 7 * 12
@@ -72,7 +72,7 @@ def test_ev_reaches_its_energy_by_departure_at_the_cheapest_steps() -> None:
 
 
 def test_ev_shortfall_is_paid_only_when_it_cannot_be_avoided() -> None:
-    spec = SiteSpec("h", ev=EvSpec())
+    spec = SiteSpec("h", ev=EvSpec(plan_margin_steps=0.0))
     session = EvSession(START, START + 3600, need_kwh=20.0)  # one hour at 7.2 kW stores 6.48 kWh
     sched = SitePlanner(spec).solve("rt", SiteState(), forecast(RT, sessions=(session,)))
     assert np.all(sched.ev_kw[:12] == pytest.approx(7.2))
