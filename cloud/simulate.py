@@ -323,4 +323,7 @@ def simulate(cfg: SimConfig, progress: Progress = print) -> SimResult:
         "weather and base load are known exactly over the horizon (perfect forecast); real-time prices "
         "only for the current 5 minutes, day-ahead prices after it",
     ]
+    if any(h.spec.battery for h in w.homes):
+        notes.append(f"energy left in batteries at the end: baseline {sum(st.soc_kwh for st in base.states):.1f} "
+                     f"kWh, optimized {sum(st.soc_kwh for st in opt.states):.1f} kWh (not valued above)")
     return SimResult(b, o, notes)
