@@ -136,7 +136,9 @@ def fleet_load(store: EmbeddedStore, sites: Sequence[str], times: Sequence[float
         timer_kw = _step_at(_series(base_plan, mk.FIELD_PLANNED_KW), times)
         for i in range(len(times)):
             optimized[i] += meter[i] / 1000.0
-            baseline[i] += (meter[i] - relay[i]) / 1000.0 + timer_kw[i]
+            # Meter and relay report at different instants, so around a switch the difference can
+            # dip below zero for a sample; a house never exports through a pump.
+            baseline[i] += max(0.0, meter[i] - relay[i]) / 1000.0 + timer_kw[i]
     return optimized, baseline
 
 

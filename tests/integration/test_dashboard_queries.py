@@ -10,15 +10,23 @@ makes the panels that read it fail -- shown here by renaming one.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from cloud.demo import HOUR, Counters, DemoConfig, _da_prices, _plan, _rt_prices, run_demo
 from cloud.demo_fleet import make_sites
 from cloud.demo_market import demo_market_lines
+from cloud.demo_report import write_report
+from cloud.demo_summary import DemoSummary, SiteResult
 from cloud.line_protocol import FIELD_POWER_W, MEASUREMENT_METER, LinePoint, format_line, parse_line
 from cloud.store import EmbeddedStore
 from cloud.tenders import TenderConfig
@@ -36,6 +44,7 @@ class Stored:
     lines: list[str]
     start: int
     end: int
+    out: Path
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +64,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory, micropython: str) -> Stored
     store.add_lines(device_lines)
     market = demo_market_lines(sites, da, rt, TenderConfig(), store, start, end)
     # The firmware boots before the simulated start; include its first reports.
-    return Stored(device_lines + market, int(start) - 1800, int(end) + 600)
+    return Stored(device_lines + market, int(start) - 1800, int(end) + 600, out)
 
 
 def _load(server: InfluxDB1, lines: list[str]) -> None:
@@ -121,3 +130,18 @@ def test_a_measurement_nobody_writes_fails_verification(influxdb1: InfluxDB1, st
     assert [f.where for f in failures] == [f"panel {panel['title']!r} query A"]
     assert failures[0].reason == "no data"
 
+
+
+def test_report_from_the_demo_run_embeds_pngs_with_curves(stored: Stored, tmp_path: Path) -> None:
+    store = EmbeddedStore()
+    store.add_lines(stored.lines)
+    raw = json.loads((stored.out / "summary.json").read_text())
+    summary = DemoSummary(**{**raw, "sites": [SiteResult(**s) for s in raw["sites"]]})
+    path = write_report(tmp_path, store, summary, start=stored.start + 1800, end=stored.end - 600)
+    encoded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', path.read_text())
+    assert len(encoded) == 4
+    for data in encoded:
+        img = Image.open(io.BytesIO(base64.b64decode(data))).convert("L")
+        histogram = img.histogram()
+        ink = sum(histogram[:200]) / (img.width * img.height)  # pixels clearly darker than the background
+        assert 0.005 < ink < 0.9, f"a blank or solid image: {ink:.4f} of pixels drawn"
