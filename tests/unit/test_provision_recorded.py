@@ -216,3 +216,30 @@ def test_provision_without_a_token_is_refused_before_any_request(
     monkeypatch.delenv("GRAFANA_TOKEN", raising=False)
     assert _run(["dashboards", "provision", "--grafana", "http://127.0.0.1:9"]) == 2
     assert "--token" in capsys.readouterr().err
+
+
+def test_recorded_exchange_dbrp_only_as_the_compose_setup_runs_it(
+    replay: tuple[Replay, str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rp, _grafana, influx = replay
+    recorded = json.loads(CASSETTE.read_text())
+    rp.expected = [e for e in recorded["first_run"] if e.get("server") == "influx"]
+    assert len(rp.expected) == 3
+    monkeypatch.setenv("TENDRIL_INFLUX_TOKEN", INFLUX_TOKEN)
+    assert _run(["dashboards", "provision", "--influx-url", influx]) == 0
+    assert rp.errors == [] and rp.expected == []
+    assert capsys.readouterr().out.strip() == "dbrp tendril/autogen -> tendril: created"
+
+
+def test_recorded_exchange_dbrp_mapped_to_another_bucket_is_an_error(
+    replay: tuple[Replay, str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rp, _grafana, influx = replay
+    recorded = json.loads(CASSETTE.read_text())
+    buckets, dbrps = copy.deepcopy(recorded["second_run"][:2])
+    dbrps["response"]["content"][0]["bucketID"] = "ffffffffffffffff"
+    rp.expected = [buckets, dbrps]
+    monkeypatch.setenv("TENDRIL_INFLUX_TOKEN", INFLUX_TOKEN)
+    assert _run(["dashboards", "provision", "--influx-url", influx]) == 1
+    assert rp.errors == [] and rp.expected == []
+    assert "already mapped to bucket ffffffffffffffff" in capsys.readouterr().err
