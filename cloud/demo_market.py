@@ -33,15 +33,21 @@ def site_plan(site: DemoSite) -> SitePlan:
 
 def demo_market_lines(
     sites: Sequence[DemoSite], da: Sequence[PriceInterval], rt: Sequence[PriceInterval], tconf: TenderConfig,
-    store: EmbeddedStore, start: float, end: float, tariff: Tariff | None = None,
+    store: EmbeddedStore | None, start: float, end: float, tariff: Tariff | None = None,
 ) -> list[str]:
-    """LMPs, tenders (day-ahead and real-time), schedules, hourly settlement and bills, feeder ratios."""
+    """LMPs, tenders (day-ahead and real-time), schedules, hourly settlement and bills, feeder ratios.
+
+    Settlement and bills need the meters, read from `store`; with an external store (None here)
+    they are left out and the rest is still returned.
+    """
     tariff = tariff if tariff is not None else default_tariff()
     plans = [site_plan(s) for s in sites]
     lines = lmp_lines([*da, *rt])
     for plan in plans:
         lines += tender_lines(plan, [*da, *rt], tconf)
         lines += schedule_lines(plan, start, HOUR)
+        if store is None:
+            continue
         meter = [(p.ts_ns / 1e9, float(p.fields[FIELD_ENERGY_WH]))
                  for p in store.points(MEASUREMENT_METER, site=plan.site) if FIELD_ENERGY_WH in p.fields]
         lines += settlement_lines(plan, meter, rt, tconf, tariff, start, end, HOUR)
