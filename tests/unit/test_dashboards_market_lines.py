@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cloud import market_lines as mk
+from cloud.demo_fleet import make_sites
+from cloud.demo_market import demo_market_lines
 from cloud.line_protocol import parse_line
 from cloud.prices import PriceInterval
+from cloud.store import EmbeddedStore
 from cloud.tariff import default_tariff
 from cloud.tenders import TenderConfig, tender_prices
 
@@ -88,3 +92,19 @@ def test_lmp_and_feeder_points() -> None:
     feeders = _points(mk.feeder_lines([PLAN, other], RT[:1]))
     assert [(t["feeder"], f["forecast_load_ratio"]) for _, t, f, _ in feeders] == [("feeder-a", 0.55),
                                                                                    ("feeder-b", 0.95)]
+
+
+def test_demo_market_lines_from_demo_sites(tmp_path: Path) -> None:
+    sites = make_sites(2, tmp_path, START, 1500.0)
+    for site in sites:
+        site.schedule = [1, 0]
+    store = EmbeddedStore()
+    store.add_lines([f"meter,device=meter,site=site-1 energy_wh={e}.0 {(START + i * 600) * 10**9}"
+                     for i, e in enumerate((0, 500, 1000))])
+    da = [PriceInterval(START, 3600, 30.0, "DAM"), PriceInterval(START + 3600, 3600, 31.0, "DAM")]
+    with_store = {parse_line(x).measurement for x in demo_market_lines(sites, da, RT, TenderConfig(), store,
+                                                                         START, START + 7200)}
+    assert with_store == {"lmp", "tender", "schedule", "settlement", "bill", "feeder"}
+    without = {parse_line(x).measurement for x in demo_market_lines(sites, da, RT, TenderConfig(), None,
+                                                                      START, START + 7200)}
+    assert without == {"lmp", "tender", "schedule", "feeder"}
