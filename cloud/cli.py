@@ -19,6 +19,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "cloud.ingest_cli",
     "cloud.bill_cli",
     "cloud.ledger_cli",
+    "cloud.dashboards_cli",
 )
 
 

@@ -26,6 +26,8 @@ import tendril_wire as wire
 
 from cloud.demo_broker import EmbeddedBroker, embedded_broker
 from cloud.demo_fleet import DemoSite, make_sites
+from cloud.demo_market import demo_market_lines
+from cloud.demo_report import write_report
 from cloud.demo_summary import DemoSummary, PricePoint, site_result
 from cloud.dispatch import Dispatcher
 from cloud.ingest import Ingestor
@@ -40,8 +42,9 @@ log = logging.getLogger("tendril.demo")
 LOCAL = ZoneInfo("America/Los_Angeles")
 HOUR = 3600
 RT_STEP = 300
-STARTUP_S = 1.5  # wall seconds for the firmware processes to boot and subscribe
+STARTUP_S = 2.5  # wall seconds for broker, ingestion and firmware to boot and subscribe
 DA_TENDER_VALID_S = 24 * HOUR
+COMMAND_GRACE_S = 600.0
 OnMessage = Callable[[str, str, str, dict[str, Any]], None]
 
 
@@ -198,7 +201,7 @@ class Services:
             await self.broker.stop()
 
 
-async def _start_services(cfg: DemoConfig, out: Path, on_message: OnMessage) -> Services:
+async def _start_services(cfg: DemoConfig, out: Path, on_message: OnMessage, clock: SimClock) -> Services:
     broker = None
     if cfg.broker:
         host, port = parse_broker_url(cfg.broker)
@@ -213,7 +216,7 @@ async def _start_services(cfg: DemoConfig, out: Path, on_message: OnMessage) -> 
     else:
         store = EmbeddedStore(out / "telemetry.lp")
         sink = store
-    ingestor = Ingestor(host, port, sink, on_message=on_message)
+    ingestor = Ingestor(host, port, sink, clock=clock, on_message=on_message)
     stop = asyncio.Event()
     task = asyncio.create_task(ingestor.run(stop))
     try:
@@ -259,7 +262,10 @@ async def run_demo(cfg: DemoConfig) -> DemoSummary:
     sites = make_sites(cfg.sites, out, start, cfg.pump_kw * 1000.0)
     # One key per device, made for this run only: no key is ever in the repository.
     keys = {(s.site, d): secrets.token_bytes(32) for s in sites for d in (s.meter_device, s.relay_device)}
-    dispatcher = Dispatcher(keys)
+    # Each hourly command stays valid COMMAND_GRACE_S past its hour, so a late successor (a busy
+    # machine at 1200x loses whole simulated minutes) never lets the relay lapse to its safe
+    # default and then refuse the next ON for its minimum off time.
+    dispatcher = Dispatcher(keys, grace_s=COMMAND_GRACE_S)
     counters = Counters()
     _plan(sites, da, tconf, cfg, counters)
 
@@ -271,11 +277,11 @@ async def run_demo(cfg: DemoConfig) -> DemoSummary:
         elif kind == wire.STATUS:
             (online.add if msg["state"] == wire.ONLINE else online.discard)((site, device))
 
-    services = await _start_services(cfg, out, on_message)
-    # Simulated time reaches `start` only STARTUP_S after now, so every node is connected
-    # and subscribed before the first tender or command; what they report earlier is
-    # stamped before `start` and left out of the summary.
+    # Simulated time reaches `start` only STARTUP_S after now, so the cloud listens and every
+    # node is connected and subscribed before the first tender or command; what the nodes
+    # report earlier is stamped before `start` and left out of the summary.
     clock = SimClock(sim_origin=start, speed=cfg.speed, real_origin=time.time() + STARTUP_S)
+    services = await _start_services(cfg, out, on_message, clock)
     wall0 = time.monotonic()
     try:
         for site in sites:
@@ -308,6 +314,12 @@ async def run_demo(cfg: DemoConfig) -> DemoSummary:
     summary = _summarise(cfg, services, dispatcher, counters, sites, rt, tconf, start, end,
                          time.monotonic() - wall0)
     (out / "summary.json").write_text(summary.to_json())
+    if services.store is not None:
+        # Prices, tenders, schedules and bills go to the same store, so the report and the
+        # dashboards read one source.
+        services.store.add_lines(demo_market_lines(sites, da, rt, tconf, services.store, start, end))
+        await services.store.close()
+        write_report(out, services.store, summary, start=start, end=end)
     return summary
 
 

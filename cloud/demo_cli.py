@@ -76,5 +76,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"tendril demo: {exc}", file=sys.stderr)
         return 2
     print(summary.render())
-    print(f"\nwritten: {cfg.out / 'summary.json'}, {cfg.out / 'telemetry.lp'}")
+    written = [cfg.out / name for name in ("summary.json", "telemetry.lp", "report.html")]
+    print("\nwritten: " + ", ".join(str(p) for p in written if p.exists()))
     return 0
