@@ -53,6 +53,7 @@ def test_every_summary_line_is_non_zero(demo_run: tuple[DemoConfig, Path]) -> No
     assert isinstance(sites, list) and len(sites) == 2
     for site in sites:
         assert site["energy_kwh"] > 0 and site["cost_usd"] != 0, site
+    assert (out / "report.html").stat().st_size > 10_000
 
 
 def test_every_command_was_acknowledged_and_none_refused(demo_run: tuple[DemoConfig, Path]) -> None:
