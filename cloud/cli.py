@@ -20,6 +20,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "cloud.bill_cli",
     "cloud.ledger_cli",
     "cloud.dashboards_cli",
+    "cloud.device_cli",
 )
 
 

@@ -111,3 +111,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def micropython() -> str:
     """Path of the MicroPython unix-port binary (skips, or fails under CI, when absent)."""
     return micropython_binary()
+
+
+@pytest.fixture(scope="session")
+def mosquitto_binary() -> str:
+    """Path of the mosquitto broker binary, for tests that configure their own broker."""
+    try:
+        return servers.find_binary("mosquitto", "mosquitto")
+    except servers.ServerUnavailable as exc:
+        if REQUIRE:
+            pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
+        pytest.skip(str(exc))
+    raise AssertionError("unreachable")

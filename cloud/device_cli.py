@@ -1,0 +1,121 @@
+"""`tendril device ...`: register devices and generate their broker credentials and ACLs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from cloud.device_registry import Registry, RegistryError
+from cloud.mosquitto_auth import ServiceUser, acl_text, mosquitto_conf, password_text
+
+DEFAULT_ROOT = Path(os.environ.get("TENDRIL_REGISTRY", "tendril-registry"))
+SERVICES_FILE = "secrets/_services.json"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("device", help="register devices; generate per-device MQTT credentials and ACLs",
+                       description="Manage the device registry (devices.json plus a 0600 secrets file per "
+                                   "device) and generate Mosquitto password and ACL files from it.")
+    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT,
+                   help=f"registry folder (env TENDRIL_REGISTRY, default {DEFAULT_ROOT})")
+    dsub = p.add_subparsers(dest="device_command", metavar="ACTION")
+    dsub.required = True
+
+    add = dsub.add_parser("add", help="register a device and create its HMAC key and MQTT password",
+                          description="Register a device; prints its firmware config secrets once.")
+    add.add_argument("--site", required=True, help="site id ([a-z0-9_-], at most 32 characters)")
+    add.add_argument("--device", required=True, help="device id, unique within the site")
+    add.add_argument("--type", required=True, choices=("meter", "relay"), help="device type")
+    add.set_defaults(func=_add)
+
+    ls = dsub.add_parser("list", help="list registered devices (no secrets)", description="List devices.")
+    ls.set_defaults(func=_list)
+
+    rm = dsub.add_parser("remove", help="remove a device and delete its secrets", description="Remove a device.")
+    rm.add_argument("--site", required=True, help="site id")
+    rm.add_argument("--device", required=True, help="device id")
+    rm.set_defaults(func=_remove)
+
+    conf = dsub.add_parser("mosquitto-config", help="write Mosquitto password_file, acl_file and listener conf",
+                           description="Write passwd, acl and mosquitto.conf for every registered device "
+                                       "plus the cloud's ingest and dispatch users (created on first use).")
+    conf.add_argument("--out", type=Path, required=True, help="folder for the generated files")
+    conf.add_argument("--port", type=int, default=1883, help="listener port (default 1883)")
+    conf.add_argument("--bind", default="127.0.0.1", help="listener address (default 127.0.0.1)")
+    conf.set_defaults(func=_mosquitto_config)
+
+
+def _fail(message: str) -> int:
+    print(f"tendril device: {message}", file=sys.stderr)
+    return 2
+
+
+def _add(args: argparse.Namespace) -> int:
+    try:
+        made = Registry(args.registry).add(args.site, args.device, args.type)
+    except RegistryError as exc:
+        return _fail(str(exc))
+    # Printed once, for the device's config.json; afterwards only in the 0600 file.
+    print(json.dumps({"site": args.site, "device": args.device, "type": args.type, "key_hex": made.key_hex,
+                      "username": f"{args.site}.{args.device}", "password": made.mqtt_password}, indent=2))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    try:
+        devices = Registry(args.registry).devices
+    except RegistryError as exc:
+        return _fail(str(exc))
+    for d in devices:
+        print(f"{d.site:<20} {d.device:<20} {d.type}")
+    print(f"{len(devices)} device(s) in {args.registry}", file=sys.stderr)
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    try:
+        Registry(args.registry).remove(args.site, args.device)
+    except RegistryError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def service_users(root: Path) -> list[ServiceUser]:
+    """The cloud's own MQTT users, created with fresh passwords the first time they are needed."""
+    path = root / SERVICES_FILE
+    if path.exists():
+        data = json.loads(path.read_text())
+    else:
+        data = {role: secrets.token_urlsafe(24) for role in ("ingest", "dispatch")}
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+    return [ServiceUser(f"tendril-{role}", str(pw), role) for role, pw in sorted(data.items())]
+
+
+def _mosquitto_config(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        return _fail(f"--port must be 1..65535, got {args.port}")
+    try:
+        registry = Registry(args.registry)
+        devices = [(d, registry.secrets_for(d.site, d.device).mqtt_password) for d in registry.devices]
+    except RegistryError as exc:
+        return _fail(str(exc))
+    services = service_users(args.registry)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("passwd", password_text(devices, services)),
+                       ("acl", acl_text([d for d, _ in devices], services))):
+        fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+    (out / "mosquitto.conf").write_text(
+        mosquitto_conf(args.port, str((out / "passwd").resolve()), str((out / "acl").resolve()), args.bind))
+    print(f"wrote {out}/passwd, {out}/acl, {out}/mosquitto.conf for {len(devices)} device(s) "
+          f"and {len(services)} service user(s)")
+    return 0

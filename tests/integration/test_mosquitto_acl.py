@@ -1,0 +1,140 @@
+"""Per-device credentials and ACLs, enforced by a real Mosquitto.
+
+The registry generates password and ACL files; a Mosquitto started with them must let a
+device write only its own topics and read only its own commands, refuse anonymous
+clients and wrong passwords, and let the cloud's users do exactly their jobs.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+import tendril_wire as wire
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud.cli import main as tendril
+from cloud.device_cli import service_users
+from cloud.device_registry import Registry
+from hil.servers import LOOPBACK, Server, free_port
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 2.0  # how long to wait for a message that must NOT arrive; arrival is awaited up to 15 s
+
+
+@pytest.fixture()
+def secured_broker(tmp_path: Path, mosquitto_binary: str) -> Iterator[tuple[int, Registry]]:
+    root = tmp_path / "registry"
+    for site, device, type_ in (("site-1", "meter", "meter"), ("site-1", "pump", "relay"), ("site-2", "pump", "relay")):
+        assert tendril(["device", "--registry", str(root), "add", "--site", site, "--device", device,
+                        "--type", type_]) == 0
+    port = free_port()
+    conf_dir = tmp_path / "conf"
+    assert tendril(["device", "--registry", str(root), "mosquitto-config", "--out", str(conf_dir),
+                    "--port", str(port)]) == 0
+    # The harness runs as root in private temp folders; Mosquitto would drop to its own user
+    # and lose access to the 0600 files (in production they are chowned to that user).
+    with (conf_dir / "mosquitto.conf").open("a") as conf:
+        conf.write("user root\n")
+    workdir = Path(tempfile.mkdtemp(prefix="tendril-mosq-acl-"))
+    server = Server("mosquitto", port, workdir,
+                    [mosquitto_binary, "-c", str(conf_dir / "mosquitto.conf")], port)
+    server.start()
+    yield port, Registry(root)
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _client(port: int, username: str | None, password: str | None, name: str) -> tuple[paho.Client, int]:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=name)
+    if username is not None:
+        client.username_pw_set(username, password)
+    result: queue.Queue[int] = queue.Queue()
+    client.on_connect = lambda _c, _u, _f, rc, _p: result.put(rc.value)
+    client.connect(LOOPBACK, port)
+    client.loop_start()
+    return client, result.get(timeout=15)
+
+
+def _device(port: int, reg: Registry, site: str, device: str) -> paho.Client:
+    client, rc = _client(port, f"{site}.{device}", reg.secrets_for(site, device).mqtt_password, f"{site}-{device}")
+    assert rc == 0, f"{site}.{device} refused: rc={rc}"
+    return client
+
+
+def _listener(port: int, user: str, password: str, topic: str) -> tuple[paho.Client, queue.Queue[str]]:
+    got: queue.Queue[str] = queue.Queue()
+    client, rc = _client(port, user, password, f"listen-{user}")
+    assert rc == 0
+    client.on_message = lambda _c, _u, m: got.put(m.topic)
+    subscribed: queue.Queue[object] = queue.Queue()
+    client.on_subscribe = lambda *_a: subscribed.put(True)
+    client.subscribe(topic, qos=1)
+    subscribed.get(timeout=15)
+    return client, got
+
+
+def test_anonymous_and_wrong_passwords_are_refused(secured_broker: tuple[int, Registry]) -> None:
+    port, reg = secured_broker
+    anon, rc = _client(port, None, None, "anon")
+    assert rc != 0
+    anon.loop_stop()
+    wrong, rc = _client(port, "site-1.meter", reg.secrets_for("site-1", "pump").mqtt_password, "wrong")
+    assert rc != 0
+    wrong.loop_stop()
+
+
+def test_a_device_writes_only_its_own_topics(secured_broker: tuple[int, Registry]) -> None:
+    port, reg = secured_broker
+    ingest = next(u for u in service_users(reg.root) if u.role == "ingest")
+    listener, got = _listener(port, ingest.username, ingest.password, wire.device_filter(wire.TELEMETRY))
+    meter = _device(port, reg, "site-1", "meter")
+    payload = wire.encode(wire.TELEMETRY, wire.telemetry_meter(1, 1710000000, 100.0, 1.0))
+    # Forged: site-1's meter pretends to be site-2's pump. The broker drops it silently.
+    meter.publish(wire.device_topic("site-2", "pump", wire.TELEMETRY), payload, qos=1).wait_for_publish(15)
+    meter.publish(wire.device_topic("site-1", "meter", wire.TELEMETRY), payload, qos=1).wait_for_publish(15)
+    assert got.get(timeout=15) == wire.device_topic("site-1", "meter", wire.TELEMETRY)
+    with pytest.raises(queue.Empty):
+        got.get(timeout=WAIT_S)
+    for c in (meter, listener):
+        c.loop_stop()
+
+
+def test_commands_reach_only_their_device(secured_broker: tuple[int, Registry]) -> None:
+    port, reg = secured_broker
+    dispatch = next(u for u in service_users(reg.root) if u.role == "dispatch")
+    # site-2's pump tries to eavesdrop on site-1's pump commands: the broker delivers nothing.
+    spy, spied = _listener(port, "site-2.pump", reg.secrets_for("site-2", "pump").mqtt_password,
+                           wire.device_topic("site-1", "pump", wire.CMD))
+    pump, got = _listener(port, "site-1.pump", reg.secrets_for("site-1", "pump").mqtt_password,
+                          wire.device_topic("site-1", "pump", wire.CMD))
+    cloud, rc = _client(port, dispatch.username, dispatch.password, "dispatch")
+    assert rc == 0
+    cmd = wire.make_command(reg.secrets_for("site-1", "pump").key, "site-1", "pump", "c1", 1, 1.7e9, 1.7e9 + 60, 1)
+    cloud.publish(wire.device_topic("site-1", "pump", wire.CMD), wire.encode(wire.CMD, cmd), qos=1).wait_for_publish(15)
+    assert got.get(timeout=15) == wire.device_topic("site-1", "pump", wire.CMD)
+    with pytest.raises(queue.Empty):
+        spied.get(timeout=WAIT_S)
+    # A device may not issue commands either.
+    pump.publish(wire.device_topic("site-1", "pump", wire.CMD), b"{}", qos=1).wait_for_publish(15)
+    with pytest.raises(queue.Empty):
+        got.get(timeout=WAIT_S)
+    for c in (spy, pump, cloud):
+        c.loop_stop()
+
+
+def test_generated_files_hold_no_plaintext_password(secured_broker: tuple[int, Registry], tmp_path: Path) -> None:
+    _, reg = secured_broker
+    passwd = (tmp_path / "conf" / "passwd").read_text()
+    for d in reg.devices:
+        assert reg.secrets_for(d.site, d.device).mqtt_password not in passwd
+    assert (tmp_path / "conf" / "passwd").stat().st_mode & 0o077 == 0
+    out = subprocess.run(["ls", "-l", str(reg.root / "secrets")], capture_output=True, text=True, check=True).stdout
+    assert "-rw-------" in out
