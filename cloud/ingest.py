@@ -1,116 +1,84 @@
-"""Ingestion: MQTT -> contract validation -> line protocol -> a Sink, in batches.
+"""Ingestion: MQTT -> contract validation -> dedup -> line protocol -> store (or spool), then PUBACK.
 
-`classify` is the pure decision for one message (no I/O, time passed in); `Ingestor` is the
-I/O around it: the MQTT session with reconnects, batching, dead letters and statistics.
-A bad message is counted, logged and dead-lettered with its reason; it never delays or
-drops a good one.
+The order of events for every QoS 1 message is what makes "loses nothing, writes once" hold:
+
+1. classified (cloud/ingest_classify.py): a line, a duplicate, or a rejection with a reason
+   (counted, logged with a throttle, republished to the dead-letter topic);
+2. batched; a batch is closed at `batch_max` lines or after `flush_interval_s`;
+3. committed (cloud/ingest_commit.py): acknowledged by the store, or appended to the
+   on-disk spool when the store is down or slow;
+4. only then its dedup keys are remembered for good and its messages acknowledged (PUBACK).
+
+A crash anywhere before 4 leaves the messages unacknowledged: the broker delivers them again
+(our session is persistent) and the dedup window, saved every `dedup_save_s`, recognises the
+ones already durable. The narrow remaining window (durable, crashed before the save) writes an
+identical point again, which InfluxDB overwrites (same series and timestamp).
+
+Memory is bounded by the broker: MQTT 5's Receive Maximum (or the broker's in-flight limit for
+3.1.1) caps unacknowledged messages, and past `max_pending` we stop reading the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections import Counter
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import tendril_wire as wire
 
-from cloud.line_protocol import STORED_KINDS, contract_error, message_to_line
+from cloud.dedup import DEFAULT_WINDOW, DedupWindow, load, write_atomic
+from cloud.ingest_classify import (
+    DEAD_LETTER_PAYLOAD_BYTES,
+    INGESTED_KINDS,
+    INTERNAL_ERROR,
+    Accepted,
+    Classifier,
+    Rejected,
+    classify,
+)
+from cloud.ingest_commit import Batch, Committer
+from cloud.ingest_devices import KnownDevices
+from cloud.ingest_health import IngestStats, LagHistogram, ThrottledLog, health_lines
+from cloud.mqtt_codec import Received
+from cloud.mqtt_session import MqttError, MqttSession, SessionOptions, open_session
+from cloud.spool import DEFAULT_MAX_BYTES, Spool
 from cloud.store import Sink
 from edge.clock import Clock, WallClock
 
+__all__ = [
+    "DEAD_LETTER_PAYLOAD_BYTES", "INGESTED_KINDS", "INTERNAL_ERROR", "Accepted", "IngestStats", "Ingestor",
+    "MessageHook", "Rejected", "classify",
+]  # fmt: skip
+
 log = logging.getLogger("tendril.ingest")
 
-INGESTED_KINDS = STORED_KINDS
-DEAD_LETTER_PAYLOAD_BYTES = 512
-INTERNAL_ERROR = "internal_error"
-
 MessageHook = Callable[[str, str, str, dict[str, Any]], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    site: str
-    device: str
-    kind: str
-    msg: dict[str, Any]
-    line: str
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    topic: str
-    reason: str
-    detail: str
-    payload: bytes
-
-    def dead_letter(self, received_at: float) -> bytes:
-        """What goes to the dead-letter topic: enough to diagnose, bounded in size."""
-        return json.dumps(
-            {
-                "reason": self.reason,
-                "detail": self.detail,
-                "topic": self.topic,
-                "payload": self.payload[:DEAD_LETTER_PAYLOAD_BYTES].decode("utf-8", errors="replace"),
-                "size": len(self.payload),
-                "received": received_at,
-            }
-        ).encode()
-
-
-def classify(topic: str, payload: bytes, received_at: float) -> Accepted | Rejected:
-    """Decide what one MQTT message is: a storable point, or a rejection with a reason."""
-    try:
-        site, device, kind = wire.parse_topic(topic)
-        if kind not in INGESTED_KINDS:
-            raise contract_error("unexpected_kind", kind)
-        msg = wire.decode(kind, payload)
-        line = message_to_line(site, device, kind, msg, received_at)
-    except wire.ContractError as exc:
-        return Rejected(topic, exc.reason, exc.detail, payload)
-    except RecursionError:
-        # json.loads recurses per nesting level; 4 KiB of '[' is deeper than Python allows.
-        return Rejected(topic, "bad_json", "nested too deeply", payload)
-    return Accepted(site, device, kind, msg, line)
-
-
-@dataclass
-class IngestStats:
-    received: int = 0
-    written: int = 0  # lines the sink accepted
-    rejected: Counter[str] = field(default_factory=Counter)  # by reason
-    by_kind: Counter[str] = field(default_factory=Counter)  # accepted messages
-    dead_letters: int = 0
-    write_failures: int = 0
-    lost: int = 0  # accepted lines dropped because the sink raised
-    connects: int = 0
-    last_error: str | None = None
-
-
-def _as_bytes(payload: object) -> bytes:
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    return b"" if payload is None else str(payload).encode()
+DEDUP_FILE = "dedup.bin"
+SPOOL_DIR = "spool"
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:
     """Sleep `seconds` of real time unless `event` fires first; True if it fired."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout=seconds)
+        await asyncio.wait_for(event.wait(), timeout=max(seconds, 0.0))
     return event.is_set()
 
 
 class Ingestor:
     """Subscribes to every device's telemetry, state, status and ack topics and stores them.
 
-    The injected clock stamps what has no timestamp of its own (status, dead letters).
-    Batching and reconnect delays run on real time: they are about the network and the
-    store, not about the simulated world. The sink belongs to the caller, who closes it.
+    The injected clock stamps what has no timestamp of its own (status, dead letters, health)
+    and measures lag. Batching, retries and reconnects run on real time: they are about the
+    network and the store, not the simulated world. The sink belongs to the caller.
+
+    `devices` None accepts any well-formed device (the zero-install demo); `state_dir` None
+    keeps no spool (a store outage then holds messages unacknowledged at the broker) and no
+    saved dedup window.
     """
 
     def __init__(
@@ -123,164 +91,338 @@ class Ingestor:
         client_id: str = "tendril-ingest",
         username: str | None = None,
         password: str | None = None,
-        batch_max: int = 500,
+        batch_max: int = 1000,
         flush_interval_s: float = 0.1,
         on_message: MessageHook | None = None,
         reconnect_min_s: float = 0.2,
         reconnect_max_s: float = 10.0,
         keepalive_s: int = 30,
+        devices: KnownDevices | None = None,
+        state_dir: Path | None = None,
+        share_group: str | None = None,
+        worker: str = "0",
+        health_interval_s: float | None = None,
+        dedup_window: int = DEFAULT_WINDOW,
+        dedup_save_s: float = 1.0,
+        protocol: int | None = None,
+        receive_maximum: int = 10_000,
+        max_pending: int = 50_000,
+        write_timeout_s: float = 10.0,
+        spool_max_bytes: int = DEFAULT_MAX_BYTES,
+        spool_fsync: bool = True,
+        stop_timeout_s: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        cpu: Callable[[], float] = time.process_time,
     ) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
         if not flush_interval_s > 0:
             raise ValueError(f"flush_interval_s must be > 0, got {flush_interval_s}")
+        if health_interval_s is not None and not health_interval_s > 0:
+            raise ValueError(f"health_interval_s must be > 0, got {health_interval_s}")
         self.broker_host = broker_host
         self.broker_port = broker_port
         self._sink = sink
         self._clock: Clock = clock if clock is not None else WallClock()
-        self._client_id = client_id
-        self._username = username
-        self._password = password
         self._batch_max = batch_max
         self._flush_interval_s = flush_interval_s
         self._on_message = on_message
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
-        self._keepalive_s = keepalive_s
+        self._max_pending = max_pending
+        self._stop_timeout_s = stop_timeout_s
+        self._health_interval_s = health_interval_s
+        self._dedup_save_s = dedup_save_s
+        self._monotonic = monotonic
+        self._cpu = cpu
+        self.worker = worker
+        self.devices = devices
+        self.share_group = share_group
+        self.session_options = SessionOptions(
+            client_id,
+            keepalive_s=keepalive_s,
+            clean_start=False,  # the broker keeps our queue and unacknowledged messages while we are away
+            username=username,
+            password=password,
+            receive_maximum=receive_maximum,
+            protocol=protocol,
+        )
         self.ready = asyncio.Event()
         self.stats = IngestStats()
-        self._pending: list[str] = []
-        self._flush_lock = asyncio.Lock()
-        self._inflight: set[asyncio.Task[None]] = set()
+        self.lag_total = LagHistogram()
+        self._lag_interval = LagHistogram()
+        self._classify = Classifier(devices)
+        self._dedup = DedupWindow(dedup_window)
+        self._dedup_path = state_dir / DEDUP_FILE if state_dir is not None else None
+        self.spool: Spool | None = None
+        if state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            load(self._dedup, state_dir / DEDUP_FILE)
+            self.spool = Spool(state_dir / SPOOL_DIR, max_bytes=spool_max_bytes, fsync=spool_fsync)
+        self._committer = Committer(
+            sink, spool=self.spool, stats=self.stats, lag=[self.lag_total, self._lag_interval],
+            clock=self._clock, cpu=cpu, write_timeout_s=write_timeout_s,
+        )  # fmt: skip
+        self._throttle = ThrottledLog(log, monotonic)
+        self._open: Batch | None = None
+        self._closed: deque[Batch] = deque()
+        self._pending = 0  # messages received and not yet durable
+        self._commit_lock = asyncio.Lock()
+        self._wakeup = asyncio.Event()
+        self._give_up = asyncio.Event()
+        self._session: MqttSession | None = None
+        self._conn = 0
+
+    @property
+    def filters(self) -> list[str]:
+        prefix = f"$share/{self.share_group}/" if self.share_group else ""
+        return [prefix + wire.device_filter(kind) for kind in INGESTED_KINDS]
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet durable (in memory only)."""
+        return self._pending
 
     # ------------------------------------------------------------ per message
 
-    def handle(self, topic: str, payload: bytes) -> Rejected | None:
-        """Classify one message, queue its line or count its rejection; returns the rejection."""
-        self.stats.received += 1
-        received_at = self._clock.now()
+    def handle(self, topic: str, payload: bytes, packet_id: int = 0, now: float | None = None) -> Rejected | None:
+        """Classify one message into the open batch; returns its rejection, if any."""
+        stats = self.stats
+        stats.received += 1
+        if stats.first_received_at is None:
+            stats.first_received_at = self._clock.now()
+            stats.cpu_at_first_received = self._cpu()
+        if now is None:
+            now = self._clock.now()
         try:
-            result = classify(topic, payload, received_at)
-        except Exception as exc:  # a bug in classify must not stop ingestion
+            result = self._classify(topic, payload, now)
+        except Exception as exc:  # a bug in classification must not stop ingestion
             log.exception("failed to classify a message on %r", topic)
             result = Rejected(topic, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:200], payload)
+        batch = self._batch()
+        batch.messages += 1
+        self._pending += 1
+        if packet_id:
+            batch.acks.append(packet_id)
         if isinstance(result, Rejected):
-            self.stats.rejected[result.reason] += 1
-            log.warning("rejected message on %r: %s %s", topic, result.reason, result.detail)
+            self._reject(result, now)
             return result
-        self.stats.by_kind[result.kind] += 1
-        self._pending.append(result.line)
+        seq = result.seq
+        if seq is not None:
+            if self._dedup.check_and_hold(topic, seq, result.stamp_ns):
+                stats.duplicates += 1
+                return None
+            batch.keys.append((topic, seq, result.stamp_ns))
+        stats.by_kind[result.kind] += 1
+        batch.lines.append(result.line)
+        if result.lag_ts is not None:
+            batch.stamps.append(result.lag_ts)
         if self._on_message is not None:
             try:
                 self._on_message(result.site, result.device, result.kind, result.msg)
             except Exception:
                 log.exception("on_message hook failed for %r", topic)
+        if len(batch.lines) >= self._batch_max:
+            self._close_batch()
         return None
 
-    # ------------------------------------------------------------ writing
-
-    async def flush(self) -> None:
-        """Hand everything queued to the sink now."""
-        async with self._flush_lock:
-            if not self._pending:
+    def _reject(self, rejected: Rejected, now: float) -> None:
+        self.stats.rejected[rejected.reason] += 1
+        self._throttle.warning(
+            rejected.reason, "rejected message on %r: %s %s", rejected.topic, rejected.reason, rejected.detail
+        )
+        session = self._session
+        if session is not None and session.is_open:
+            topic = wire.dead_letter_topic(rejected.reason)
+            if session.publish(topic, rejected.dead_letter(now), qos=1):
+                self.stats.dead_letters += 1
                 return
-            batch, self._pending = self._pending, []
-            # Shielded: stopping or reconnecting must not abandon a batch halfway to the store.
-            task = asyncio.create_task(self._write(batch))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-            await asyncio.shield(task)
+        self.stats.dead_letters_dropped += 1
 
-    async def _write(self, batch: list[str]) -> None:
-        # The seam for retry/spooling: wrap the sink in one that retries or spools to disk.
-        # Here a failed batch is counted as lost and ingestion carries on.
+    def _on_publishes(self, publishes: list[Received]) -> None:
+        now = self._clock.now()
+        handle = self.handle
+        for topic, payload, packet_id, _qos in publishes:
+            handle(topic, payload, packet_id, now)
+        if self._pending >= self._max_pending and self._session is not None:
+            self._session.pause_reading()  # back-pressure: TCP, then the broker's own queue
+
+    # ------------------------------------------------------------ batches
+
+    def _batch(self) -> Batch:
+        batch = self._open
+        if batch is None or batch.conn != self._conn:
+            if batch is not None:
+                self._close_batch()  # packet ids belong to one connection
+            batch = self._open = Batch(self._conn, self._monotonic())
+        return batch
+
+    def _close_batch(self) -> None:
+        batch = self._open
+        if batch is not None and (batch.messages or batch.lines):
+            self._closed.append(batch)
+            self._open = None
+            self._wakeup.set()
+
+    async def _commit_next(self) -> None:
+        async with self._commit_lock:
+            if not self._closed:
+                return
+            batch = self._closed.popleft()
+            durable = await self._committer.commit(batch, self._give_up)
+            self._pending -= batch.messages
+            if not durable:
+                self._dedup.release(batch.keys)  # not acknowledged: the broker sends them again
+                return
+            self._dedup.commit(batch.keys)
+            session = self._session
+            if batch.acks and batch.conn == self._conn and session is not None and session.is_open:
+                session.ack(batch.acks)
+            if session is not None and session.paused and self._pending < self._max_pending // 2:
+                session.resume_reading()
+
+    async def flush(self, give_up_after_s: float | None = None) -> None:
+        """Commit everything received so far, now. With `give_up_after_s`, stop retrying a store
+        that stays down (and no spool) after that long: those messages stay unacknowledged."""
+        self._close_batch()
+        timer = None
+        if give_up_after_s is not None:
+            timer = asyncio.get_running_loop().call_later(give_up_after_s, self._give_up.set)
         try:
-            await self._sink.write(batch)
-        except Exception as exc:
-            self.stats.write_failures += 1
-            self.stats.lost += len(batch)
-            self.stats.last_error = f"sink: {type(exc).__name__}: {exc}"[:300]
-            log.error("sink write of %d lines failed: %s", len(batch), self.stats.last_error)
-        else:
-            self.stats.written += len(batch)
+            while self._closed:
+                await self._commit_next()
+        finally:
+            if timer is not None:
+                timer.cancel()
+                self._give_up.clear()
 
-    async def _flush_every(self, closing: asyncio.Event) -> None:
-        while not await _wait(closing, self._flush_interval_s):
-            await self.flush()
+    async def _writer(self, closing: asyncio.Event) -> None:
+        while True:
+            if self._closed:
+                await self._commit_next()
+                continue
+            if closing.is_set():
+                return
+            wait = self._flush_interval_s
+            batch = self._open
+            if batch is not None and (batch.messages or batch.lines):
+                wait -= self._monotonic() - batch.started
+                if wait <= 0:
+                    self._close_batch()
+                    continue
+            self._wakeup.clear()
+            await _wait(self._wakeup, wait)
+
+    # ------------------------------------------------------------ housekeeping
+
+    def _add_health(self, rate: float) -> None:
+        spool = self.spool
+        lines = health_lines(
+            self.worker, self.stats, self._lag_interval, rate,
+            spool.depth_lines if spool else 0, spool.depth_bytes if spool else 0,
+            int(self._clock.now() * 1e9),
+        )  # fmt: skip
+        self._lag_interval.reset()
+        batch = self._batch()
+        batch.lines.extend(lines)
+        batch.health_lines += len(lines)
+
+    async def save_dedup(self) -> None:
+        if self._dedup_path is not None and self._dedup.dirty:
+            await asyncio.to_thread(write_atomic, self._dedup_path, self._dedup.snapshot())
+
+    async def _housekeeping(self) -> None:
+        last_health = last_save = last_registry = self._monotonic()
+        last_received = self.stats.received
+        while True:
+            await asyncio.sleep(0.2)
+            now = self._monotonic()
+            if now - last_save >= self._dedup_save_s:
+                last_save = now
+                await self.save_dedup()
+            if self._health_interval_s is not None and now - last_health >= self._health_interval_s:
+                self._add_health((self.stats.received - last_received) / (now - last_health))
+                last_health, last_received = now, self.stats.received
+            if now - last_registry >= 2.0:
+                last_registry = now
+                if self.devices is not None:
+                    self.devices.reload_if_changed()
+                self._throttle.flush()
 
     # ------------------------------------------------------------ MQTT session
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Ingest until `stop` is set, reconnecting as needed; flushes everything before returning."""
+        """Ingest until `stop` is set, reconnecting as needed; commits everything before returning."""
         closing = asyncio.Event()
-        flusher = asyncio.create_task(self._flush_every(closing))
+        replay_stop = asyncio.Event()
+        self._give_up.clear()
+        writer = asyncio.create_task(self._writer(closing))
+        replayer = asyncio.create_task(self._committer.replay(replay_stop))
+        housekeeping = asyncio.create_task(self._housekeeping())
         try:
             await self._connect_loop(stop)
         finally:
             self.ready.clear()
+            if self._session is not None:
+                self._session.pause_reading()
+            self._close_batch()
             closing.set()
-            await flusher
-            await self.flush()
-            if self._inflight:
-                await asyncio.gather(*self._inflight)
+            self._wakeup.set()
+            deadline = asyncio.get_running_loop().call_later(self._stop_timeout_s, self._give_up.set)
+            await writer
+            deadline.cancel()
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+            replay_stop.set()
+            housekeeping.cancel()
+            await asyncio.gather(replayer, housekeeping, return_exceptions=True)
+            await self.save_dedup()
+            if self.spool is not None:
+                self.spool.close()
 
     async def _connect_loop(self, stop: asyncio.Event) -> None:
         delay = self._reconnect_min_s
         while not stop.is_set():
-            subscribed_before = self.stats.connects
+            session: MqttSession | None = None
+            keepalive: asyncio.Task[None] | None = None
             try:
-                await self._session(stop)
-            except (aiomqtt.MqttError, OSError) as exc:
+                session = await open_session(
+                    self.broker_host, self.broker_port, self.session_options, self._on_publishes
+                )
+                self._conn += 1
+                self._session = session
+                keepalive = asyncio.create_task(session.keepalive())
+                await session.subscribe(self.filters, qos=1)
+                self.stats.connects += 1
+                self.ready.set()
+                delay = self._reconnect_min_s
+                log.info(
+                    "subscribed on %s:%d as %s (MQTT %s%s)", self.broker_host, self.broker_port,
+                    self.session_options.client_id, "5" if session.protocol == 5 else "3.1.1",
+                    f", shared group {self.share_group}" if self.share_group else "",
+                )  # fmt: skip
+                closed = asyncio.create_task(session.wait_closed())
+                stopped = asyncio.create_task(stop.wait())
+                await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                if stop.is_set():
+                    closed.cancel()
+                    return  # the session stays open for the last acknowledgements
+                closed.result()
+                raise MqttError("connection closed")
+            except MqttError as exc:
                 self.ready.clear()
-                if self.stats.connects > subscribed_before:
-                    delay = self._reconnect_min_s  # it worked a moment ago: retry quickly
                 self.stats.last_error = f"mqtt: {exc}"[:300]
+                if session is not None:
+                    session.close()
+                self._session = None
                 log.warning(
                     "broker %s:%d: %s; reconnecting in %.1f s", self.broker_host, self.broker_port, exc, delay
                 )
                 if await _wait(stop, delay):
                     return
                 delay = min(delay * 2, self._reconnect_max_s)
-
-    async def _session(self, stop: asyncio.Event) -> None:
-        client = aiomqtt.Client(
-            self.broker_host,
-            self.broker_port,
-            identifier=self._client_id,
-            username=self._username,
-            password=self._password,
-            protocol=aiomqtt.ProtocolVersion.V311,  # amqtt, the demo broker, refuses v5
-            clean_session=False,  # Mosquitto queues QoS 1 messages while we reconnect
-            keepalive=self._keepalive_s,
-        )
-        async with client:
-            for kind in INGESTED_KINDS:
-                await client.subscribe(wire.device_filter(kind), qos=1)
-            self.stats.connects += 1
-            self.ready.set()
-            log.info("subscribed on %s:%d as %s", self.broker_host, self.broker_port, self._client_id)
-            consume = asyncio.create_task(self._consume(client))
-            stopped = asyncio.create_task(stop.wait())
-            try:
-                done, _ = await asyncio.wait({consume, stopped}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                consume.cancel()
-                stopped.cancel()
-                await asyncio.gather(consume, stopped, return_exceptions=True)
-            if consume in done:
-                consume.result()  # re-raises the broker loss for the reconnect loop
-
-    async def _consume(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            topic = message.topic.value
-            rejected = self.handle(topic, _as_bytes(message.payload))
-            if rejected is not None:
-                await self._dead_letter(client, rejected)
-            if len(self._pending) >= self._batch_max:
-                await self.flush()
-
-    async def _dead_letter(self, client: aiomqtt.Client, rejected: Rejected) -> None:
-        await client.publish(
-            wire.dead_letter_topic(rejected.reason), rejected.dead_letter(self._clock.now()), qos=1
-        )
-        self.stats.dead_letters += 1
+                if keepalive is not None:
+                    keepalive.cancel()

@@ -31,6 +31,25 @@ MEASUREMENTS = (MEASUREMENT_METER, MEASUREMENT_RELAY, MEASUREMENT_STATE, MEASURE
 TAG_SITE = "site"
 TAG_DEVICE = "device"
 
+# Ingestion's own health (cloud/ingest_health.py), for the operators' dashboards.
+MEASUREMENT_INGEST_HEALTH = "ingest_health"
+MEASUREMENT_DEAD_LETTERS = "ingest_dead_letters"
+HEALTH_MEASUREMENTS = (MEASUREMENT_INGEST_HEALTH, MEASUREMENT_DEAD_LETTERS)
+TAG_WORKER = "worker"
+TAG_REASON = "reason"
+FIELD_RECEIVED = "received"  # messages, cumulative since the worker started
+FIELD_WRITTEN = "written"  # lines acknowledged by the store, cumulative
+FIELD_RATE = "rate_msg_s"  # messages received per second over the last interval
+FIELD_DUPLICATES = "duplicates"
+FIELD_REJECTED = "rejected"
+FIELD_SPOOL_LINES = "spool_lines"  # waiting in the outage spool now
+FIELD_SPOOL_BYTES = "spool_bytes"
+FIELD_WRITE_FAILURES = "write_failures"
+FIELD_LAG_P50 = "lag_p50_ms"  # device timestamp -> store acknowledged, over the last interval
+FIELD_LAG_P99 = "lag_p99_ms"
+FIELD_LAG_MAX = "lag_max_ms"
+FIELD_COUNT = "count"  # dead letters with this reason, cumulative
+
 FIELD_SEQ = "seq"
 FIELD_POWER_W = "power_w"
 FIELD_ENERGY_WH = "energy_wh"
