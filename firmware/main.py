@@ -2,15 +2,15 @@
 # (firmware/boards/<name>/board.py, copied to the device's root on an ESP32).
 #
 # Memory: imports run one at a time with a collection in between, and the collector
-# runs early (gc.threshold) rather than when the heap is exhausted, so the small ESP32
-# heap does not fragment into pieces too small for the MQTT buffers.
+# runs early (gc.threshold) rather than only when the heap is exhausted, so a small
+# ESP32 heap does not fragment into pieces too small for the MQTT buffers.
 
 import gc
 import sys
 
 gc.collect()
-if hasattr(gc, "threshold"):
-    gc.threshold(4096)
+if hasattr(gc, "threshold"):  # collect after 1/16 of the heap was allocated
+    gc.threshold(max(4096, (gc.mem_free() + gc.mem_alloc()) // 16))
 
 import asyncio  # noqa: E402
 

@@ -53,6 +53,7 @@ class Board:
         self.override_pin = None
         if hw.get("override_pin") is not None:
             self.override_pin = machine.Pin(hw["override_pin"], machine.Pin.IN, machine.Pin.PULL_UP)
+        self.read_override = self._read_override if self.override_pin is not None else None
         self.wlan = network.WLAN(network.STA_IF)
         self.synced = False
         self.relay_pin = None
@@ -104,9 +105,7 @@ class Board:
     def boot_reason(self):
         return self._boot_reason
 
-    def read_override(self):
-        if self.override_pin is None:
-            return None
+    def _read_override(self):
         return 1 if self.override_pin.value() == 0 else None
 
     def set_relay(self, state):

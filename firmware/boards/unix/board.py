@@ -68,6 +68,8 @@ class Board:
         self._boot_reason = BOOT_REASONS.get(machine.reset_cause(), "unknown")
         self._mono_ms = 0
         self._mono_last = time.ticks_ms()
+        # no button configured: nothing to poll
+        self.read_override = self._read_override if self.cfg["override_file"] else None
 
     def boot_reason(self):
         # type: () -> str
@@ -85,11 +87,9 @@ class Board:
         # type: (float) -> machine.WDT
         return machine.WDT(timeout=int(timeout_s * 1000))
 
-    def read_override(self):
+    def _read_override(self):
         # type: () -> int | None
         path = self.cfg["override_file"]
-        if not path:
-            return None
         try:
             with open(path) as f:
                 text = f.read().strip()

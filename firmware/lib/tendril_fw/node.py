@@ -17,7 +17,7 @@
 #   now() -> unix seconds on the device clock     async sleep(device_seconds)
 #   monotonic() -> real seconds, never steps       speed: device s per real s (default 1)
 #   read_power() -> W (meter)                      set_relay(0|1) (relay)
-#   read_override() -> None|0|1 (optional)         watchdog(timeout_s) -> obj with feed()
+#   read_override: None, or () -> None|0|1         watchdog(timeout_s) -> obj with feed()
 #   free_heap() -> int | None                      random() -> float in [0, 1)
 #   boot_reason() -> str (optional)                async network_up() (may raise)   log(text)
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ("Node", "backoff_delay", "next_due")
 
 UNSYNCED_MAX = 64  # records held in RAM until the clock is synced
-OVERRIDE_POLL_S = 1.0  # device seconds between reads of the local button
+OVERRIDE_POLL_S = 0.2  # real seconds between reads of the local button (a person's reaction time)
 SLACK_S = 10.0  # real seconds a loop may overrun its promise before the watchdog starves
 
 
@@ -325,4 +325,4 @@ class Node:
             return
         while True:
             self.poll_override(self.board.now())
-            await self.board.sleep(OVERRIDE_POLL_S)
+            await asyncio.sleep(OVERRIDE_POLL_S)
