@@ -132,7 +132,7 @@ def test_power_cut_in_the_middle_of_a_flash_write_keeps_earlier_records():
     for cut in cuts:
         if dev is not None:
             dev.data[:] = image
-            fw_flash.remount(path, dev)
+            dev = fw_flash.remount(path, dev)
         log = FlashLog(path + "/q", seg_records=8)
         assert len(log) == 20
         budget = [cut]
@@ -148,7 +148,7 @@ def test_power_cut_in_the_middle_of_a_flash_write_keeps_earlier_records():
             if dev is None:
                 del flashlog.open
         if dev is not None:
-            fw_flash.remount(path, dev)  # power back on: a fresh boot over the same flash
+            dev = fw_flash.remount(path, dev)  # power back on: a fresh boot over the same flash
         recovered = FlashLog(path + "/q", seg_records=8)
         got = []
         while len(recovered):
