@@ -111,10 +111,18 @@ class VictoriaMetrics(Server):
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    def export(self, match: str) -> list[dict[str, object]]:
-        """Read series back through /api/v1/export (one JSON object per line)."""
+    def export(
+        self, match: str, start: float | None = None, end: float | None = None
+    ) -> list[dict[str, object]]:
+        """Read series back through /api/v1/export (one JSON object per line); `start`/`end`
+        (unix seconds, inclusive) limit the samples."""
         self.flush()
-        query = urllib.parse.urlencode({"match[]": match})
+        params: dict[str, str] = {"match[]": match}
+        if start is not None:
+            params["start"] = repr(float(start))
+        if end is not None:
+            params["end"] = repr(float(end))
+        query = urllib.parse.urlencode(params)
         with urllib.request.urlopen(f"{self.url}/api/v1/export?{query}", timeout=30) as resp:
             body = resp.read().decode()
         return [json.loads(line) for line in body.splitlines() if line.strip()]
@@ -125,7 +133,11 @@ class VictoriaMetrics(Server):
             urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=30).read()
 
 
-def start_mosquitto(workdir: Path, extra_conf: str = "") -> Mosquitto:
+def start_mosquitto(
+    workdir: Path, extra_conf: str = "", *, max_queued_messages: int = 100_000, max_inflight_messages: int = 100
+) -> Mosquitto:
+    """`max_queued_messages` per offline or slow client (0: no limit; past it Mosquitto drops
+    QoS 1 messages); `max_inflight_messages` unacknowledged per MQTT 3.1.1 client."""
     binary = find_binary("mosquitto", "mosquitto")
     port = free_port()
     conf = workdir / "mosquitto.conf"
@@ -133,8 +145,8 @@ def start_mosquitto(workdir: Path, extra_conf: str = "") -> Mosquitto:
         f"listener {port} {LOOPBACK}\n"
         "allow_anonymous true\n"
         "persistence false\n"
-        "max_queued_messages 100000\n"
-        "max_inflight_messages 100\n"
+        f"max_queued_messages {max_queued_messages}\n"
+        f"max_inflight_messages {max_inflight_messages}\n"
         f"{extra_conf}"
     )
     server = Mosquitto("mosquitto", port, workdir, [binary, "-c", str(conf)], port)
@@ -142,7 +154,9 @@ def start_mosquitto(workdir: Path, extra_conf: str = "") -> Mosquitto:
     return server
 
 
-def start_victoria_metrics(workdir: Path) -> VictoriaMetrics:
+def start_victoria_metrics(workdir: Path, *, dedup_ms: int | None = None) -> VictoriaMetrics:
+    """`dedup_ms`: keep one sample per series per that many ms, which makes a repeated write of
+    the same series and timestamp an overwrite, as in InfluxDB (VictoriaMetrics keeps both)."""
     binary = find_binary("victoria-metrics", "victoria-metrics")
     port = free_port()
     data = workdir / "vmdata"
@@ -156,6 +170,8 @@ def start_victoria_metrics(workdir: Path) -> VictoriaMetrics:
         "-search.disableCache",
         "-loggerLevel=WARN",
     ]
+    if dedup_ms is not None:
+        argv.append(f"-dedup.minScrapeInterval={dedup_ms}ms")
     server = VictoriaMetrics("victoria-metrics", port, workdir, argv, port)
     server.start()
     return server

@@ -17,6 +17,7 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud.device_registry import Registry
 from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
 
 pytestmark = pytest.mark.integration
@@ -85,13 +86,20 @@ def stop_cli(proc: subprocess.Popen[bytes], sig: int, log_path: Path) -> str:
 def test_cli_ingests_into_the_store_file_and_stops_on_sigint(mosquitto: Mosquitto, tmp_path: Path) -> None:
     store_file = tmp_path / "out" / "telemetry.lp"
     log_path = tmp_path / "ingest.log"
-    proc = run_cli(["--broker", mosquitto.url, "--store-file", str(store_file)], log_path)
+    registry = tmp_path / "registry"
+    Registry(registry).add("s1", "m1", "meter")
+    stranger = (wire.device_topic("s1", "m2", wire.TELEMETRY), messages()[0][1])
+    proc = run_cli(
+        ["--broker", mosquitto.url, "--store-file", str(store_file), "--registry", str(registry),
+         "--state-dir", str(tmp_path / "state"), "--health-interval", "0"],
+        log_path,
+    )  # fmt: skip
     try:
         wait_for(
             lambda: "subscribed on" in log_path.read_text(),
             lambda: f"subscription; log:\n{log_path.read_text()}",
         )
-        publish(mosquitto.port, messages())
+        publish(mosquitto.port, [*messages(), stranger])
         wait_for(
             lambda: store_file.exists() and len(store_file.read_text().splitlines()) == 10,
             lambda: f"10 lines in {store_file}; log:\n{log_path.read_text()}",
@@ -101,8 +109,9 @@ def test_cli_ingests_into_the_store_file_and_stops_on_sigint(mosquitto: Mosquitt
         )
     finally:
         log = stop_cli(proc, signal.SIGINT, log_path)
-    assert "stopped: 11 received, 10 written, 1 rejected {'bad_json': 1}, 0 lost" in log
+    assert "stopped: 12 received, 10 written, 2 rejected {'bad_json': 1, 'unknown_device': 1}, 0 lost" in log
     assert f"rejected message on {wire.device_topic('s1', 'm1', wire.TELEMETRY)!r}: bad_json" in log
+    assert f"rejected message on {stranger[0]!r}: unknown_device s1/m2" in log
     lines = store_file.read_text().splitlines()
     assert lines[0] == "meter,device=m1,site=s1 seq=0i,power_w=100.5,energy_wh=1000.0 1717000000000000000"
 
@@ -112,7 +121,12 @@ def test_cli_writes_to_the_influx_url_from_the_environment_and_stops_on_sigterm(
 ) -> None:
     log_path = tmp_path / "ingest.log"
     env = {"TENDRIL_INFLUX_URL": victoria.url, "TENDRIL_INFLUX_TOKEN": "not-checked-by-vm"}
-    proc = run_cli(["--broker", mosquitto.url, "--store-file", str(tmp_path / "unused.lp")], log_path, env)
+    proc = run_cli(
+        ["--broker", mosquitto.url, "--store-file", str(tmp_path / "unused.lp"), "--accept-any-device",
+         "--state-dir", str(tmp_path / "state"), "--health-interval", "0"],
+        log_path,
+        env,
+    )  # fmt: skip
     try:
         wait_for(
             lambda: "subscribed on" in log_path.read_text(),

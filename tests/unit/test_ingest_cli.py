@@ -68,9 +68,10 @@ def test_defaults() -> None:
     assert (args.influx_org, args.influx_bucket, args.batch_max, args.flush_interval) == (
         "tendril",
         "tendril",
-        500,
+        1000,
         0.1,
     )
+    assert (args.workers, args.share_group, args.accept_any_device, args.registry) == (1, None, False, None)
     assert args.func is run_ingest
 
 
@@ -81,8 +82,47 @@ def test_bad_url_is_an_error_exit_before_anything_starts(capsys: pytest.CaptureF
 
 
 @pytest.mark.parametrize(
-    "option", [["--batch-max", "0"], ["--flush-interval", "-1"], ["--stats-interval", "0"]]
+    "option",
+    [
+        ["--batch-max", "0"],
+        ["--flush-interval", "-1"],
+        ["--stats-interval", "0"],
+        ["--workers", "0"],
+        ["--health-interval", "-1"],
+        ["--share-group", "a/b"],
+        ["--share-group", "#"],
+    ],
 )
 def test_non_positive_tuning_is_refused(option: list[str]) -> None:
     with pytest.raises(SystemExit):
         parser().parse_args(["ingest", *option])
+
+
+def test_several_workers_need_a_real_store(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parser().parse_args(["ingest", "--workers", "2", "--accept-any-device"])
+    assert args.func(args) == 2
+    assert "--workers > 1 needs --influx-url" in capsys.readouterr().err
+
+
+def test_a_missing_registry_is_an_error_that_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parser().parse_args(["ingest", "--registry", str(tmp_path / "nowhere")])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "no device registry" in err and "tendril device add" in err and "--accept-any-device" in err
+
+
+def test_worker_command_lines_carry_every_option_but_no_secret() -> None:
+    from cloud.ingest_serve import worker_argv
+
+    args = parser().parse_args(
+        ["ingest", "--workers", "3", "--influx-url", "http://127.0.0.1:8086", "--password", "pw-secret",
+         "--influx-token", "tok-secret", "--registry", "reg", "--no-fsync", "--batch-max", "7"]
+    )  # fmt: skip
+    argv = worker_argv(args, 2)
+    assert "pw-secret" not in argv and "tok-secret" not in argv
+    again = parser().parse_args(argv[argv.index("ingest") :])
+    assert (again.worker_index, again.workers, again.batch_max, again.no_fsync) == (2, 3, 7, True)
+    assert (again.influx_url, str(again.registry)) == ("http://127.0.0.1:8086", "reg")
+    assert again.password is None and again.influx_token is None

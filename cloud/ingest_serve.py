@@ -1,0 +1,186 @@
+"""Running `tendril ingest`: one worker's event loop, or the supervisor of N worker processes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from cloud.dedup import write_atomic
+from cloud.ingest import Ingestor
+from cloud.ingest_cli import DEFAULT_SHARE_GROUP, ENV_INFLUX_TOKEN, ENV_MQTT_PASSWORD
+from cloud.ingest_devices import KnownDevices
+from cloud.ingest_workers import Supervisor, worker_env
+from cloud.mqtt_codec import V5, V311
+from cloud.store import EmbeddedStore, InfluxSink, Sink
+
+log = logging.getLogger("tendril.ingest")
+
+_MIB = 1024 * 1024
+_PROTOCOLS = {"auto": None, "5": V5, "3.1.1": V311}
+
+
+# ------------------------------------------------------------------ supervisor
+
+
+def worker_argv(args: argparse.Namespace, index: int) -> list[str]:
+    """The command line of worker `index`: the same options, minus secrets (they go by env)."""
+    argv = [
+        sys.executable, "-m", "cloud.cli", "ingest",
+        "--broker", args.broker, "--client-id", args.client_id, "--mqtt-version", args.mqtt_version,
+        "--influx-org", args.influx_org, "--influx-bucket", args.influx_bucket,
+        "--store-file", str(args.store_file), "--state-dir", str(args.state_dir),
+        "--spool-max-mb", str(args.spool_max_mb), "--dedup-window", str(args.dedup_window),
+        "--workers", str(args.workers), "--worker-index", str(index),
+        "--batch-max", str(args.batch_max), "--flush-interval", repr(args.flush_interval),
+        "--receive-maximum", str(args.receive_maximum), "--stats-interval", repr(args.stats_interval),
+        "--health-interval", repr(args.health_interval),
+    ]  # fmt: skip
+    optional = {
+        "--username": args.username, "--influx-url": args.influx_url, "--share-group": args.share_group,
+        "--stats-file": args.stats_file, "--registry": str(args.registry) if args.registry else None,
+    }  # fmt: skip
+    for flag, value in optional.items():
+        if value:
+            argv += [flag, value]
+    for flag, on in (("--accept-any-device", args.accept_any_device), ("--no-fsync", args.no_fsync)):
+        if on:
+            argv.append(flag)
+    return argv
+
+
+def supervise(args: argparse.Namespace) -> int:
+    env = worker_env({ENV_MQTT_PASSWORD: args.password, ENV_INFLUX_TOKEN: args.influx_token})
+    group = args.share_group or DEFAULT_SHARE_GROUP
+    log.info("starting %d ingestion workers in shared subscription group %s", args.workers, group)
+    return Supervisor(args.workers, lambda i: worker_argv(args, i), env).run()
+
+
+# ------------------------------------------------------------------ one worker
+
+
+def serve_worker(
+    args: argparse.Namespace, host: str, port: int, influx_url: str | None, devices: KnownDevices | None
+) -> int:
+    member = args.worker_index is not None
+    index = args.worker_index if member else 0
+    sink: Sink
+    if influx_url:
+        token = args.influx_token or os.environ.get(ENV_INFLUX_TOKEN)
+        sink = InfluxSink(influx_url, token, args.influx_org, args.influx_bucket)
+        where = f"{influx_url} org={args.influx_org} bucket={args.influx_bucket}"
+    else:
+        # Nobody queries this process: keep the file only, so memory stays flat.
+        sink = EmbeddedStore(args.store_file, memory=False)
+        where = f"embedded store, appending to {args.store_file}"
+    if devices is None:
+        log.warning("accepting messages from any device id (--accept-any-device)")
+    ingestor = Ingestor(
+        host,
+        port,
+        sink,
+        client_id=f"{args.client_id}-{index}" if member else args.client_id,
+        username=args.username,
+        password=args.password or os.environ.get(ENV_MQTT_PASSWORD),
+        batch_max=args.batch_max,
+        flush_interval_s=args.flush_interval,
+        devices=devices,
+        state_dir=args.state_dir / f"w{index}",
+        share_group=args.share_group or (DEFAULT_SHARE_GROUP if member else None),
+        worker=str(index),
+        health_interval_s=args.health_interval or None,
+        dedup_window=args.dedup_window,
+        protocol=_PROTOCOLS[args.mqtt_version],
+        receive_maximum=args.receive_maximum,
+        spool_max_bytes=args.spool_max_mb * _MIB,
+        spool_fsync=not args.no_fsync,
+    )
+    log.info("worker %d ingesting from mqtt://%s:%d into %s", index, host, port, where)
+    stats_path = Path(args.stats_file.replace("{worker}", str(index))) if args.stats_file else None
+    asyncio.run(_serve(ingestor, sink, args.stats_interval, stats_path))
+    return 0
+
+
+async def _serve(ingestor: Ingestor, sink: Sink, stats_interval: float, stats_path: Path | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
+            loop.add_signal_handler(sig, stop.set)
+    reporter = asyncio.create_task(_report(ingestor, stop, stats_interval, stats_path))
+    try:
+        await ingestor.run(stop)
+    finally:
+        stop.set()
+        await reporter
+        await sink.close()
+    stats = ingestor.stats
+    if stats_path is not None:
+        write_stats(stats_path, ingestor)
+    log.info(
+        "stopped: %d received, %d written, %d rejected %s, %d lost to store errors, %d duplicates, "
+        "%d spooled, %d replayed",
+        stats.received, stats.written, sum(stats.rejected.values()), dict(stats.rejected), stats.lost,
+        stats.duplicates, stats.spooled, stats.replayed,
+    )  # fmt: skip
+
+
+def stats_json(ingestor: Ingestor) -> dict[str, object]:
+    stats = ingestor.stats
+    spool = ingestor.spool
+    return {
+        "worker": ingestor.worker,
+        "pid": os.getpid(),
+        "received": stats.received,
+        "written": stats.written,
+        "duplicates": stats.duplicates,
+        "rejected": dict(stats.rejected),
+        "by_kind": dict(stats.by_kind),
+        "spooled": stats.spooled,
+        "replayed": stats.replayed,
+        "spool_lines": spool.depth_lines if spool else 0,
+        "write_failures": stats.write_failures,
+        "lost": stats.lost,
+        "dead_letters": stats.dead_letters,
+        "connects": stats.connects,
+        "pending": ingestor.pending,
+        "first_received_at": stats.first_received_at,
+        "last_written_at": stats.last_written_at,
+        "cpu_at_first_received": stats.cpu_at_first_received,
+        "cpu_at_last_written": stats.cpu_at_last_written,
+        "cpu_now": time.process_time(),
+        "lag": ingestor.lag_total.to_json(),
+    }
+
+
+def write_stats(path: Path, ingestor: Ingestor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(stats_json(ingestor)).encode(), fsync=False)
+
+
+async def _report(ingestor: Ingestor, stop: asyncio.Event, interval: float, stats_path: Path | None) -> None:
+    last_received, last_t = 0, time.monotonic()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        if stop.is_set():
+            return
+        now = time.monotonic()
+        stats = ingestor.stats
+        rate = (stats.received - last_received) / (now - last_t)
+        last_received, last_t = stats.received, now
+        if stats_path is not None:
+            write_stats(stats_path, ingestor)
+        spool = ingestor.spool
+        log.info(
+            "%.0f msg/s; %d received, %d written, %d rejected, %d duplicates, %d lost; spool %d lines; broker %s",
+            rate, stats.received, stats.written, sum(stats.rejected.values()), stats.duplicates, stats.lost,
+            spool.depth_lines if spool else 0, "connected" if ingestor.ready.is_set() else "DISCONNECTED",
+        )  # fmt: skip
