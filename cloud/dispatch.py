@@ -212,9 +212,9 @@ class Dispatcher:
         # The ack reports the relay as it is: believe it over what we last asked for.
         if ack["relay"] in (0, 1):
             self._switched((site, device), ack["relay"], float(ack["ts"]))
-            if delivered and ref in switched and ack["relay"] == out.cmd["relay"]:
-                # it switched when the device got it (a retry lands later than the first send):
-                # time the minimum on/off from then, as the firmware does
+            if delivered and sends > 1 and ref in switched and ack["relay"] == out.cmd["relay"]:
+                # a re-sent switch happened when a later copy landed, not at the first send:
+                # time the minimum on/off from the device's ack, as the firmware does
                 dev = (site, device)
                 self._changed_at[dev] = max(self._changed_at.get(dev, -math.inf), float(ack["ts"]))
         return out

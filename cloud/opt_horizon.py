@@ -44,9 +44,7 @@ class SitePlanner:
     _modes: dict[str, _Mode] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for mode, h, decide in (("rt", self.real_time, False), ("da", self.day_ahead, True)):
-            compiled = compile_model(build_model(self.spec, h, decide_pump=decide))
-            self._modes[mode] = _Mode(h, decide, compiled, SolveState(compiled))
+        self._mode("rt")  # the model every 5-minute tender needs; the day-ahead one on first use
 
     def horizon(self, mode: str) -> Horizon:
         return self._mode(mode).horizon
@@ -55,8 +53,12 @@ class SitePlanner:
         return self._mode(mode).compiled
 
     def _mode(self, mode: str) -> _Mode:
-        if mode not in self._modes:
+        if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode not in self._modes:
+            h, decide = (self.real_time, False) if mode == "rt" else (self.day_ahead, True)
+            compiled = compile_model(build_model(self.spec, h, decide_pump=decide))
+            self._modes[mode] = _Mode(h, decide, compiled, SolveState(compiled))
         return self._modes[mode]
 
     def solve(self, mode: str, state: SiteState, fc: SiteForecast,

@@ -36,7 +36,7 @@ RELAYS = ("hvac", "pump", "ev")
 LIMITS = {
     "hvac": SafetyLimits(min_on_s=300, min_off_s=300, max_switches_per_day=288),
     "pump": SafetyLimits(min_on_s=900, min_off_s=900, max_switches_per_day=8),
-    "ev": SafetyLimits(min_on_s=300, min_off_s=300, max_switches_per_day=96),
+    "ev": SafetyLimits(min_on_s=300, min_off_s=300, max_switches_per_day=288),
 }
 SETPOINT_C = 21.0  # baseline thermostat
 HYSTERESIS_C = 0.5

@@ -23,7 +23,7 @@ from edge.ev import EvParams
 class EvSpec:
     params: EvParams = field(default_factory=EvParams)
     short_usd_per_kwh: float = 5.0
-    plan_margin_steps: float = 0.5
+    plan_margin_steps: float = 1.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.short_usd_per_kwh) and self.short_usd_per_kwh > 0):
@@ -59,7 +59,7 @@ def inputs(spec: EvSpec, state: SiteState, fc: SiteForecast, h: Horizon) -> Para
         remaining = max(0.0, s.need_kwh - (state.ev_stored_kwh if s.arrive <= fc.start else 0.0))
         if remaining > 0:
             # the charger is a relay: whole steps at full power, not the planned share, so plan
-            # half a step's energy more (the car stops drawing once it has what it needs)
+            # a step's energy more (the car stops drawing once it has what it needs)
             remaining += spec.plan_margin_steps * spec.params.max_kw * spec.params.eta * h.dt_h
         due = starts + h.step_s >= s.depart  # steps ending at or after departure
         if not due.any():

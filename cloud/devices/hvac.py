@@ -26,8 +26,8 @@ class HvacSpec:
     can_cool: bool = True
     penalty_usd_per_ch: float = 5.0  # $ per degree-hour outside the band
     # Plan this far inside the band: the relay runs whole 5-minute steps, not the planned share,
-    # and the rounding moves the house by up to ~0.1 C either way.
-    plan_margin_c: float = 0.15
+    # and the rounding moves the house by up to ~0.1 C either way, a lost command by a step more.
+    plan_margin_c: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.t_min_c < self.t_max_c:

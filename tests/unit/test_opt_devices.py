@@ -33,7 +33,7 @@ def test_indoor_temperature_follows_the_shared_thermal_physics_and_stays_in_band
     assert sched.comfort_violation_ch == pytest.approx(0.0, abs=1e-6)
     # the plan keeps its rounding margin (but for the horizon's last hour, when holding it costs
     # more than the penalty for what lies beyond)
-    assert sched.temp_c[:-12].min() >= 20.0 + 0.15 - 1e-6
+    assert sched.temp_c[:-12].min() >= 20.0 + 0.2 - 1e-6
     assert sched.hvac_heat.sum() > 0  # a March night at LAX needs heat: the band binds
 
 
@@ -55,7 +55,7 @@ def test_comfort_penalty_is_paid_when_the_band_cannot_be_held() -> None:
     sched = SitePlanner(spec).solve("rt", SiteState(t_in_c=20.5), forecast(RT))
     assert sched.comfort_violation_ch > 0.1
     # every hour below the band the heater runs flat out: the penalty outweighs any price
-    below = sched.temp_c < 20.15 - 1e-3
+    below = sched.temp_c < 20.2 - 1e-3
     assert np.all(sched.hvac_heat[1:][below[:-1]] > 0.999)
 
 
