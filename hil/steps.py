@@ -1,0 +1,235 @@
+"""The verbs of the scenario language. Each action takes the bench and the step's `with:` arguments
+and returns the values it measured (name -> number); the runner judges them against the limits
+the scenario declares. Durations named *_s in arguments are device seconds unless named
+timeout_s (real seconds: how long the bench waits before calling it a failure)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import tendril_wire as tw
+
+from cloud.optimizer import schedule_relay
+from cloud.tenders import tender_id
+from hil.bench import Bench
+from hil.broker import Received
+
+Values = dict[str, float]
+Action = Callable[[Bench, dict[str, Any], dict[str, Any]], Values]
+
+
+def _num(args: dict[str, Any], name: str, default: float | None = None) -> float:
+    value = args.get(name, default)
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"argument {name!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _relay_arg(args: dict[str, Any]) -> int:
+    value = args.get("relay")
+    if value not in (0, 1) or isinstance(value, bool):
+        raise ValueError(f"argument 'relay' must be 0 or 1, got {value!r}")
+    return int(value)
+
+
+def wait_online(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
+    t0 = time.monotonic()
+    bench.wait_online(_num(args, "timeout_s", 20.0))
+    return {"online_s": time.monotonic() - t0}
+
+
+def set_input(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
+    bench.dut.link.set_inputs(**args)
+    return {}
+
+
+def advance(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
+    sample = bench.advance(_num(args, "seconds"))
+    return {"t_in_c": sample.t_in_c, "relay": float(sample.relay), "power_w": sample.power_w}
+
+
+def network(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
+    up = bool(args.get("up"))
+    bench.dut.link.set_network(up)
+    bench.notes["net_up_at" if up else "net_cut_at"] = bench.now()
+    return {}
+
+
+def command(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
+    """One signed command; measures the ack and, if the relay should switch, the switch."""
+    relay = _relay_arg(args)
+    before = bench.relay()
+    sent = bench.command(relay, _num(args, "ttl_s", 600.0))
+    ack = bench.wait_ack(sent, _num(args, "timeout_s", 10.0))
+    details.update(id=sent.out.cmd["id"], reason=ack.msg["reason"], ack_relay=ack.msg["relay"])
+    values = {"ack_latency_s": ack.received - sent.published, "accepted": 1.0 if ack.msg["ok"] else 0.0}
+    if ack.msg["ok"] and relay != before:
+        event = bench.wait_relay(relay, sent.published, _num(args, "timeout_s", 10.0))
+        values["switch_latency_s"] = event.received - sent.published
+    values["relay"] = float(bench.relay())
+    bench.tick()
+    return values
+
+
+def burst(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
+    """`count` alternating commands `interval_s` apart; measures the shortest on and off periods the
+    relay actually went through (from the device's own relay events, on its clock)."""
+    count = int(_num(args, "count", 20))
+    interval = _num(args, "interval_s", 20.0)
+    ttl = _num(args, "ttl_s", 3600.0)
+    target = 1 - bench.relay()
+    sent = []
+    for _ in range(count):
+        sent.append(bench.command(target, ttl))
+        target = 1 - target
+        bench.advance(interval)
+    acks = [bench.wait_ack(s, _num(args, "timeout_s", 10.0)) for s in sent]
+    reasons: dict[str, int] = {}
+    for ack in acks:
+        reasons[ack.msg["reason"]] = reasons.get(ack.msg["reason"], 0) + 1
+    details["reasons"] = reasons
+    events = bench.relay_events()
+    periods: dict[int, list[float]] = {0: [], 1: []}
+    for prev, nxt in itertools.pairwise(events):
+        if prev.msg["relay"] != nxt.msg["relay"]:
+            periods[int(prev.msg["relay"])].append(float(nxt.msg["t"]) - float(prev.msg["t"]))
+    if events:  # the period still running has lasted at least this long
+        periods[int(events[-1].msg["relay"])].append(bench.now() - float(events[-1].msg["t"]))
+    details["periods"] = periods
+    switches = sum(1 for a, b in itertools.pairwise(events) if a.msg["relay"] != b.msg["relay"])
+    return {"commands": float(count), "accepted": float(sum(1 for a in acks if a.msg["ok"])),
+            "switches": float(switches), "shortest_off_s": min(periods[0], default=math.inf),
+            "shortest_on_s": min(periods[1], default=math.inf)}
+
+
+def expect_safe_default(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
+    """After the last command expires, the relay must return to its safe default on its own."""
+    if not bench.commands:
+        raise ValueError("expect_safe_default needs a command before it")
+    last = bench.commands[-1]
+    safe = bench.safe_default
+    mark = len(bench.dut.link.history)
+
+    def fell_back() -> bool:
+        return any(e.kind == "relay" and e.msg.get("relay") == safe for e in bench.dut.link.history[mark:])
+
+    bench.advance(max(0.0, last.expires - bench.now()) + _num(args, "within_s", 120.0), until=fell_back)
+    event = next((e for e in bench.dut.link.history[mark:] if e.kind == "relay" and e.msg.get("relay") == safe), None)
+    details["expires"] = last.expires
+    if event is None:
+        return {"relay": float(bench.relay())}
+    return {"relay": float(bench.relay()), "fallback_after_expiry_s": float(event.msg["t"]) - last.expires}
+
+
+def expect_telemetry(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
+    """Every telemetry seq from the first one seen to the last one must have reached the broker,
+    including those produced while the network was cut (store and forward)."""
+    cut = bench.notes.get("net_cut_at")
+    restored = bench.notes.get("net_up_at")
+    timeout = _num(args, "timeout_s", 30.0)
+    deadline = time.monotonic() + timeout
+    while True:
+        tele = bench.broker.of_kind(tw.TELEMETRY)
+        seqs = [int(m.msg["seq"]) for m in tele]
+        live = restored is not None and any(float(m.msg["ts"]) > restored for m in tele)
+        missing = (max(seqs) - min(seqs) + 1 - len(set(seqs))) if seqs else -1
+        if (seqs and missing == 0 and live) or time.monotonic() > deadline:
+            break
+        bench.tick()
+        time.sleep(0.1)
+    during = {int(m.msg["seq"]) for m in tele
+              if cut is not None and restored is not None and cut <= float(m.msg["ts"]) <= restored}
+    details.update(first_seq=min(seqs, default=None), last_seq=max(seqs, default=None))
+    return {"missing_seqs": float(missing), "delivered_from_cut": float(len(during)),
+            "duplicates": float(len(seqs) - len(set(seqs)))}
+
+
+def power_cycle(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
+    t0 = time.monotonic()
+    bench.dut.link.drain_events()
+    mark = bench.broker.mark()
+    bench.dut.power_cycle()
+    boot = bench.dut.link.wait_event("boot", _num(args, "timeout_s", 10.0))
+    bench.rebooted(boot, mark)
+    details["boot"] = boot.msg.get("boot")
+    return {"boot_s": boot.received - t0}
+
+
+def watchdog(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
+    """Block the device's event loop; its watchdog must reset it and it must come back."""
+    t0 = time.monotonic()
+    resets = bench.dut.resets()
+    bench.dut.link.drain_events()
+    mark = bench.broker.mark()
+    bench.dut.link.hang(_num(args, "hang_s", 30.0))
+    boot = bench.dut.link.wait_event("boot", _num(args, "timeout_s", 20.0))
+    bench.rebooted(boot, mark)
+    details["boot"] = boot.msg.get("boot")
+    return {"watchdog_boot": 1.0 if boot.msg.get("boot") == "watchdog" else 0.0,
+            "recovery_s": boot.received - t0, "resets": float(bench.dut.resets() - resets)}
+
+
+def _tender(bench: Bench, price: float, duration_s: int) -> dict[str, Any]:
+    start = math.floor(bench.now())
+    fields: dict[str, Any] = {"v": tw.VERSION, "side": tw.SIDE_BUY, "intervalStart": start, "durationS": duration_s,
+                              "price": price, "expirationTime": start + duration_s, "partyId": "hil-utility",
+                              "counterPartyId": bench.site, "marketId": "RTM", "resourceDesignator": "hil-feeder"}
+    fields["tenderId"] = tender_id(fields)
+    return tw.validate(tw.TENDER, fields)
+
+
+def _is_tender(tender_id: str) -> Callable[[Received], bool]:
+    return lambda m: m.kind == tw.TENDER and m.msg["tenderId"] == tender_id
+
+
+def tender_loop(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
+    """Tender -> broker -> optimizer -> signed command -> broker -> relay switch, `count` times; the
+    latency runs from publishing the tender to the device reporting the switch on the link."""
+    count = int(_num(args, "count", 100))
+    low, high = _num(args, "low_price", 0.08), _num(args, "high_price", 0.45)
+    reference = _num(args, "reference_price", 0.25)  # the next interval's expected price
+    duration = int(_num(args, "interval_s", 300))
+    timeout = _num(args, "timeout_s", 10.0)
+    load_kw = bench.plant.config.relay_kw()
+    latencies: list[float] = []
+    solves: list[float] = []
+    price = low if bench.relay() == 0 else high
+    for _ in range(count):
+        tender = _tender(bench, price, duration)
+        mark = bench.broker.mark()
+        published = bench.broker.publish(tw.tender_topic(bench.site), tw.encode(tw.TENDER, tender))
+        got = bench.broker.wait_for(f"tender {tender['tenderId']}", _is_tender(tender["tenderId"]), timeout, mark)
+        plan = schedule_relay([got.msg["price"], reference], duration, load_kw, 1)
+        solves.append(plan.solve_s)
+        on = plan.on[0]
+        sent = bench.command(on, duration)
+        event = bench.wait_relay(on, published, timeout)
+        latencies.append(event.received - published)
+        bench.wait_ack(sent, timeout)
+        bench.plant.price = price
+        bench.tick()
+        price = high if price == low else low
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)]
+    details.update(solve_p50_s=statistics.median(solves), latency_max_s=latencies[-1])
+    return {"commands": float(count), "latency_p50_s": statistics.median(latencies), "latency_p99_s": p99}
+
+
+ACTIONS: dict[str, Action] = {
+    "wait_online": wait_online,
+    "set_input": set_input,
+    "advance": advance,
+    "network": network,
+    "command": command,
+    "burst": burst,
+    "expect_safe_default": expect_safe_default,
+    "expect_telemetry": expect_telemetry,
+    "power_cycle": power_cycle,
+    "watchdog": watchdog,
+    "tender_loop": tender_loop,
+}
