@@ -43,7 +43,7 @@ class Bench:
     safe_default: int = 0
     commands: list[CommandSent] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)  # facts steps leave for later steps
-    boot_mark: int = 0  # broker message index at the last (re)boot the bench knows of
+    boot_mark: int = 0  # broker message index when the device last went away (boot, cut): wait_online looks after it
     boot_event_index: int = 0  # link history index at that boot
 
     # ------------------------------------------------------------ time and plant

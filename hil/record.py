@@ -52,6 +52,9 @@ class Measurement:
 
     @classmethod
     def of(cls, spec: MeasurementSpec, value: float | None) -> Measurement:
+        """Judge `value`; None or not finite means not measured (stored as null) and fails."""
+        if value is not None and not math.isfinite(value):
+            value = None
         return cls(spec.name, value, spec.unit, spec.low, spec.high, spec.outcome(value))
 
     def describe(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import secrets
 import shutil
 import tempfile
@@ -92,7 +93,7 @@ def run_step(bench: Bench, step: Step, rec: StepRecord, t_run: float) -> None:
     rec.device_time = bench.now()
     for spec in step.measure:
         rec.measurements.append(Measurement.of(spec, values.get(spec.of or spec.name)))
-    rec.details["values"] = {k: v for k, v in values.items() if abs(v) != float("inf")}
+    rec.details["values"] = {k: v for k, v in values.items() if math.isfinite(v)}
     if rec.outcome != ERROR:
         rec.outcome = PASS if all(m.outcome == PASS for m in rec.measurements) else FAIL
 
