@@ -32,6 +32,7 @@ from cloud.demo_summary import DemoSummary, PricePoint, site_result
 from cloud.dispatch import Dispatcher
 from cloud.ingest import Ingestor
 from cloud.ingest_cli import parse_broker_url
+from cloud.mqtt_codec import V311
 from cloud.optimizer import schedule_relay
 from cloud.prices import PriceInterval, default_prices, prices_between
 from cloud.store import EmbeddedStore, InfluxSink, Sink
@@ -216,7 +217,10 @@ async def _start_services(cfg: DemoConfig, out: Path, on_message: OnMessage, clo
     else:
         store = EmbeddedStore(out / "telemetry.lp")
         sink = store
-    ingestor = Ingestor(host, port, sink, clock=clock, on_message=on_message)
+    # amqtt neither speaks MQTT 5 nor refuses it cleanly (no CONNACK), so the embedded broker
+    # gets 3.1.1 up front; an external broker is offered 5 with fallback.
+    protocol = V311 if broker is not None else None
+    ingestor = Ingestor(host, port, sink, clock=clock, on_message=on_message, protocol=protocol)
     stop = asyncio.Event()
     task = asyncio.create_task(ingestor.run(stop))
     try:
