@@ -143,7 +143,7 @@ def seconds_to_ns(seconds: float) -> int:
 
 def contract_error(reason: str, detail: str = "") -> wire.ContractError:
     """Typed constructor: the contract module is MicroPython code without annotations."""
-    return wire.ContractError(reason, detail)  # type: ignore[no-untyped-call]
+    return wire.ContractError(reason, detail)
 
 
 def _has_control_chars(text: str) -> bool:
