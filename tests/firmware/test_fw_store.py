@@ -188,3 +188,16 @@ def test_seq_counter_reads_a_garbled_file_as_the_temporary_copy():
     with open(path + "/seq.tmp", "w") as f:
         f.write("40")
     assert SeqCounter(path + "/seq").take() == 40
+
+
+def test_a_segment_lost_at_run_time_is_counted_as_dropped():
+    path, _dev = fw_flash.fresh_dir()
+    q = Outbox(100, ram_max=2, flash=FlashLog(path + "/q", seg_records=2))
+    for i in range(7):
+        q.push(rec(i))
+    head_seg = sorted(n for n in os.listdir(path + "/q") if n.endswith(".log"))[0]
+    os.remove(path + "/q/" + head_seg)  # flash failure under the running node
+    ident, payload = q.peek()
+    assert payload == rec(2) and q.dropped == 2 and len(q) == 5
+    q.remove_through(ident)
+    assert drain(q) == [rec(i) for i in range(3, 7)]

@@ -154,9 +154,12 @@ class FlashLog:
     def peek(self):
         # type: () -> bytes | None
         if self._peeked is None and self._segs:
-            with open(self._path(self._segs[0][0]), "rb") as f:
-                f.seek(self._head_off)
-                self._peeked = read_record(f)
+            try:
+                with open(self._path(self._segs[0][0]), "rb") as f:
+                    f.seek(self._head_off)
+                    self._peeked = read_record(f)
+            except OSError:
+                self._peeked = None
             if self._peeked is None:  # vanished or damaged under us: skip the segment
                 self._drop_head_segment()
                 return self.peek()

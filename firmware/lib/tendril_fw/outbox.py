@@ -73,7 +73,13 @@ class Outbox:
     def peek(self):
         # type: () -> tuple[int, bytes] | None
         if self.flash is not None and len(self.flash):  # type: ignore[arg-type]
+            before = len(self.flash)  # type: ignore[arg-type]
             payload = self.flash.peek()  # type: ignore[attr-defined]
+            lost = before - len(self.flash)  # type: ignore[arg-type]
+            if lost:
+                # a segment turned out unreadable: its records are gone, count them
+                self._head += lost
+                self.dropped += lost
             if payload is not None:
                 return self._head, payload
         return (self._head, self._ram[0]) if self._ram else None
