@@ -104,6 +104,7 @@ class FirmwareConfig:
     wdt_s: float = 0.0  # watchdog timeout (real seconds); 0 = off
     max_switches_per_hour: int = 0  # relay; 0 = no limit
     override_file: Path | None = None  # relay: the local button ("0"/"1"; absent = released)
+    link_file: Path | None = None  # the Wi-Fi link: write "down" to cut it
 
     def __post_init__(self) -> None:
         tendril_wire.check_id(self.site, "site")
@@ -151,6 +152,8 @@ class FirmwareConfig:
             doc["state_dir"] = str(self.state_dir)
         if self.override_file is not None:
             doc["override_file"] = str(self.override_file)
+        if self.link_file is not None:
+            doc["link_file"] = str(self.link_file)
         if self.power_file is not None:
             doc["power_file"] = str(self.power_file)
         if self.relay_file is not None:

@@ -118,15 +118,17 @@ def meter_config(port: int, power_file: Path, **extra: object) -> FirmwareConfig
     return FirmwareConfig(**base)  # type: ignore[arg-type]
 
 
-def test_broker_outage_of_60_device_seconds_loses_and_repeats_nothing(
-    persistent_mosquitto: Mosquitto, tmp_path: Path, micropython_ok: None,
+@pytest.mark.parametrize("cut", ["broker", "wifi"])
+def test_outage_of_60_device_seconds_loses_and_repeats_nothing(
+    persistent_mosquitto: Mosquitto, tmp_path: Path, micropython_ok: None, cut: str,
 ) -> None:
     broker = persistent_mosquitto
     power_file = tmp_path / "site.power"
     power_file.write_text("2400")
+    link = tmp_path / "wifi.link"
     clock = SimClock(sim_origin=1_717_200_000.0, speed=SPEED)
     observer = Observer(broker.port, "meter-o")
-    proc = FirmwareProcess(meter_config(broker.port, power_file, state_s=30.0), tmp_path / "node",
+    proc = FirmwareProcess(meter_config(broker.port, power_file, state_s=30.0, link_file=link), tmp_path / "node",
                            clock.env_value())
     proc.start()
 
@@ -135,7 +137,10 @@ def test_broker_outage_of_60_device_seconds_loses_and_repeats_nothing(
 
     try:
         observer.wait_for("5 readings before the outage", lambda k, m: k == tw.TELEMETRY and m["seq"] == 4, log)
-        broker.stop()  # right after a reading: none is in flight (one every 5/30 s real)
+        if cut == "broker":  # right after a reading: none is in flight (one every 5/30 s real)
+            broker.stop()
+        else:
+            link.write_text("down")
         stopped_at = clock.now()
         outbox = proc.state_dir / "outbox"
         deadline = time.monotonic() + WAIT_S
@@ -143,7 +148,10 @@ def test_broker_outage_of_60_device_seconds_loses_and_repeats_nothing(
             assert time.monotonic() < deadline, "sim clock stalled"
             time.sleep(0.05)
         spilled = sorted(p.name for p in outbox.glob("q*.log")) if outbox.exists() else []
-        broker.start()
+        if cut == "broker":
+            broker.start()
+        else:
+            link.write_text("up")
         restarted_at = clock.now()
         # until every seq up to a reading taken 30 device-s after the restart has arrived
         def caught_up(kind: str, msg: dict[str, object]) -> bool:
@@ -170,7 +178,8 @@ def test_broker_outage_of_60_device_seconds_loses_and_repeats_nothing(
     assert spilled, "the backlog never reached the flash tier (ram_queue_max=4)"
     state = next(m for k, m in reversed(observer.seen) if k == tw.STATE)
     assert state["dropped"] == 0 and state["boot"] == "power_on"
-    print(f"outage: {len(during)} readings during {OUTAGE_S} device-s; {len(seqs)} in all, "
+    assert ("Wi-Fi link down" in proc.log_text()) == (cut == "wifi")
+    print(f"{cut} outage: {len(during)} readings during {OUTAGE_S} device-s; {len(seqs)} in all, "
           f"{len(backlog)} replayed in order beside {len(live)} live; flash segments {spilled}")
 
 

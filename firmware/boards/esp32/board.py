@@ -136,5 +136,8 @@ class Board:
             ntptime.settime()
             self.synced = True
 
+    def link_up(self):
+        return self.wlan.isconnected()
+
     def log(self, text):
         print("[%d] %s" % (self.now(), text))

@@ -10,6 +10,7 @@
 #   override_file      (relay, optional) the local button: "0"/"1" forces the output, absent
 #                      or empty releases it
 #   state_dir          the node's "flash": outbox backlog, seq counters, reset cause
+#   link_file          (optional) the Wi-Fi link: "down" cuts it (network.py shim beside this file)
 #   wdt_s              machine.WDT here is the host shim next to this file (kills the process)
 
 import asyncio
@@ -20,6 +21,7 @@ import random
 import time
 
 import machine
+import network
 from tendril_fw import config
 from tendril_fw.flashlog import makedirs
 
@@ -68,6 +70,8 @@ class Board:
         self._boot_reason = BOOT_REASONS.get(machine.reset_cause(), "unknown")
         self._mono_ms = 0
         self._mono_last = time.ticks_ms()
+        network.LINK_FILE = self.cfg["link_file"]
+        self.wlan = network.WLAN(network.STA_IF)
         # no button configured: nothing to poll
         self.read_override = self._read_override if self.cfg["override_file"] else None
 
@@ -145,7 +149,15 @@ class Board:
 
     async def network_up(self):
         # type: () -> None
-        return None
+        if not self.wlan.isconnected():
+            self.wlan.active(True)
+            self.wlan.connect()
+            if not self.wlan.isconnected():
+                raise OSError("Wi-Fi link down")
+
+    def link_up(self):
+        # type: () -> bool
+        return self.wlan.isconnected()
 
     def log(self, text):
         # type: (str) -> None

@@ -27,6 +27,7 @@ DEFAULTS = {
     "wdt_s": 0,  # watchdog timeout, real seconds; 0 = no watchdog
     "max_switches_per_hour": 0,  # relay; 0 = no limit
     "override_file": None,  # unix board: the local button ("0", "1", absent = released)
+    "link_file": None,  # unix board: the Wi-Fi link ("down" = cut), for benches and tests
     "power_file": None,
     "relay_file": None,
     "relay_load_w": 0.0,
@@ -93,7 +94,7 @@ def parse(raw):
         raise ConfigError("sample_s must be a number > 0")
     if cfg["keepalive_s"] > 65535 or not 0 < cfg["broker_port"] < 65536 or cfg["queue_max"] < 1:
         raise ConfigError("keepalive_s, broker_port or queue_max out of range")
-    for name in ("state_dir", "override_file"):
+    for name in ("state_dir", "override_file", "link_file"):
         if cfg[name] is not None and (not isinstance(cfg[name], str) or not cfg[name]):
             raise ConfigError("%s must be a non-empty string or null" % name)
     if cfg["ram_queue_max"] < 1:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 BACKOFF_BASE_S = 0.5
 MAX_PENDING_ACKS = 16
 LIVE_MAX = 8
+LINK_POLL_S = 0.2  # real seconds
 
 
 def backoff_delay(attempt, cap, rnd):
@@ -144,7 +145,7 @@ class Uplink:
             will=(self.topic(tw.STATUS), tw.status_payload(False), 1, True),
             on_message=self.on_message, ack_timeout=self.cfg["ack_timeout_s"])
         await client.connect()
-        sender = None
+        sender = watch = None
         try:
             # Subscribe first: "online" promises that commands sent from now on arrive.
             for topic in self.subscriptions:
@@ -156,11 +157,26 @@ class Uplink:
             self.board.log("connected to %s:%d nodelay=%s session_present=%s backlog=%d" % (
                 client.host, client.port, client.nodelay, client.session_present, len(self.outbox)))
             sender = asyncio.create_task(self._send(client))
+            link = getattr(self.board, "link_up", None)
+            if link is not None:
+                watch = asyncio.create_task(self._watch_link(client, link))
             await client.wait_closed()
         finally:
             if sender is not None:
                 sender.cancel()
+            if watch is not None:
+                watch.cancel()
             client.abort("session ended")
+
+    async def _watch_link(self, client, link_up):
+        # type: (MQTTClient, Any) -> None
+        # Losing Wi-Fi ends the session at once (as the ESP32's network stack does),
+        # rather than after a keepalive of silence.
+        while client.connected:
+            if not link_up():
+                client.abort("Wi-Fi link down")
+                return
+            await asyncio.sleep(LINK_POLL_S)
 
     # ------------------------------------------------------------ sender
 
