@@ -150,6 +150,36 @@ def expect_telemetry(bench: Bench, args: dict[str, Any], details: dict[str, Any]
             "duplicates": float(len(seqs) - len(set(seqs)))}
 
 
+def _plant_energy_wh(bench: Bench, t0: float, t1: float) -> float:
+    """Energy the plant delivered over [t0, t1): each sample's power holds until the next sample."""
+    samples = bench.plant.samples
+    total = 0.0
+    for cur, nxt in itertools.pairwise(samples):
+        lo, hi = max(t0, cur.t), min(t1, nxt.t)
+        if hi > lo:
+            total += cur.power_w * (hi - lo) / 3600.0
+    return total
+
+
+def expect_energy(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
+    """A meter: run the house for `seconds` and compare the energy register's increase with the
+    energy the plant drew over the same telemetry interval."""
+    mark = bench.broker.mark()
+    bench.advance(_num(args, "seconds", 1200.0))
+    end = bench.now()
+    got = bench.broker.wait_for("meter telemetry after the run", lambda m: m.kind == tw.TELEMETRY
+                                and float(m.msg["ts"]) >= end, _num(args, "timeout_s", 10.0), mark)
+    tele = [m.msg for m in bench.broker.of_kind(tw.TELEMETRY)[mark:] if m.msg.get("type") == tw.DEVICE_METER]
+    tele = [m for m in tele if float(m["ts"]) <= float(got.msg["ts"])]
+    if len(tele) < 2:
+        raise ValueError(f"need two meter records to compare energy, got {len(tele)}")
+    first, last = tele[0], tele[-1]
+    device_wh = float(last["energy_wh"]) - float(first["energy_wh"])
+    plant_wh = _plant_energy_wh(bench, float(first["ts"]), float(last["ts"]))
+    details.update(device_wh=device_wh, plant_wh=plant_wh, window_s=float(last["ts"]) - float(first["ts"]))
+    return {"energy_wh": device_wh, "energy_error_pct": 100.0 * abs(device_wh - plant_wh) / max(plant_wh, 1e-9)}
+
+
 def power_cycle(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
     t0 = time.monotonic()
     bench.dut.link.drain_events()
@@ -230,6 +260,7 @@ ACTIONS: dict[str, Action] = {
     "burst": burst,
     "expect_safe_default": expect_safe_default,
     "expect_telemetry": expect_telemetry,
+    "expect_energy": expect_energy,
     "power_cycle": power_cycle,
     "watchdog": watchdog,
     "tender_loop": tender_loop,
