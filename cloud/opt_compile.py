@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pyomo.environ as pyo
 import scipy.sparse as sp  # type: ignore[import-untyped,import-not-found,unused-ignore]
+from pyomo.common.gc_manager import PauseGC
 from pyomo.core.expr.numeric_expr import (
     DivisionExpression,
     NegationExpression,
@@ -179,6 +180,11 @@ def _sub(a: tuple[float, dict[int, float]], b: tuple[float, dict[int, float]]) -
 
 def compile_model(m: pyo.ConcreteModel) -> CompiledSite:
     """Matrices and affine input maps of a linear (MI)LP site model; CompileError if inputs reach A."""
+    with PauseGC():  # Pyomo makes many small objects here; collecting them mid-way costs ~40 %
+        return _compile(m)
+
+
+def _compile(m: pyo.ConcreteModel) -> CompiledSite:
     info = LinearStandardFormCompiler().write(m, mixed_form=True, set_sense=pyo.minimize)
     params = _Params(m)
     n_p = len(params.current)
