@@ -79,6 +79,15 @@ def _make_dut(options: RunOptions, config: FirmwareConfig, workdir: Path, clock:
     return UnixPortDriver(config, workdir / "dut", clock.env_value())
 
 
+def _clock(options: RunOptions, scenario: Scenario) -> SimClock:
+    """The unix device shares a fast simulated clock; a real board keeps its own (NTP) time, so the
+    bench runs at wall-clock speed for it and the scenario's clock_speed does not apply."""
+    if parse_device(options.device)[0] == "serial":
+        now = time.time()
+        return SimClock(sim_origin=now, speed=1.0, real_origin=now)
+    return SimClock(sim_origin=SIM_ORIGIN, speed=scenario.clock_speed)
+
+
 def run_step(bench: Bench, step: Step, rec: StepRecord, t_run: float) -> None:
     rec.started = time.monotonic() - t_run
     t0 = time.monotonic()
@@ -112,24 +121,30 @@ def run_scenario(scenario: Scenario, out_dir: Path, options: RunOptions | None =
             key = options.key or secrets.token_bytes(32)
             config = firmware_config(scenario, device_id, port, key, workdir, options.config_overrides)
             record.fw_version = config.fw_version
-            clock = SimClock(sim_origin=SIM_ORIGIN, speed=scenario.clock_speed)
-            broker = BrokerSide(host, port, SITE, device_id)
+            clock = _clock(options, scenario)
             dut = _make_dut(options, config, workdir, clock)
+            broker: BrokerSide | None = None
             try:
                 dut.start()
-                boot = dut.link.wait_event("boot", 15.0)
-                record.fw_version = str(boot.msg.get("fw", record.fw_version))
+                # The unix device boots now; a real board may have booted long ago (its boot event is gone).
+                boot = dut.link.wait_event("boot", 15.0) if isinstance(dut, UnixPortDriver) else None
+                ident = dut.link.get()  # whom the bench is really talking to
+                site, device = str(ident.get("site", SITE)), str(ident.get("device", device_id))
+                record.device_id, record.fw_version = device, str(ident.get("fw", config.fw_version))
+                broker = BrokerSide(host, port, site, device)
                 bench = Bench(dut, broker, HousePlant(scenario.plant, clock.now()), clock,
-                              Dispatcher({(SITE, device_id): key}, grace_s=0.0), SITE, device_id,
+                              Dispatcher({(site, device): key}, grace_s=0.0), site, device,
                               scenario.plant_step_s, config.safe_default)
-                bench.rebooted(boot, 0)
+                if boot is not None:
+                    bench.rebooted(boot, 0)
                 _run_steps(bench, scenario, record, t_run)
                 record.link = {"bench": dut.link.counters(), "device": dut.link.get().get("counters", {})}
                 record.trace = [dataclasses.asdict(s) for s in bench.plant.samples]
             finally:
                 (workdir / "device.log").write_text(dut.log_text())
                 dut.stop()
-                broker.close()
+                if broker is not None:
+                    broker.close()
         record.outcome = PASS if all(s.outcome == PASS for s in record.steps) else FAIL
     except Exception as exc:
         record.outcome = ERROR

@@ -187,7 +187,8 @@ class Board:
             counters["tx_errors"] = self.tx_errors
             counters["net_cuts"] = self.net_cuts
             return {"ok": True, "relay": self.relay, "inputs": self.inputs, "now": self.now(),
-                    "net_up": self.net_up, "boot": self._boot_reason, "device": self.cfg["device"],
+                    "net_up": self.net_up, "boot": self._boot_reason, "site": self.cfg["site"],
+                    "device": self.cfg["device"],
                     "fw": self.cfg["fw_version"], "counters": counters, "free_heap": self.free_heap()}
         if op == bl.OP_NET:
             self.set_network(bool(msg.get("up")))
