@@ -1,9 +1,10 @@
 # Firmware entry point, the same on every board: `board` is the board's own module
 # (firmware/boards/<name>/board.py, copied to the device's root on an ESP32).
 #
-# Memory: imports run one at a time with a collection in between, and the collector
-# runs early (gc.threshold) rather than only when the heap is exhausted, so a small
-# ESP32 heap does not fragment into pieces too small for the MQTT buffers.
+# Memory: imports run one at a time with a collection in between, the collector runs
+# early (gc.threshold) rather than only when the heap is exhausted, so a small ESP32
+# heap does not fragment into pieces too small for the MQTT buffers, and the config
+# checker (~6 KB of code) is unloaded once the config is parsed.
 
 import gc
 import sys
@@ -18,14 +19,15 @@ gc.collect()
 import board  # noqa: E402
 
 gc.collect()
-from tendril_fw.config import ConfigError  # noqa: E402
 from tendril_fw.node import Node  # noqa: E402
 
 gc.collect()
 
 
-def main():
-    # type: () -> None
+def boot():
+    # type: () -> Node
+    from tendril_fw.config import ConfigError
+
     try:
         hw = board.Board()
     except ConfigError as exc:
@@ -33,9 +35,20 @@ def main():
         sys.exit(2)
     hw.log("tendril %s %s %s/%s starting" % (hw.cfg["fw_version"], hw.cfg["type"], hw.cfg["site"],
                                              hw.cfg["device"]))
-    node = Node(hw, hw.cfg)
-    gc.collect()
-    asyncio.run(node.run())
+    return Node(hw, hw.cfg)
 
 
-main()
+def unload(name):
+    # type: (str) -> None
+    """Drop a module nothing needs any more, so the collector can free its code."""
+    sys.modules.pop(name, None)
+    package, _, attr = name.rpartition(".")
+    if package in sys.modules and hasattr(sys.modules[package], attr):
+        delattr(sys.modules[package], attr)
+
+
+node = boot()
+board.config = None  # the board module's reference, used only while parsing
+unload("tendril_fw.config")
+gc.collect()
+asyncio.run(node.run())

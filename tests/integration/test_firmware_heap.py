@@ -59,7 +59,6 @@ def test_one_simulated_hour_in_an_esp32_sized_heap(mosquitto: Mosquitto, tmp_pat
     sub.loop_start()
     procs = [FirmwareProcess(cfg, tmp_path / cfg.device, clock.env_value(), heapsize=HEAP, precompiled=True)
              for cfg in (meter, relay)]
-    start = clock.now()
     states: dict[str, list[dict[str, object]]] = {"meter-h": [], "pump-h": []}
     acks: list[dict[str, object]] = []
     last_ts = {"meter-h": 0.0, "pump-h": 0.0}
@@ -68,7 +67,17 @@ def test_one_simulated_hour_in_an_esp32_sized_heap(mosquitto: Mosquitto, tmp_pat
     try:
         for proc in procs:
             proc.start()
+        online: set[str] = set()
         deadline = time.monotonic() + WAIT_S
+        while online != {"meter-h", "pump-h"}:  # the hour starts once both are up
+            assert time.monotonic() < deadline, f"nodes not online: {online}\n{procs[1].log_text()[-2000:]}"
+            try:
+                device, kind, msg = got.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if kind == tw.STATUS and msg["state"] == tw.ONLINE:
+                online.add(device)
+        start = clock.now()
         next_cmd = start + 300
         while min(last_ts.values()) < start + HOUR:
             if time.monotonic() > deadline:
