@@ -19,6 +19,7 @@ Two states, because a message is only "seen" for good once it is durable:
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import struct
@@ -135,13 +136,8 @@ class DedupWindow:
         self.commit(keys)
 
 
-def save(window: DedupWindow, path: Path) -> None:
-    """Atomically replace `path` with the window's committed state (write, fsync, rename)."""
-    data = window.snapshot()
-    write_atomic(path, data)
-
-
 def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Replace `path` with `data` so a crash leaves the old or the new file, never a mix."""
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as f:
         f.write(data)
@@ -159,15 +155,134 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
             os.close(fd)
 
 
-def load(window: DedupWindow, path: Path) -> None:
-    """Restore from `path` if it exists; an unreadable file is logged and skipped (only the
-    first line of defence is lost, and only for messages already committed)."""
-    if not path.exists():
-        return
-    try:
-        window.restore(path.read_bytes())
-    except (ValueError, UnicodeDecodeError, struct.error) as exc:
-        log.error("dedup state %s is unreadable (%s); starting with an empty window", path, exc)
-        return
-    window.dirty = False
-    log.info("dedup window restored: %d streams from %s", len(window), path)
+# ------------------------------------------------------------------ persistence
+#
+# A snapshot (dedup.bin) plus journals (dedup-<n>.log) of the keys committed since. Every
+# committed batch appends one journal record, so saving costs in proportion to messages, not
+# to devices x window. When a journal outgrows the snapshot, a new journal is started and a
+# fresh snapshot written; older journals are deleted once it is in place. Loading applies the
+# snapshot and every journal left: commits are idempotent and order-independent, so a crash at
+# any point of that dance loses nothing. Journals are not fsync'ed: losing their tail to a
+# power cut forgets keys (a duplicate may slip to the store's overwrite), never data.
+
+SNAPSHOT_FILE = "dedup.bin"
+_TOPIC, _KEYS = b"T", b"K"
+MIN_COMPACT_BYTES = 16 * 1024 * 1024
+
+
+class DedupJournal:
+    def __init__(self, window: DedupWindow, directory: Path, *, min_compact_bytes: int = MIN_COMPACT_BYTES) -> None:
+        self.window = window
+        self.directory = directory
+        self.min_compact_bytes = min_compact_bytes
+        self._file: io.BufferedWriter | None = None
+        self._number = 0
+        self._ids: dict[str, int] = {}
+        self._bytes = 0
+        self._snapshot_bytes = 0
+
+    def _journals(self) -> list[int]:
+        return sorted(int(p.stem.split("-", 1)[1]) for p in self.directory.glob("dedup-*.log")
+                      if p.stem.split("-", 1)[1].isdigit())
+
+    def _journal_path(self, number: int) -> Path:
+        return self.directory / f"dedup-{number}.log"
+
+    def load(self) -> None:
+        """Restore the window from disk; unreadable parts are logged and skipped (only the
+        first line of defence is lost, and only for messages already committed)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        snapshot = self.directory / SNAPSHOT_FILE
+        if snapshot.exists():
+            try:
+                self.window.restore(snapshot.read_bytes())
+                self._snapshot_bytes = snapshot.stat().st_size
+            except (ValueError, UnicodeDecodeError, struct.error) as exc:
+                log.error("dedup snapshot %s is unreadable (%s); ignoring it", snapshot, exc)
+        numbers = self._journals()
+        for number in numbers:
+            self._replay(self._journal_path(number))
+        self._number = numbers[-1] + 1 if numbers else 1
+        self.window.dirty = False
+        if len(self.window):
+            log.info("dedup window restored: %d streams from %s", len(self.window), self.directory)
+
+    def _replay(self, path: Path) -> None:
+        data = path.read_bytes()
+        topics: list[str] = []
+        pos = 0
+        try:
+            while pos < len(data):
+                tag = data[pos : pos + 1]
+                if tag == _TOPIC:
+                    (length,) = struct.unpack_from("<H", data, pos + 1)
+                    end = pos + 3 + length
+                    if end > len(data):
+                        break
+                    topics.append(data[pos + 3 : end].decode())
+                    pos = end
+                elif tag == _KEYS:
+                    (count,) = struct.unpack_from("<I", data, pos + 1)
+                    end = pos + 5 + 20 * count
+                    if end > len(data):
+                        break  # torn by a crash: that batch's keys are simply not remembered
+                    ids, seqs, stamps = array("I"), array("q"), array("q")
+                    ids.frombytes(data[pos + 5 : pos + 5 + 4 * count])
+                    seqs.frombytes(data[pos + 5 + 4 * count : pos + 5 + 12 * count])
+                    stamps.frombytes(data[pos + 5 + 12 * count : end])
+                    self.window.commit((topics[i], q, t) for i, q, t in zip(ids, seqs, stamps, strict=True))
+                    pos = end
+                else:
+                    raise ValueError(f"unknown record at byte {pos}")
+        except (ValueError, IndexError, UnicodeDecodeError, struct.error) as exc:
+            log.error("dedup journal %s is damaged at byte %d (%s); ignoring the rest", path, pos, exc)
+
+    def record(self, keys: list[Key]) -> None:
+        """Append committed keys (after `window.commit`)."""
+        if not keys:
+            return
+        if self._file is None:
+            self._file = self._journal_path(self._number).open("ab")
+            self._ids = {}
+        parts: list[bytes] = []
+        ids, seqs, stamps = array("I"), array("q"), array("q")
+        known = self._ids
+        for topic, seq, stamp in keys:
+            index = known.get(topic)
+            if index is None:
+                index = known[topic] = len(known)
+                raw = topic.encode()
+                parts.append(_TOPIC + struct.pack("<H", len(raw)) + raw)
+            ids.append(index)
+            seqs.append(seq)
+            stamps.append(stamp)
+        parts.append(_KEYS + struct.pack("<I", len(keys)) + ids.tobytes() + seqs.tobytes() + stamps.tobytes())
+        data = b"".join(parts)
+        self._file.write(data)
+        self._file.flush()  # into the kernel: survives the process being killed
+        self._bytes += len(data)
+
+    @property
+    def wants_compaction(self) -> bool:
+        return self._bytes > max(self.min_compact_bytes, 2 * self._snapshot_bytes)
+
+    def start_compaction(self) -> tuple[bytes, list[int]]:
+        """Switch to a new journal and take the snapshot; then call `finish_compaction` (slow
+        disk work, fine in a thread) with what this returns."""
+        self.close()
+        done = self._journals()
+        self._number += 1
+        self._bytes = 0
+        data = self.window.snapshot()
+        self._snapshot_bytes = len(data)
+        return data, done
+
+    def finish_compaction(self, data: bytes, journals: list[int]) -> None:
+        write_atomic(self.directory / SNAPSHOT_FILE, data)
+        for number in journals:
+            self._journal_path(number).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

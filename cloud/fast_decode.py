@@ -125,30 +125,12 @@ def ts_ns(seconds: int | float) -> int:
     """
     if type(seconds) is int:
         return seconds * _NS
-    text = repr(seconds)
-    point = text.index(".")
-    return int(text[:point]) * _NS + int((text[point + 1 :] + "000000000")[:9])
+    whole, _, frac = repr(seconds).partition(".")
+    return int(whole + (frac + "000000000")[:9])
 
 
 class Unstorable(ValueError):
     """A valid value the store cannot hold; the slow path names the reason."""
-
-
-def _float(value: int | float) -> str:
-    number = float(value)  # OverflowError for ints beyond a double: the slow path says out_of_range
-    if number - number != 0.0:  # inf or nan
-        raise Unstorable
-    return repr(number)
-
-
-def _int(value: int) -> str:
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise Unstorable
-    return f"{value}i"
-
-
-def _bool(value: bool) -> str:
-    return "true" if value else "false"
 
 
 def _str(value: str) -> str:
@@ -158,38 +140,56 @@ def _str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-_FORMAT: dict[type, Callable[[Any], str]] = {float: _float, int: _int, bool: _bool, str: _str}
+def _int_range(value: int) -> int:
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise Unstorable
+    return value
 
 
-def _plan(types: dict[str, type]) -> tuple[tuple[str, str, Callable[[Any], str]], ...]:
-    return tuple((name, name + "=", _FORMAT[want]) for name, want in types.items())
-
-
-_PLANS = {
-    wire.TELEMETRY: _plan(lp.TELEMETRY_FIELD_TYPES),
-    wire.STATE: _plan(lp.STATE_FIELD_TYPES),
-    wire.ACK: _plan(lp.ACK_FIELD_TYPES),
+# How each stored type is written; `float(v)` raises OverflowError for ints beyond a double,
+# and msgspec never yields a non-finite float, so a float needs no other check.
+_CODE = {
+    float: "parts.append({prefix!r} + repr(float(v)))",
+    int: "parts.append(f'{prefix}{{_int_range(v)}}i')",
+    bool: "parts.append({prefix!r} + ('true' if v else 'false'))",
+    str: "parts.append({prefix!r} + _str(v))",
 }
 
 
-def line(site: str, device: str, kind: str, msg: Any, received_at: float) -> str | None:
-    """`line_protocol.message_to_line` for a message `decode` accepted; None if the store can't
-    hold a value (the slow path then names the reason). Site and device are contract ids,
-    which never need escaping."""
+def _compile(kind: str, types: dict[str, type]) -> Callable[[str, str, Any], str]:
+    """A formatter for one kind, generated from line_protocol's field table (as dataclasses
+    generates __init__): a field added to the contract is formatted without an edit here, and
+    no per-field dispatch runs per message."""
+    head = "m.type" if kind == wire.TELEMETRY else repr(_MEASUREMENT[kind])
+    src = ["def fmt(site, device, m):", "    parts = []"]
+    for name, want in types.items():
+        src += [f"    v = m.{name}", "    if v is not UNSET:", "        " + _CODE[want].format(prefix=name + "=")]
+    src.append(f"    return {head} + ',device=' + device + ',site=' + site + ' ' + ','.join(parts)")
+    scope: dict[str, Any] = {"UNSET": _UNSET, "_int_range": _int_range, "_str": _str}
+    exec("\n".join(src), scope)  # the source comes from the constant tables above, never from input
+    fmt: Callable[[str, str, Any], str] = scope["fmt"]
+    return fmt
+
+
+_MEASUREMENT = {wire.STATE: lp.MEASUREMENT_STATE, wire.ACK: lp.MEASUREMENT_ACK}
+_FORMATTERS = {
+    wire.TELEMETRY: _compile(wire.TELEMETRY, lp.TELEMETRY_FIELD_TYPES),
+    wire.STATE: _compile(wire.STATE, lp.STATE_FIELD_TYPES),
+    wire.ACK: _compile(wire.ACK, lp.ACK_FIELD_TYPES),
+}
+
+
+def line(site: str, device: str, kind: str, msg: Any, received_at: float) -> tuple[str, int] | None:
+    """`line_protocol.message_to_line` for a message `decode` accepted, and the point's time in
+    ns; None if the store can't hold a value (the slow path then names the reason). Site and
+    device are contract ids, which never need escaping."""
     try:
         if kind == wire.STATUS:
             stamp = lp.seconds_to_ns(received_at)
             online = 1 if msg.state == wire.ONLINE else 0
-            return f"{lp.MEASUREMENT_STATUS},device={device},site={site} {lp.FIELD_ONLINE}={online}i {stamp}"
-        measurement = msg.type if kind == wire.TELEMETRY else _MEASUREMENT[kind]
-        parts = []
-        for name, prefix, fmt in _PLANS[kind]:
-            value = getattr(msg, name)
-            if value is not _UNSET:
-                parts.append(prefix + fmt(value))
-        return f"{measurement},device={device},site={site} {','.join(parts)} {ts_ns(msg.ts)}"
+            text = f"{lp.MEASUREMENT_STATUS},device={device},site={site} {lp.FIELD_ONLINE}={online}i {stamp}"
+            return text, stamp
+        stamp = ts_ns(msg.ts)
+        return _FORMATTERS[kind](site, device, msg) + " " + str(stamp), stamp
     except (Unstorable, OverflowError):
         return None
-
-
-_MEASUREMENT = {wire.STATE: lp.MEASUREMENT_STATE, wire.ACK: lp.MEASUREMENT_ACK}

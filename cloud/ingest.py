@@ -10,9 +10,10 @@ The order of events for every QoS 1 message is what makes "loses nothing, writes
 4. only then its dedup keys are remembered for good and its messages acknowledged (PUBACK).
 
 A crash anywhere before 4 leaves the messages unacknowledged: the broker delivers them again
-(our session is persistent) and the dedup window, saved every `dedup_save_s`, recognises the
-ones already durable. The narrow remaining window (durable, crashed before the save) writes an
-identical point again, which InfluxDB overwrites (same series and timestamp).
+(our session is persistent) and the dedup window, journalled right after each commit,
+recognises the ones already durable. The narrow remaining window (durable, killed before the
+journal write) writes an identical point again, which InfluxDB overwrites (same series and
+timestamp).
 
 Memory is bounded by the broker: MQTT 5's Receive Maximum (or the broker's in-flight limit for
 3.1.1) caps unacknowledged messages, and past `max_pending` we stop reading the socket.
@@ -31,7 +32,7 @@ from typing import Any
 
 import tendril_wire as wire
 
-from cloud.dedup import DEFAULT_WINDOW, DedupWindow, load, write_atomic
+from cloud.dedup import DEFAULT_WINDOW, DedupJournal, DedupWindow
 from cloud.ingest_classify import (
     DEAD_LETTER_PAYLOAD_BYTES,
     INGESTED_KINDS,
@@ -58,7 +59,7 @@ __all__ = [
 log = logging.getLogger("tendril.ingest")
 
 MessageHook = Callable[[str, str, str, dict[str, Any]], None]
-DEDUP_FILE = "dedup.bin"
+DEDUP_DIR = "dedup"
 SPOOL_DIR = "spool"
 
 
@@ -103,7 +104,6 @@ class Ingestor:
         worker: str = "0",
         health_interval_s: float | None = None,
         dedup_window: int = DEFAULT_WINDOW,
-        dedup_save_s: float = 1.0,
         protocol: int | None = None,
         receive_maximum: int = 10_000,
         max_pending: int = 50_000,
@@ -132,7 +132,6 @@ class Ingestor:
         self._max_pending = max_pending
         self._stop_timeout_s = stop_timeout_s
         self._health_interval_s = health_interval_s
-        self._dedup_save_s = dedup_save_s
         self._monotonic = monotonic
         self._cpu = cpu
         self.worker = worker
@@ -153,11 +152,12 @@ class Ingestor:
         self._lag_interval = LagHistogram()
         self._classify = Classifier(devices)
         self._dedup = DedupWindow(dedup_window)
-        self._dedup_path = state_dir / DEDUP_FILE if state_dir is not None else None
+        self._journal: DedupJournal | None = None
         self.spool: Spool | None = None
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
-            load(self._dedup, state_dir / DEDUP_FILE)
+            self._journal = DedupJournal(self._dedup, state_dir / DEDUP_DIR)
+            self._journal.load()
             self.spool = Spool(state_dir / SPOOL_DIR, max_bytes=spool_max_bytes, fsync=spool_fsync)
         self._committer = Committer(
             sink, spool=self.spool, stats=self.stats, lag=[self.lag_total, self._lag_interval],
@@ -275,6 +275,8 @@ class Ingestor:
                 self._dedup.release(batch.keys)  # not acknowledged: the broker sends them again
                 return
             self._dedup.commit(batch.keys)
+            if self._journal is not None:
+                self._journal.record(batch.keys)
             session = self._session
             if batch.acks and batch.conn == self._conn and session is not None and session.is_open:
                 session.ack(batch.acks)
@@ -327,19 +329,19 @@ class Ingestor:
         batch.lines.extend(lines)
         batch.health_lines += len(lines)
 
-    async def save_dedup(self) -> None:
-        if self._dedup_path is not None and self._dedup.dirty:
-            await asyncio.to_thread(write_atomic, self._dedup_path, self._dedup.snapshot())
+    async def compact_dedup(self, force: bool = False) -> None:
+        journal = self._journal
+        if journal is not None and (force or journal.wants_compaction):
+            data, done = journal.start_compaction()
+            await asyncio.to_thread(journal.finish_compaction, data, done)
 
     async def _housekeeping(self) -> None:
-        last_health = last_save = last_registry = self._monotonic()
+        last_health = last_registry = self._monotonic()
         last_received = self.stats.received
         while True:
             await asyncio.sleep(0.2)
             now = self._monotonic()
-            if now - last_save >= self._dedup_save_s:
-                last_save = now
-                await self.save_dedup()
+            await self.compact_dedup()
             if self._health_interval_s is not None and now - last_health >= self._health_interval_s:
                 self._add_health((self.stats.received - last_received) / (now - last_health))
                 last_health, last_received = now, self.stats.received
@@ -377,7 +379,8 @@ class Ingestor:
             replay_stop.set()
             housekeeping.cancel()
             await asyncio.gather(replayer, housekeeping, return_exceptions=True)
-            await self.save_dedup()
+            if self._journal is not None:
+                self._journal.close()
             if self.spool is not None:
                 self.spool.close()
 

@@ -30,7 +30,14 @@ class Accepted:
     __slots__ = ("_msg", "_raw", "device", "kind", "lag_ts", "line", "seq", "site", "stamp_ns")
 
     def __init__(
-        self, site: str, device: str, kind: str, msg: dict[str, Any] | None, line: str, raw: Any = None
+        self,
+        site: str,
+        device: str,
+        kind: str,
+        msg: dict[str, Any] | None,
+        line: str,
+        raw: Any = None,
+        stamp_ns: int | None = None,
     ) -> None:
         self.site, self.device, self.kind, self.line = site, device, kind, line
         self._msg, self._raw = msg, raw
@@ -42,13 +49,12 @@ class Accepted:
         if msg is None:
             ts = raw.ts
             self.seq = raw.seq
-            self.stamp_ns = fast_decode.ts_ns(ts)
             unsynced = kind == wire.TELEMETRY and raw.unsynced is True
         else:
             ts = msg["ts"]
             self.seq = msg["seq"]
-            self.stamp_ns = seconds_to_ns(ts)
             unsynced = msg.get("unsynced") is True
+        self.stamp_ns = stamp_ns if stamp_ns is not None else seconds_to_ns(ts)
         if not unsynced:
             self.lag_ts = float(ts)
 
@@ -141,7 +147,7 @@ class Classifier:
         site, device, kind = decision
         raw = fast_decode.decode(kind, payload)
         if raw is not None:
-            line = fast_decode.line(site, device, kind, raw, received_at)
-            if line is not None:
-                return Accepted(site, device, kind, None, line, raw)
+            got = fast_decode.line(site, device, kind, raw, received_at)
+            if got is not None:
+                return Accepted(site, device, kind, None, got[0], raw, got[1])
         return classify(topic, payload, received_at)  # the contract decides, and names the reason

@@ -47,6 +47,11 @@ class SessionOptions:
     protocol: int | None = None  # None: MQTT 5, falling back to 3.1.1 for brokers without it
     connect_timeout_s: float = 10.0
     max_outgoing_inflight: int = 100
+    # After a read that brought fewer than `coalesce_below` messages, leave the socket alone for
+    # `coalesce_s`: the next read then brings many at once. At moderate rates this halves the
+    # CPU spent per message on waking up, for a few ms of latency. 0 disables it.
+    coalesce_s: float = 0.005
+    coalesce_below: int = 200
 
 
 class MqttSession(asyncio.Protocol):
@@ -65,7 +70,8 @@ class MqttSession(asyncio.Protocol):
         self._outgoing: set[int] = set()  # our QoS 1 publishes awaiting PUBACK
         self._next_id = 0
         self._broker_receive_maximum = 65535
-        self._paused = False
+        self._paused = False  # by the owner (back-pressure)
+        self._napping = False  # by us, to coalesce reads
         self.last_received = time.monotonic()
         self.session_present = False
         self.publishes_dropped = 0  # our QoS 1 publishes refused because too many were in flight
@@ -100,6 +106,17 @@ class MqttSession(asyncio.Protocol):
             return
         if publishes:
             self._on_publishes(publishes)
+            o = self.options
+            if o.coalesce_s > 0 and len(publishes) < o.coalesce_below and not self._napping:
+                self._napping = True
+                if not self._paused and self._transport is not None:
+                    self._transport.pause_reading()
+                asyncio.get_running_loop().call_later(o.coalesce_s, self._wake)
+
+    def _wake(self) -> None:
+        self._napping = False
+        if not self._paused and self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         error = MqttError(f"connection lost: {exc}" if exc else "connection closed by broker")
@@ -180,13 +197,15 @@ class MqttSession(asyncio.Protocol):
     def pause_reading(self) -> None:
         if self._transport is not None and not self._paused:
             self._paused = True
-            self._transport.pause_reading()
+            if not self._napping:
+                self._transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self._transport is not None and self._paused:
             self._paused = False
             self.last_received = time.monotonic()  # silence while paused was ours, not the broker's
-            self._transport.resume_reading()
+            if not self._napping and not self._transport.is_closing():
+                self._transport.resume_reading()
 
     @property
     def paused(self) -> bool:

@@ -1,0 +1,378 @@
+"""Ingestion benchmark: Tendril's MQTT -> VictoriaMetrics path against the broker's own limit.
+
+    python bench/ingest.py [--messages 130000] [--rate 10000] [--paced-seconds 5]
+
+Starts its own Mosquitto and VictoriaMetrics (hil/servers.py) and measures, in one run:
+  (a)  the raw drain rate of the broker with its own C clients: 4 x `mosquitto_pub -l`
+       (32,500 lines each; at most 65,000 per process work at QoS >= 1) into one counting
+       `mosquitto_sub -C`, QoS 1, MQTT 5 (the fastest C setup measured here)
+  (a') the same drain fed by this bench's publisher instead (the one (b) uses, since
+       mosquitto_pub sends one topic per process and (b) needs 1,000 device topics)
+  (b)  `tendril ingest --workers 1` and `--workers 2` into VictoriaMetrics, 1,000 devices,
+       150-250-byte telemetry: the drain rate (publish start -> last write acknowledged), its
+       ratio to (a), CPU seconds per 10,000 messages, the load split, and then p50/p99 latency
+       publish -> write acknowledged at an offered 10,000 msg/s; points read back from
+       VictoriaMetrics must equal points sent.
+Targets (issue 8): one worker >= 0.5 x (a); p99 <= 250 ms at 10,000 msg/s; CPU s/10k within
+15 % between 1 and 2 workers; even split. Bounded: about 2 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# runnable from a clean clone, whether or not the project is installed
+sys.path[:0] = [str(ROOT), str(ROOT / "firmware" / "lib"), str(ROOT / "bench")]
+
+import tendril_wire as wire  # noqa: E402
+from ingest_load import Device, Publisher, devices, payload, throughput_messages  # noqa: E402
+
+from cloud.device_registry import Registry  # noqa: E402
+from cloud.ingest_health import LagHistogram  # noqa: E402
+from hil import servers  # noqa: E402
+
+PUB_LINES = 65_000  # mosquitto_pub -l at QoS >= 1 stops after 65,535 lines (message-id wrap)
+C_PUBLISHERS = 4  # more parallel C publishers drain the broker faster than 2 (measured)
+TIMEOUT_S = 120.0
+SEED = 8
+
+
+def note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "firmware" / "lib"), env.get("PYTHONPATH", "")])
+    return env
+
+
+# ------------------------------------------------------------------ (a) raw drain
+
+
+@dataclass
+class Row:
+    name: str
+    messages: int
+    seconds: float
+    cpu_s: float | None = None  # of the consumer(s)
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    read_back: int | None = None
+    split: list[int] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def cpu_per_10k(self) -> float | None:
+        return None if self.cpu_s is None else self.cpu_s / self.messages * 10_000
+
+
+def _wait_rusage(proc: subprocess.Popen[bytes], timeout: float) -> float:
+    """Wait for the child; its CPU seconds (user + system)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, _status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = 0
+            return usage.ru_utime + usage.ru_stime
+        time.sleep(0.005)
+    proc.kill()
+    raise TimeoutError(f"{proc.args!r} did not finish within {timeout} s")
+
+
+def raw_drain(port: int, payloads: list[bytes], tmp: Path, feeders: list[str] | None) -> Row:
+    """mosquitto_sub counting at QoS 1, fed by mosquitto_pub -l (feeders None) or our publisher."""
+    site = "raw-c" if feeders is None else "raw-py"
+    total = len(payloads)
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-V", "mqttv5", "-h", servers.LOOPBACK, "-p", str(port), "-q", "1", "-C", str(total),
+         "-t", wire.device_filter(wire.TELEMETRY, site=site)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1.0)  # mosquitto_sub has no "subscribed" signal; a late one would miss messages and time out
+    start = time.perf_counter()
+    if feeders is None:
+        pubs = []
+        per = min(PUB_LINES, -(-total // C_PUBLISHERS))
+        for k in range(0, total, per):
+            lines = tmp / f"lines-{k}.txt"
+            lines.write_bytes(b"".join(p + b"\n" for p in payloads[k : k + per]))
+            pubs.append((lines, wire.device_topic(site, f"pub-{k // per}", wire.TELEMETRY)))
+        start = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                ["mosquitto_pub", "-V", "mqttv5", "-h", servers.LOOPBACK, "-p", str(port), "-q", "1", "-l",
+                 "-t", topic],
+                stdin=lines.open("rb"),
+            )
+            for lines, topic in pubs
+        ]
+    else:
+        topics = [wire.device_topic(site, name, wire.TELEMETRY) for name in feeders]
+        asyncio.run(_publish_all(port, [(topics[i % len(topics)], p) for i, p in enumerate(payloads)]))
+        procs = []
+    cpu = _wait_rusage(sub, TIMEOUT_S)
+    seconds = time.perf_counter() - start
+    for proc in procs:
+        proc.wait(timeout=TIMEOUT_S)
+    name = f"(a)  raw: {len(procs)} x mosquitto_pub -l -> mosquitto_sub" if feeders is None else (
+        "(a') raw: bench publisher -> mosquitto_sub")
+    return Row(name, total, seconds, cpu_s=cpu)
+
+
+async def _publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
+    pub = Publisher(servers.LOOPBACK, port, f"bench-pub-{time.monotonic_ns()}")
+    packets = [pub.packet(t, b, i) for i, (t, b) in enumerate(messages)]
+    await pub.connect()
+    try:
+        await pub.publish_all(packets)
+    finally:
+        await pub.close()
+
+
+# ------------------------------------------------------------------ (b) Tendril
+
+
+@dataclass
+class Snapshot:
+    """One worker's --stats-file."""
+
+    received: int
+    written: int
+    cpu_first: float
+    cpu_last: float
+    cpu_now: float
+    last_written_at: float
+    lag: LagHistogram
+
+    @classmethod
+    def read(cls, path: Path) -> Snapshot | None:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        lag = data.get("lag")
+        return cls(
+            int(data["received"]), int(data["written"]),
+            float(data["cpu_at_first_received"] or 0.0), float(data["cpu_at_last_written"] or 0.0),
+            float(data["cpu_now"]), float(data["last_written_at"] or 0.0),
+            LagHistogram.from_json(lag if isinstance(lag, dict) else {}),
+        )  # fmt: skip
+
+
+def wait_written(paths: list[Path], target: int, what: str, ingest_log: Path) -> list[Snapshot]:
+    deadline = time.monotonic() + TIMEOUT_S
+    written = 0
+    while time.monotonic() < deadline:
+        snaps = [Snapshot.read(p) for p in paths]
+        ready = [s for s in snaps if s is not None]
+        written = sum(s.written for s in ready)
+        if len(ready) == len(paths) and written >= target:
+            return ready
+        time.sleep(0.05)
+    tail = "\n".join(ingest_log.read_text(errors="replace").splitlines()[-20:])
+    raise TimeoutError(f"{what}: {written} of {target} written after {TIMEOUT_S} s\n{tail}")
+
+
+def lag_between(before: list[Snapshot], after: list[Snapshot]) -> LagHistogram:
+    hist = LagHistogram()
+    for b, a in zip(before, after, strict=True):
+        hist.merge(a.lag)
+        hist.counts = [x - y for x, y in zip(hist.counts, b.lag.counts, strict=True)]
+        hist.total -= b.lag.total
+    return hist
+
+
+def count_points(vm: servers.VictoriaMetrics, start: float, end: float) -> int:
+    """Samples of every message's `seq` field with timestamps in [start, end]: one per message."""
+    series = vm.export('{__name__=~"(meter|relay)_seq"}', start=start, end=end)
+    return sum(len(values) for s in series if isinstance(values := s["values"], list))
+
+
+def _start_ingest(workers: int, broker: servers.Mosquitto, vm: servers.VictoriaMetrics, registry: Path,
+                  tmp: Path, run: int) -> tuple[subprocess.Popen[bytes], list[Path], Path]:
+    stats_paths = [tmp / f"stats-{run}-{i}.json" for i in range(workers)]
+    ingest_log = tmp / f"ingest-{run}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloud.cli", "ingest", "--broker", broker.url, "--influx-url", vm.url,
+         "--registry", str(registry), "--state-dir", str(tmp / f"state-{run}"), "--workers", str(workers),
+         "--stats-file", str(tmp / f"stats-{run}-{{worker}}.json"), "--stats-interval", "0.2",
+         "--health-interval", "1"],
+        stdout=ingest_log.open("wb"), stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while ingest_log.read_text(errors="replace").count("subscribed on") < workers:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise RuntimeError(f"tendril ingest did not subscribe:\n{ingest_log.read_text()}")
+        time.sleep(0.05)
+    return proc, stats_paths, ingest_log
+
+
+def run_tendril(workers: int, vm: servers.VictoriaMetrics, registry: Path, fleet: list[Device], tmp: Path,
+                args: argparse.Namespace, run: int) -> tuple[Row, Row]:
+    """One `tendril ingest --workers N`: a max-rate phase, then a paced phase."""
+    workdir = tmp / f"mosquitto-{run}"
+    workdir.mkdir()
+    broker = servers.start_mosquitto(workdir, max_queued_messages=0)  # fresh: no sessions of earlier runs
+    label = f"(b{workers}) Tendril, {workers} worker{'s' * (workers > 1)}"
+    proc, stats_paths, ingest_log = _start_ingest(workers, broker, vm, registry, tmp, run)
+    try:
+        base_ts = 1_704_067_200 + run * 30 * 86400  # its own month of 2024 per run
+        messages = throughput_messages(fleet, args.messages, base_ts, SEED + run)
+        note(f"{label}: {len(messages):,} messages as fast as the broker takes them ...")
+        start = time.time()
+        asyncio.run(_publish_all(broker.port, messages))
+        after_t = wait_written(stats_paths, len(messages), "max-rate phase", ingest_log)
+        end = max(s.last_written_at for s in after_t)
+        max_row = Row(f"{label}, max rate", len(messages), end - start,
+                      cpu_s=sum(s.cpu_last - s.cpu_first for s in after_t), split=[s.received for s in after_t])
+        max_row.read_back = count_points(vm, base_ts - 1, base_ts + 10 * (len(messages) // len(fleet) + 2))
+
+        paced = int(args.rate * args.paced_seconds)
+        note(f"{label}: {paced:,} messages at {args.rate:,.0f} msg/s ...")
+        rng = random.Random(SEED + 100 + run)
+        first_seq = len(messages) // len(fleet) + 1
+
+        def make(i: int, now: float) -> tuple[str, bytes]:
+            dev = fleet[i % len(fleet)]
+            return dev.topic, payload(dev, first_seq + i // len(fleet), now, rng)
+
+        before_l = wait_written(stats_paths, len(messages), "idle before the paced phase", ingest_log)
+        paced_start = time.time()
+        asyncio.run(_publish_paced(broker.port, make, paced, args.rate))
+        after_l = wait_written(stats_paths, len(messages) + paced, "paced phase", ingest_log)
+        paced_end = time.time()
+        lag = lag_between(after_t, after_l)
+        paced_row = Row(
+            f"{label}, {args.rate:,.0f} msg/s offered", paced, paced_end - paced_start,
+            cpu_s=sum(a.cpu_last - b.cpu_now for a, b in zip(after_l, before_l, strict=True)),
+            p50_ms=lag.quantile(0.5), p99_ms=lag.quantile(0.99),
+            split=[a.received - b.received for a, b in zip(after_l, after_t, strict=True)],
+        )  # fmt: skip
+        paced_row.read_back = count_points(vm, paced_start - 1, paced_end + 1)
+        return max_row, paced_row
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        broker.stop()
+
+
+async def _publish_paced(port: int, make: Callable[[int, float], tuple[str, bytes]], count: int, rate: float) -> None:
+    pub = Publisher(servers.LOOPBACK, port, f"bench-paced-{time.monotonic_ns()}")
+    await pub.connect()
+    try:
+        await pub.publish_paced(make, count, rate)
+    finally:
+        await pub.close()
+
+
+# ------------------------------------------------------------------ report
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def report(rows: list[Row], raw: Row, sent: dict[str, int]) -> list[str]:
+    lines = [
+        f"{'':56} {'msg/s':>8} {'x (a)':>6} {'CPU s/10k':>9} {'p50 ms':>7} {'p99 ms':>7} {'read back':>10}  split",
+    ]
+    for row in rows:
+        split = "/".join(f"{100 * n / max(sum(row.split), 1):.0f}" for n in row.split) if len(row.split) > 1 else ""
+        back = "-" if row.read_back is None else f"{row.read_back:,}/{sent.get(row.name, row.messages):,}"
+        lines.append(
+            f"{row.name:56} {row.rate:8,.0f} {row.rate / raw.rate:6.2f} {_fmt(row.cpu_per_10k, '9.3f')} "
+            f"{_fmt(row.p50_ms, '7.0f')} {_fmt(row.p99_ms, '7.0f')} {back:>10}  {split}"
+        )
+    return lines
+
+
+def verdicts(raw: Row, b1: Row, b2: Row, p1: Row, p2: Row) -> list[str]:
+    def mark(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    cpu1, cpu2 = b1.cpu_per_10k or 0.0, b2.cpu_per_10k or 0.0
+    spread = abs(cpu2 - cpu1) / cpu1 if cpu1 else float("inf")
+    shares = [n / max(sum(b2.split), 1) for n in b2.split]
+    every = all(r.read_back == r.messages for r in (b1, b2, p1, p2))
+    worst_p99 = max(p1.p99_ms or float("inf"), p2.p99_ms or float("inf"))
+    return [
+        f"{mark(b1.rate >= 0.5 * raw.rate)}  one worker >= 0.5 x raw drain: {b1.rate / raw.rate:.2f} x",
+        f"{mark(worst_p99 <= 250)}  p99 publish -> write ack <= 250 ms at the offered rate: {worst_p99:.0f} ms",
+        f"{mark(spread <= 0.15)}  CPU s/10k msgs, 2 workers vs 1: {cpu2:.3f} vs {cpu1:.3f} "
+        f"({100 * spread:.0f} % apart)",
+        f"{mark(all(abs(x - 0.5) <= 0.05 for x in shares))}  even split over 2 workers: "
+        + "/".join(f"{100 * x:.1f} %" for x in shares),
+        f"{mark(every)}  points read back equal points sent, every run",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=2 * PUB_LINES, help="messages per max-rate run")
+    parser.add_argument("--rate", type=float, default=10_000.0, help="offered rate of the latency runs (msg/s)")
+    parser.add_argument("--paced-seconds", type=float, default=5.0, help="length of the latency runs")
+    args = parser.parse_args()
+    for binary in ("mosquitto", "mosquitto_pub", "mosquitto_sub", "victoria-metrics"):
+        if shutil.which(binary) is None and not Path("/usr/sbin", binary).exists():
+            print(f"bench/ingest.py: {binary} not found (apt-get install mosquitto mosquitto-clients "
+                  "victoria-metrics)", file=sys.stderr)
+            return 2
+    tmp = Path(tempfile.mkdtemp(prefix="tendril-bench-ingest-"))
+    fleet = devices()
+    registry = tmp / "registry"
+    note(f"registering {len(fleet)} devices ...")
+    reg = Registry(registry)
+    for dev in fleet:
+        reg.add(dev.site, dev.device, dev.type)
+    (tmp / "vm").mkdir()
+    vm = servers.start_victoria_metrics(tmp / "vm")
+    try:
+        raw_payloads = [b for _, b in throughput_messages(fleet, args.messages, 1_700_000_000, SEED)]
+        (tmp / "mq-raw").mkdir()
+        broker = servers.start_mosquitto(tmp / "mq-raw", max_queued_messages=0)
+        try:
+            note(f"(a) raw drain: {len(raw_payloads):,} messages, C clients ...")
+            raw = raw_drain(broker.port, raw_payloads, tmp, None)
+            note("(a') raw drain, bench publisher ...")
+            raw_py = raw_drain(broker.port, raw_payloads, tmp, [d.device + "-" + d.site for d in fleet[:8]])
+        finally:
+            broker.stop()
+        b1, p1 = run_tendril(1, vm, registry, fleet, tmp, args, run=1)
+        b2, p2 = run_tendril(2, vm, registry, fleet, tmp, args, run=2)
+    finally:
+        vm.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    sizes = [len(b) for b in raw_payloads]
+    print(f"Ingestion benchmark: {len(fleet):,} devices, payloads {min(sizes)}-{max(sizes)} bytes "
+          f"(mean {sum(sizes) / len(sizes):.0f}), QoS 1; Mosquitto, VictoriaMetrics, publishers and "
+          f"ingestion share {os.cpu_count()} cores")
+    print("\n".join(report([raw, raw_py, b1, p1, b2, p2], raw, {})))
+    print("CPU s/10k: the consumer's CPU (mosquitto_sub, or all ingestion workers); split: messages per worker (%)")
+    print("\n".join(verdicts(raw, b1, b2, p1, p2)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
