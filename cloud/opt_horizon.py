@@ -8,8 +8,10 @@ Two models per site, from the same device components:
 
 Re-solving touches no Pyomo: new inputs are packed into the parameter vector and HiGHS is
 warm-started (cloud.opt_compile, cloud.opt_solve). Chosen over a persistent Pyomo solver with
-mutable Params by measurement (bench/optimize.py): faster per re-solve, and the matrix form
-is what a fleet worker can hold for a thousand sites.
+mutable Params by measurement (bench/optimize.py, one home's 288-step LP on this machine):
+3.2 ms median re-solve after a price change against 27 ms, and the matrix form is what a fleet
+worker can hold for a thousand sites (~1 GiB for 1,000 homes, where persistent Pyomo models
+take ~13 MB each).
 """
 
 from __future__ import annotations
