@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="use a broker already on 127.0.0.1:PORT (default: start a private Mosquitto)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                      help="override a firmware setting for this run, e.g. --set min_off_s=0 (a test-only build)")
+    run.add_argument("--heapsize", default=None,
+                     help="unix device: MicroPython heap, e.g. 52wK for an ESP32-sized heap (default: 2 MiB)")
     run.add_argument("--out", type=Path, default=Path("hil-runs"), help="folder for the run (default hil-runs/NAME)")
     run.add_argument("--list", action="store_true", help="list shipped scenarios and exit")
     run.set_defaults(func=_run)
@@ -86,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     out = args.out / scenario.name
     options = RunOptions(device=args.device, baud=args.baud, power_cycle_cmd=args.power_cycle_cmd, key=key,
-                         broker_port=args.broker_port, config_overrides=overrides)
+                         broker_port=args.broker_port, config_overrides=overrides, heapsize=args.heapsize)
     record = run_scenario(scenario, out, options)
     write_report(out / "record.json")
     print(f"{scenario.name}: {record.outcome} in {record.duration_s:.1f} s ({record.device}, fw {record.fw_version})")

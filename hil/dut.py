@@ -26,7 +26,7 @@ from typing import Protocol
 
 import serial  # type: ignore[import-untyped]  # pyserial ships no stubs (types-pyserial)
 
-from edge.firmware_process import FIRMWARE_DIR, FirmwareConfig, find_micropython
+from edge.firmware_process import FIRMWARE_DIR, FirmwareConfig, find_micropython, find_mpy_cross
 from hil.link import BenchLink
 
 DEFAULT_BAUD = 115200
@@ -65,6 +65,20 @@ def bench_micropython_path(firmware_dir: Path = FIRMWARE_DIR) -> str:
     return ":".join(str(part) for part in parts)
 
 
+def precompile_bench(dest: Path, firmware_dir: Path = FIRMWARE_DIR) -> str:
+    """Compile the library, the bench board and the unix `machine` shim to .mpy under `dest`, as
+    deployed (compiling source at import needs more heap than an ESP32 has); returns MICROPYPATH."""
+    compiler = find_mpy_cross()
+    jobs = [(src, dest / "lib" / src.relative_to(firmware_dir / "lib")) for src in (firmware_dir / "lib").rglob("*.py")]
+    jobs += [(src, dest / "board" / src.name) for src in (firmware_dir / "boards" / "bench").glob("*.py")]
+    jobs.append((firmware_dir / "boards" / "unix" / "machine.py", dest / "board" / "machine.py"))
+    for src, out in jobs:
+        out = out.with_suffix(".mpy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([compiler, "-o", str(out), str(src)], check=True, capture_output=True, timeout=60)
+    return ":".join([".frozen", str(dest / "lib"), str(dest / "board"), str(firmware_dir)])
+
+
 def parse_device(spec: str) -> tuple[str, str | None]:
     """`unix` or `serial:/dev/ttyUSB0` -> (kind, port); ValueError with the accepted forms."""
     if spec == "unix":
@@ -76,8 +90,11 @@ def parse_device(spec: str) -> tuple[str, str | None]:
 
 class UnixPortDriver:
     def __init__(self, config: FirmwareConfig, workdir: Path, clock_env: str | None = None,
-                 binary: str | None = None) -> None:
+                 binary: str | None = None, heapsize: str | None = None, precompiled: bool = False) -> None:
         self.config = config
+        self.heapsize = heapsize  # e.g. "52wK": an ESP32-sized heap (MicroPython -X heapsize)
+        self.precompiled = precompiled  # run .mpy from mpy-cross, as deployed; needed with a small heap
+        self._path = bench_micropython_path()
         self.name = f"unix:{config.device}"
         self.workdir = Path(workdir)
         self.clock_env = clock_env
@@ -109,6 +126,8 @@ class UnixPortDriver:
         doc = self.config.to_json()
         doc.setdefault("state_dir", str(self.state_dir))
         self.config_path.write_text(json.dumps(doc, indent=1))
+        if self.precompiled:
+            self._path = precompile_bench(self.workdir / "mpy")
         master, slave = os.openpty()
         tty.setraw(slave)  # no echo, no line editing before pyserial configures the port
         self.tty_path = os.ttyname(slave)
@@ -124,13 +143,14 @@ class UnixPortDriver:
     def _spawn(self) -> None:
         assert self._master is not None
         env = dict(os.environ)
-        env.update(MICROPYPATH=bench_micropython_path(), TENDRIL_FW_CONFIG=str(self.config_path),
+        env.update(MICROPYPATH=self._path, TENDRIL_FW_CONFIG=str(self.config_path),
                    TENDRIL_BENCH_FD=str(self._master))
         env.pop("TENDRIL_CLOCK", None)
         if self.clock_env is not None:
             env["TENDRIL_CLOCK"] = self.clock_env
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([self.binary, str(FIRMWARE_DIR / "main.py")], stdout=log,
+            heap = ["-X", f"heapsize={self.heapsize}"] if self.heapsize else []
+            self.proc = subprocess.Popen([self.binary, *heap, str(FIRMWARE_DIR / "main.py")], stdout=log,
                                          stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
                                          pass_fds=(self._master,))
 

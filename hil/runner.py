@@ -46,6 +46,7 @@ class RunOptions:
     broker_host: str = servers.LOOPBACK
     broker_port: int | None = None  # None = start a private Mosquitto for the run
     config_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. a broken build
+    heapsize: str | None = None  # unix device: MicroPython heap, e.g. "52wK" for an ESP32-sized one
 
 
 def firmware_config(scenario: Scenario, device_id: str, port: int, key: bytes, workdir: Path,
@@ -76,7 +77,9 @@ def _make_dut(options: RunOptions, config: FirmwareConfig, workdir: Path, clock:
     if kind == "serial":
         assert port is not None
         return SerialDriver(port, options.baud, options.power_cycle_cmd)
-    return UnixPortDriver(config, workdir / "dut", clock.env_value())
+    # A small heap cannot compile the firmware's source at import: run it precompiled, as deployed.
+    return UnixPortDriver(config, workdir / "dut", clock.env_value(), heapsize=options.heapsize,
+                          precompiled=options.heapsize is not None)
 
 
 def _clock(options: RunOptions, scenario: Scenario) -> SimClock:
