@@ -30,7 +30,8 @@ from edge.firmware_process import FIRMWARE_DIR, FirmwareConfig, find_micropython
 from hil.link import BenchLink
 
 DEFAULT_BAUD = 115200
-READ_TIMEOUT_S = 0.05  # pyserial read timeout: bounds how long the reader thread blocks
+READ_TIMEOUT_S = 0.05
+BOOT_LOOP_S = 0.5  # pyserial read timeout: bounds how long the reader thread blocks
 
 
 class PowerCycleUnavailable(RuntimeError):
@@ -106,6 +107,7 @@ class UnixPortDriver:
         self._master: int | None = None
         self._link: BenchLink | None = None
         self._resets = 0
+        self._spawned = 0.0
         self._restarts = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -148,6 +150,7 @@ class UnixPortDriver:
         env.pop("TENDRIL_CLOCK", None)
         if self.clock_env is not None:
             env["TENDRIL_CLOCK"] = self.clock_env
+        self._spawned = time.monotonic()
         with self.log_path.open("ab") as log:
             heap = ["-X", f"heapsize={self.heapsize}"] if self.heapsize else []
             self.proc = subprocess.Popen([self.binary, *heap, str(FIRMWARE_DIR / "main.py")], stdout=log,
@@ -158,7 +161,9 @@ class UnixPortDriver:
         while not self._stopping.is_set():
             with self._lock:
                 proc = self.proc
-                if proc is not None and proc.poll() is not None and not self._stopping.is_set():
+                dead = proc is not None and proc.poll() is not None and not self._stopping.is_set()
+                # A boot loop (crash at import, bad config) restarts at most twice a second.
+                if dead and time.monotonic() - self._spawned > BOOT_LOOP_S:
                     self._resets += 1
                     self._spawn()
             time.sleep(0.02)
