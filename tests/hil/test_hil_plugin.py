@@ -17,7 +17,7 @@ pytestmark = pytest.mark.hil
 def test_plugin_fails_a_scenario_outside_its_limits_and_names_the_measurement(
         tmp_path: Path, micropython: str, mosquitto_binary: str) -> None:
     text = (SCENARIO_DIR / "safe_default_after_expiry.yaml").read_text()
-    impossible = text.replace("{name: fallback_after_expiry_s, unit: s, low: 0, high: 30}",
+    impossible = text.replace("{name: fallback_after_expiry_s, unit: s, low: 0, high: 60}",
                               "{name: fallback_after_expiry_s, unit: s, low: -2, high: -1}")
     assert impossible != text
     (tmp_path / "impossible.yaml").write_text(impossible)
