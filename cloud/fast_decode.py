@@ -62,7 +62,7 @@ def decode(kind: str, payload: bytes) -> Any:
         return None
     try:
         msg = decoder.decode(payload)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, ValueError, RecursionError):  # ValueError: invalid UTF-8 in a string
         return None
     return msg if _RULES[kind](msg) else None
 
@@ -135,7 +135,7 @@ class Unstorable(ValueError):
 
 def _str(value: str) -> str:
     for ch in value:
-        if ch < " " or ch == "\x7f":
+        if ch < " " or ch == "\x7f" or "\ud800" <= ch <= "\udfff":
             raise Unstorable
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -112,7 +112,8 @@ class Committer:
         """Make the batch durable; False only if `give_up` was set first (nothing was acknowledged)."""
         if not batch.lines:
             return True
-        body = "\n".join(batch.lines).encode()
+        # Lines are validated UTF-8-safe text; "replace" only guards the writer against a bug.
+        body = "\n".join(batch.lines).encode("utf-8", "replace")
         delay = self.retry_min_s
         while True:
             if self.spool is None or self.spool.empty:
@@ -132,9 +133,9 @@ class Committer:
                 try:
                     record = Record(body, len(batch.lines), tuple(batch.stamps), batch.health_lines)
                     await asyncio.to_thread(self.spool.append, record)
-                except SpoolFull as exc:
-                    self.stats.last_error = str(exc)
-                    log.error("%s; holding messages unacknowledged until the store takes them", exc)
+                except (SpoolFull, OSError) as exc:  # full, or the disk itself failed
+                    self.stats.last_error = f"spool: {exc}"[:300]
+                    log.error("spool: %s; holding messages unacknowledged until the store takes them", exc)
                 else:
                     self.stats.spooled += len(batch.lines) - batch.health_lines
                     self.spool_waiting.set()

@@ -147,7 +147,8 @@ def contract_error(reason: str, detail: str = "") -> wire.ContractError:
 
 
 def _has_control_chars(text: str) -> bool:
-    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+    """Control characters, and lone surrogates (JSON can carry "\\ud800"; UTF-8 cannot)."""
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in text)
 
 
 def _coerce(name: str, value: Any, want: type) -> FieldValue:

@@ -24,7 +24,8 @@ log = logging.getLogger("tendril.mqtt")
 
 PublishHandler = Callable[[list[Received]], None]
 
-_UNSUPPORTED_VERSION = (0x01, 0x84)  # v3.1.1 and v5 codes for "I don't speak that protocol"
+_UNSUPPORTED_VERSION = (0x01, 0x84)
+_PROBE_TIMEOUT_S = 3.0  # v3.1.1 and v5 codes for "I don't speak that protocol"
 
 
 class MqttError(ConnectionError):
@@ -263,11 +264,16 @@ async def _connect_once(
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(6, 1, 1)  # TCP_NODELAY: acks go out now, not after a delayed-ACK timer
+    # A broker that does not speak MQTT 5 may just say nothing (amqtt): when we are only probing
+    # for 5, a short silence means "try 3.1.1".
+    probing = options.protocol is None and protocol == V5
+    wait_s = min(options.connect_timeout_s, _PROBE_TIMEOUT_S) if probing else options.connect_timeout_s
     try:
-        connack = await asyncio.wait_for(asyncio.shield(session._connack), options.connect_timeout_s)
+        connack = await asyncio.wait_for(asyncio.shield(session._connack), wait_s)
     except TimeoutError:
         session.close()
-        raise MqttError(f"no CONNACK from {host}:{port} within {options.connect_timeout_s} s") from None
+        error = ProtocolRefused if probing else MqttError
+        raise error(f"no CONNACK from {host}:{port} within {wait_s} s (protocol {protocol})") from None
     except MqttError as exc:
         session.close()
         raise ProtocolRefused(f"{host}:{port} closed the connection before CONNACK: {exc}") from None
