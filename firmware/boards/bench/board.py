@@ -277,6 +277,11 @@ class Board:
         if not self.net_up:
             raise OSError("network cut by the bench")
 
+    def link_up(self):
+        # type: () -> bool
+        """Polled by the uplink: a cut ends the live session at once (the ESP32's Wi-Fi stack does)."""
+        return self.net_up
+
     def log(self, text):
         # type: (str) -> None
         print("[%.3f] %s" % (self.now(), text))
