@@ -212,7 +212,7 @@ class Uplink:
                     await client.publish(self.topic(tw.TELEMETRY), item[1], 1)
                     self.outbox.remove_through(item[0])
                     self.replayed += 1
-                    self._next_replay = max(self._next_replay, monotonic() - self._replay_gap) + self._replay_gap
+                    self._next_replay = max(self._next_replay, monotonic()) + self._replay_gap
                 else:
                     try:
                         await asyncio.wait_for(self._wake.wait(), self.cfg["keepalive_s"] or 30)
