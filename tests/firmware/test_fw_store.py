@@ -201,3 +201,28 @@ def test_a_segment_lost_at_run_time_is_counted_as_dropped():
     assert payload == rec(2) and q.dropped == 2 and len(q) == 5
     q.remove_through(ident)
     assert drain(q) == [rec(i) for i in range(3, 7)]
+
+
+def test_a_full_flash_drops_oldest_counted_and_the_queue_keeps_working():
+    path, _dev = fw_flash.fresh_dir()
+    logged = []
+    q = Outbox(100, ram_max=2, flash=FlashLog(path + "/q"), log=logged.append)
+    real_open = open
+
+    def full_open(p, mode="r"):
+        if mode == "ab":
+            raise OSError(28, "ENOSPC")
+        return real_open(p, mode)
+
+    flashlog.open = full_open
+    try:
+        kept = [q.push(rec(i)) for i in range(5)]
+    finally:
+        del flashlog.open
+    assert kept == [True, True, False, False, False]
+    assert q.dropped == 3 and q.flash_errors == 3 and len(logged) == 3 and "flash append failed" in logged[0]
+    assert drain(q) == [rec(3), rec(4)]
+    q.push(rec(5))  # flash works again: nothing is stuck
+    q.push(rec(6))
+    q.push(rec(7))
+    assert len(q.flash) == 2 and drain(q) == [rec(5), rec(6), rec(7)]
