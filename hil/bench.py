@@ -9,6 +9,7 @@ so the device always sees the house its own output produced.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +65,7 @@ class Bench:
         self.dut.link.set_inputs(**self.plant.inputs(sample))
         return sample
 
-    def advance(self, seconds: float, until: Any = None) -> PlantSample:
+    def advance(self, seconds: float, until: Callable[[], bool] | None = None) -> PlantSample:
         """Let `seconds` of device time pass in plant steps; stops early when `until()` is true."""
         end = self.now() + seconds
         sample = self.tick()

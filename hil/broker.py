@@ -40,7 +40,6 @@ class BrokerSide:
         self.messages: list[Received] = []
         self.invalid: list[tuple[str, str]] = []  # (topic, reason) of payloads the contract refused
         self._cond = threading.Condition()
-        self._on_message_hooks: list[Callable[[Received], None]] = []
         subscribed: queue.Queue[bool] = queue.Queue()
         topics = [tw.device_filter(kind, site, device) for kind in tw.DEVICE_KINDS if kind != tw.CMD]
         topics.append(tw.tender_filter(site))
@@ -56,10 +55,6 @@ class BrokerSide:
             self.close()
             raise BrokerTimeout(f"no SUBACK from the broker on {host}:{port} within {timeout} s") from None
 
-    def add_hook(self, hook: Callable[[Received], None]) -> None:
-        """Called on paho's thread for every valid message (e.g. the bench's site agent)."""
-        self._on_message_hooks.append(hook)
-
     def _on_message(self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
         now = time.monotonic()
         try:
@@ -72,8 +67,6 @@ class BrokerSide:
         with self._cond:
             self.messages.append(got)
             self._cond.notify_all()
-        for hook in self._on_message_hooks:
-            hook(got)
 
     def publish(self, topic: str, payload: bytes, timeout: float = 10.0) -> float:
         """QoS 1 publish, waits for the broker's PUBACK; returns time.monotonic() just before sending."""
