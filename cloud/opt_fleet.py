@@ -8,7 +8,7 @@ answering within its deadline is killed and restarted; the job it was on fails, 
 its jobs are sent to the new worker in the same round (which rebuilds those sites' models).
 
 The last valid schedules live here, in the coordinating process, so a crashed worker loses
-no plans.
+no plans. A job that fails or hangs fails alone; so does a worker (see _lost).
 """
 
 from __future__ import annotations
@@ -113,7 +113,11 @@ class FleetPool:
             raise ValueError("site names must be unique")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self._ctx = mp.get_context("fork")
+        # Not "fork": HiGHS keeps a process-wide thread pool, and a child forked from a process
+        # whose HiGHS already started threads inherits the pool without its threads, so its MIP
+        # solves hang. A fork server is a fresh process that forks clean workers quickly.
+        self._ctx = mp.get_context("forkserver")
+        self._ctx.set_forkserver_preload(["cloud.opt_fleet"])
         self.time_limit_s = time_limit_s
         self.grace_s = grace_s
         self._owner: dict[str, int] = {}

@@ -81,14 +81,20 @@ def test_a_worker_dying_mid_round_fails_only_its_current_site() -> None:
                 killed.append("yes")
 
         report = pool.solve(_jobs(shift=1), on_result=kill_once)
-        assert report.restarts >= 1
-        # worker 0 held s0 and s2; whatever it had not answered is either re-solved on its
-        # replacement or (the one it was on) failed, with its last schedule kept
+        # worker 0 held s0 and s2; whatever it had not answered when it died is either re-solved
+        # on its replacement or (the one it was on) failed, with its last schedule kept
         assert set(report.schedules) == {"s0", "s1", "s2", "s3"}
         for site, why in report.failed.items():
             assert site in {"s0", "s2"} and why == "worker died"
             assert report.schedules[site].start == START
         assert len(report.failed) <= 1
+        deadline = time.monotonic() + 10
+        while victim in pool.worker_pids() and pool.workers_alive()[0]:
+            assert time.monotonic() < deadline, "killed worker still alive after 10 s"
+            time.sleep(0.01)
+        following = pool.solve(_jobs(shift=2))  # a worker killed after its last answer is replaced now
+        assert report.restarts + following.restarts == 1
+        assert following.fresh == {"s0", "s1", "s2", "s3"} and not following.failed
 
 
 def test_the_time_limit_is_per_solve_not_per_worker_lifetime() -> None:
@@ -101,3 +107,19 @@ def test_the_time_limit_is_per_solve_not_per_worker_lifetime() -> None:
     planner = SitePlanner(SPECS[1], runner)
     for shift in range(200):
         planner.solve("rt", SiteState(), forecast(REAL_TIME, START + shift * 300))
+
+
+def test_day_ahead_milp_in_workers_after_the_parent_ran_highs() -> None:
+    # HiGHS's process-wide thread pool does not survive a fork: a worker forked from this
+    # process would hang on its first MIP. The pool must start clean workers regardless.
+    from cloud.devices.pump import PumpSpec
+    from cloud.opt_horizon import DAY_AHEAD
+    from cloud.optimizer import schedule_relay
+
+    schedule_relay([0.3, 0.1, 0.2, 0.4], 3600, 1.5, 2, max_starts=1)  # a MIP here, in the parent
+    specs = [SiteSpec("p0", hvac=HvacSpec(), pump=PumpSpec()), SiteSpec("p1", pump=PumpSpec())]
+    with FleetPool(specs, workers=2, time_limit_s=30, grace_s=30) as pool:
+        fc = forecast(DAY_AHEAD, pump_need_h=6.0)
+        report = pool.solve([Job(s.site, "da", SiteState(), fc) for s in specs])
+        assert not report.failed and report.fresh == {"p0", "p1"}
+        assert all(report.schedules[s].pump_on.sum() == pytest.approx(6.0) for s in ("p0", "p1"))
