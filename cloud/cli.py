@@ -21,6 +21,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "cloud.ledger_cli",
     "cloud.dashboards_cli",
     "cloud.device_cli",
+    "cloud.hil_cli",
 )
 
 
