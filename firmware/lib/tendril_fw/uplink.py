@@ -150,12 +150,13 @@ class Uplink:
             # Subscribe first: "online" promises that commands sent from now on arrive.
             for topic in self.subscriptions:
                 await client.subscribe(topic, 1)
+            # logged before "online" goes out, so whoever sees "online" finds the line
+            self.board.log("connected to %s:%d nodelay=%s session_present=%s backlog=%d" % (
+                client.host, client.port, client.nodelay, client.session_present, len(self.outbox)))
             await client.publish(self.topic(tw.STATUS), tw.status_payload(True), 1, True)
             self.connects += 1
             self.reconnects = self.connects - 1
             self.client = client
-            self.board.log("connected to %s:%d nodelay=%s session_present=%s backlog=%d" % (
-                client.host, client.port, client.nodelay, client.session_present, len(self.outbox)))
             sender = asyncio.create_task(self._send(client))
             link = getattr(self.board, "link_up", None)
             if link is not None:
