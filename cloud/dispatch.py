@@ -56,7 +56,7 @@ class SafetyLimits:
             raise ValueError(f"max_switches_per_day must be >= 0, got {self.max_switches_per_day}")
 
 
-MAX_SWITCHES = "max_switches"
+MAX_SWITCHES = wire.REFUSE_MAX_SWITCHES
 DAY_S = 86400.0
 
 

@@ -409,7 +409,13 @@ REFUSE_BAD_SIG = "bad_signature"
 REFUSE_MIN_OFF = "min_off_time"
 REFUSE_MIN_ON = "min_on_time"
 REFUSE_INVALID = "invalid"
+REFUSE_MAX_SWITCHES = "max_switches"
+REFUSE_OVERRIDE = "local_override"
 ACCEPTED = "accepted"
+# Unsolicited acks (id OVERRIDE_ACK_ID, seq -1) report the local button taking or giving back control.
+OVERRIDE_ACK_ID = "override"
+OVERRIDE_ON = "local_override"
+OVERRIDE_OFF = "override_released"
 
 
 # --------------------------------------------------------------------- time

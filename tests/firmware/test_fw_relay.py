@@ -3,7 +3,8 @@
 import json
 
 import tendril_wire as tw
-from tendril_fw.relay import OVERRIDE_OFF, OVERRIDE_ON, REFUSE_MAX_SWITCHES, REFUSE_OVERRIDE, RelayNode
+from tendril_fw.relay import RelayNode
+from tendril_wire import OVERRIDE_OFF, OVERRIDE_ON, REFUSE_MAX_SWITCHES, REFUSE_OVERRIDE
 
 KEY = b"0123456789abcdef0123456789abcdef"
 SITE = "site-1"
@@ -216,7 +217,7 @@ def test_every_refusal_kind_leaves_the_relay_on_and_untouched():
 def test_local_override_wins_over_the_cloud_and_is_reported():
     r = relay(min_off_s=600)
     report = r.set_override(NOW + 1, 1)  # the button ignores the compressor timer: a person is there
-    assert report == tw.ack("override", -1, NOW + 1, True, OVERRIDE_ON, 1)
+    assert report == tw.ack(tw.OVERRIDE_ACK_ID, -1, NOW + 1, True, OVERRIDE_ON, 1)
     tw.encode(tw.ACK, report)
     assert r.set_override(NOW + 2, 1) is None  # no change, no report
     refused(r, NOW + 700, cmd("c1", 1, 0, expires=NOW + 900), REFUSE_OVERRIDE)

@@ -13,11 +13,6 @@ if TYPE_CHECKING:
 
 SEEN_IDS = 32  # how many accepted command ids are remembered against replay
 HOUR_S = 3600.0
-# Reasons the wire contract does not (yet) name; acks carry them as plain strings.
-REFUSE_MAX_SWITCHES = "max_switches"
-REFUSE_OVERRIDE = "local_override"
-OVERRIDE_ON = "local_override"
-OVERRIDE_OFF = "override_released"
 
 
 class RelayNode:
@@ -88,10 +83,10 @@ class RelayNode:
         if self.last_seq is not None and cmd["seq"] < self.last_seq:
             return tw.REFUSE_OUT_OF_ORDER
         if self.override is not None:
-            return REFUSE_OVERRIDE
+            return tw.REFUSE_OVERRIDE
         reason = self._short_cycle(now, cmd["relay"])
         if reason is None and cmd["relay"] != self.relay and self._switch_budget(now) <= 0:
-            return REFUSE_MAX_SWITCHES
+            return tw.REFUSE_MAX_SWITCHES
         return reason
 
     def _switch_budget(self, now):
@@ -131,14 +126,14 @@ class RelayNode:
         self.override = state
         if state is not None:
             self._switch(now, state)
-            return tw.ack("override", -1, now, True, OVERRIDE_ON, self.relay)
+            return tw.ack(tw.OVERRIDE_ACK_ID, -1, now, True, tw.OVERRIDE_ON, self.relay)
         if self.commanded is not None and self.expires is not None and now < self.expires:
             self._switch(now, self.commanded)
         else:
             self.commanded = None
             self.expires = None
             self._switch(now, self.safe_default)
-        return tw.ack("override", -1, now, True, OVERRIDE_OFF, self.relay)
+        return tw.ack(tw.OVERRIDE_ACK_ID, -1, now, True, tw.OVERRIDE_OFF, self.relay)
 
     def _short_cycle(self, now, target):
         # type: (float, int) -> str | None
