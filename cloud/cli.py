@@ -17,6 +17,7 @@ from importlib import import_module
 SUBCOMMANDS: tuple[str, ...] = (
     "cloud.demo_cli",
     "cloud.ingest_cli",
+    "cloud.simulate_cli",
     "cloud.bill_cli",
     "cloud.ledger_cli",
     "cloud.dashboards_cli",
