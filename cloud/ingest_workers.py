@@ -32,11 +32,13 @@ class Supervisor:
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._restart_at: dict[int, float] = {}
         self._delay: dict[int, float] = {}
+        self._started: dict[int, float] = {}
         self._stopping = False
         self.restarts = 0
 
     def _start(self, index: int) -> None:
         self._procs[index] = subprocess.Popen(self._argv_for(index), env=self._env)
+        self._started[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, self._procs[index].pid)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -64,12 +66,16 @@ class Supervisor:
             code = proc.poll()
             if code is None:
                 continue
-            if index not in self._restart_at:
+            due = self._restart_at.get(index)
+            if due is None:
+                if now - self._started[index] > RESTART_MAX_S:
+                    self._delay[index] = RESTART_MIN_S  # it had been running fine: restart quickly
                 delay = self._delay.get(index, RESTART_MIN_S)
                 log.error("worker %d (pid %d) exited with %s; restarting in %.0f s", index, proc.pid, code, delay)
                 self._restart_at[index] = now + delay
                 self._delay[index] = min(delay * 2, RESTART_MAX_S)
-            elif now >= self._restart_at.pop(index):
+            elif now >= due:
+                del self._restart_at[index]
                 self.restarts += 1
                 self._start(index)
 
