@@ -6,23 +6,10 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from cloud.cli_args import positive_float, positive_int
 from cloud.demo import DemoConfig, format_window, run_demo
-
-
-def _positive(kind: type[float] | type[int], name: str) -> Callable[[str], float | int]:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
-        return value
-
-    return parse
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,10 +23,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "telemetry -> ingestion. Prints a summary and writes it to OUT/summary.json."
         ),
     )
-    p.add_argument("--sites", type=_positive(int, "--sites"), default=d.sites, help=f"sites (default {d.sites})")
-    p.add_argument("--hours", type=_positive(float, "--hours"), default=d.hours,
+    p.add_argument("--sites", type=positive_int("--sites"), default=d.sites, help=f"sites (default {d.sites})")
+    p.add_argument("--hours", type=positive_float("--hours"), default=d.hours,
                    help=f"simulated hours (default {d.hours:g})")
-    p.add_argument("--speed", type=_positive(float, "--speed"), default=d.speed,
+    p.add_argument("--speed", type=positive_float("--speed"), default=d.speed,
                    help=f"simulated seconds per wall second (default {d.speed:g})")
     p.add_argument("--start", default=d.start,
                    help=f"local start date YYYY-MM-DD within March 2024 (default {d.start})")

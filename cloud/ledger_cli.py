@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from cloud.cli_args import positive_int
 from cloud.ledger import DEFAULT_URL, Head, Ledger
 
 ENV_URL = "TENDRIL_LEDGER_URL"
@@ -24,12 +25,6 @@ def _head(text: str) -> Head:
         return Head.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"--limit must be a whole number > 0, got {text!r}")
-    return int(text)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,7 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--kind", default=None,
                    help="only this kind (tender, transaction, refusal, settlement, bill)")
     s.add_argument("--site", default=None, help="only this site")
-    s.add_argument("--limit", type=_positive_int, default=20,
+    s.add_argument("--limit", type=positive_int("--limit"), default=20,
                    help="show at most the last N records (default 20)")
     s.set_defaults(func=show)
 

@@ -6,24 +6,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from cloud.cli_args import positive_int
 from cloud.simulate import SimConfig, simulate
-
-
-def _positive_int(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {text}")
-        return value
-
-    return parse
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,10 +25,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "shadow bill, peak kW and comfort for both."
         ),
     )
-    p.add_argument("--sites", type=_positive_int("--sites"), default=d.sites, help=f"homes (default {d.sites})")
-    p.add_argument("--days", type=_positive_int("--days"), default=d.days, help=f"days (default {d.days})")
+    p.add_argument("--sites", type=positive_int("--sites"), default=d.sites, help=f"homes (default {d.sites})")
+    p.add_argument("--days", type=positive_int("--days"), default=d.days, help=f"days (default {d.days})")
     p.add_argument("--start", default=d.start, help=f"local start date in March 2024 (default {d.start})")
-    p.add_argument("--workers", type=_positive_int("--workers"), default=d.workers,
+    p.add_argument("--workers", type=positive_int("--workers"), default=d.workers,
                    help=f"optimizer processes (default {d.workers})")
     p.add_argument("--loss", type=float, default=d.loss,
                    help=f"share of commands/acks lost in transit, to exercise retries (default {d.loss})")

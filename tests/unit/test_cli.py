@@ -37,8 +37,8 @@ def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["demo", "--sites", "0"], "--sites must be > 0"),
-        (["demo", "--speed", "fast"], "--speed must be a number"),
+        (["demo", "--sites", "0"], "--sites must be a whole number > 0"),
+        (["demo", "--speed", "fast"], "--speed must be a number > 0"),
         (["nonsense"], "invalid choice"),
     ],
 )
