@@ -1,0 +1,239 @@
+# Bench mode, the part every board shares: the device side of the bench link
+# (tendril_fw.bench_link) with the bench's sensor inputs, the relay output as events,
+# the network cut and the device's link counters.
+#
+# No I/O of its own, so one implementation serves every board and runs in tests:
+#   port  anything with write(bytes); for poll() also any() -> int and read(n) -> bytes|None
+#         (machine.UART on an ESP32, a pty file on the unix port, a fake in tests)
+#   host  the board: now() (device clock), free_heap() -> int|None, log(text),
+#         block(seconds) (stalls the event loop: the watchdog test's "hang")
+# Received bytes come in through feed() (or poll(), which reads what the port holds);
+# replies and events go out at once. A write the port refuses (OSError) is counted in
+# tx_errors and the device goes on: the bench may be away.
+
+from tendril_fw import bench_link as bl
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any  # noqa: F401  (used in type comments)
+
+INPUTS = ("power_w", "pulses", "temp_c", "ev_plugged", "button")
+EHOSTUNREACH = 113
+# UART settings under the config's "board" object, with their defaults (ESP32 UART1 on
+# GPIO17/16: UART0 is the console on most boards, and the log goes there).
+UART_DEFAULTS = (("bench_uart", 1), ("bench_tx", 17), ("bench_rx", 16), ("bench_baud", 115200))
+BAUDS = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+
+
+class BenchConfigError(ValueError):
+    pass
+
+
+def uart_settings(board_cfg):
+    # type: (dict[str, Any]) -> dict[str, int]
+    """{"id", "tx", "rx", "baud"} for the link's UART from the config's board object."""
+    out = {}  # type: dict[str, int]
+    for key, default in UART_DEFAULTS:
+        value = board_cfg.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BenchConfigError("board.%s must be a non-negative integer, got %r" % (key, value))
+        out[key[len("bench_"):] if key != "bench_uart" else "id"] = value
+    if out["baud"] not in BAUDS:
+        raise BenchConfigError("board.bench_baud must be one of %s (the bench's pyserial rates), got %d"
+                               % (", ".join([str(b) for b in BAUDS]), out["baud"]))
+    if out["tx"] == out["rx"]:
+        raise BenchConfigError("board.bench_tx and board.bench_rx must differ, both are %d" % out["tx"])
+    return out
+
+
+class BenchMode:
+    def __init__(self, port, host, cfg, boot_reason):
+        # type: (Any, Any, dict[str, Any], str) -> None
+        self.port = port
+        self.host = host
+        self.site = cfg["site"]
+        self.device = cfg["device"]
+        self.fw = cfg["fw_version"]
+        self.pulses_per_kwh = cfg["board"].get("pulses_per_kwh", 1000)
+        self.boot_reason = boot_reason
+        self.endpoint = bl.Endpoint()
+        self.inputs = {"power_w": 0.0, "pulses": None, "temp_c": None, "ev_plugged": None,
+                       "button": None}  # type: dict[str, Any]
+        self._pulses_at = None  # type: tuple[int, float] | None
+        self._power = 0.0
+        self.relay = None  # type: int | None
+        self.net_up = True
+        self.net_cuts = 0
+        self.tx_errors = 0
+
+    # ------------------------------------------------------------ link
+
+    def send(self, msg):
+        # type: (dict[str, Any]) -> None
+        _seq, frame = self.endpoint.encode(msg)
+        try:
+            self.port.write(frame)
+        except OSError:
+            self.tx_errors += 1
+
+    def announce_boot(self):
+        # type: () -> None
+        self.send({"ev": bl.EV_BOOT, "device": self.device, "fw": self.fw, "boot": self.boot_reason,
+                   "now": self.host.now()})
+
+    def feed(self, data):
+        # type: (bytes) -> int
+        """Handle the requests completed by `data` (each gets its reply); returns how many."""
+        handled = 0
+        for seq, msg in self.endpoint.feed(data):
+            try:
+                reply = self.handle(msg)
+            except (ValueError, TypeError, KeyError) as exc:
+                reply = {"ok": False, "error": repr(exc)[:120]}
+            reply["re"] = seq
+            self.send(reply)
+            handled += 1
+        return handled
+
+    def poll(self, budget=bl.MAX_FRAME):
+        # type: (int) -> int
+        """Feed what the port already holds (at most `budget` bytes, so one call stays short)."""
+        handled = 0
+        while budget > 0:
+            waiting = self.port.any()
+            if not waiting:
+                break
+            data = self.port.read(min(waiting, budget))
+            if not data:
+                break
+            budget -= len(data)
+            handled += self.feed(data)
+        return handled
+
+    def handle(self, msg):
+        # type: (dict[str, Any]) -> dict[str, Any]
+        """Apply one bench request; returns the reply (without "re")."""
+        op = msg.get("op")
+        if op == bl.OP_PING:
+            return {"ok": True}
+        if op == bl.OP_SET:
+            for name in msg:
+                if name != "op" and name not in INPUTS:
+                    return {"ok": False, "error": "unknown input %r" % (name,)}
+            for name in msg:
+                if name != "op":
+                    self.inputs[name] = msg[name]
+            return {"ok": True}
+        if op == bl.OP_GET:
+            return {"ok": True, "relay": self.relay, "inputs": self.inputs, "now": self.host.now(),
+                    "net_up": self.net_up, "boot": self.boot_reason, "site": self.site,
+                    "device": self.device, "fw": self.fw, "counters": self.counters(),
+                    "free_heap": self.host.free_heap()}
+        if op == bl.OP_NET:
+            self.set_network(bool(msg.get("up")))
+            return {"ok": True, "net_up": self.net_up}
+        if op == bl.OP_HANG:
+            seconds = float(msg.get("s", 0))
+            self.host.log("bench: blocking the event loop for %s s" % (seconds,))
+            self.host.block(seconds)
+            return {"ok": True}
+        return {"ok": False, "error": "unknown op %r" % (op,)}
+
+    def counters(self):
+        # type: () -> dict[str, int]
+        counters = self.endpoint.counters()
+        counters["tx_errors"] = self.tx_errors
+        counters["net_cuts"] = self.net_cuts
+        return counters
+
+    # ------------------------------------------------------------ what the board asks
+
+    def set_network(self, up):
+        # type: (bool) -> None
+        if up == self.net_up:
+            return
+        self.net_up = up
+        if up:
+            self.host.log("bench: network restored")
+            return
+        self.net_cuts += 1
+        self.host.log("bench: network cut")
+
+    def is_up(self):
+        # type: () -> bool
+        return self.net_up
+
+    def read_override(self):
+        # type: () -> int | None
+        button = self.inputs["button"]
+        return button if button in (0, 1) else None
+
+    def read_power(self, now):
+        # type: (float) -> float
+        """Site power: the bench's power_w, or the average since the last read from its pulse count.
+        `now` is any clock in seconds that does not step (the board's choice)."""
+        pulses = self.inputs["pulses"]
+        if not isinstance(pulses, int) or isinstance(pulses, bool):
+            self._pulses_at = None
+            self._power = float(self.inputs["power_w"] or 0.0)
+            return self._power
+        if self._pulses_at is not None and now > self._pulses_at[1]:
+            count = pulses - self._pulses_at[0]
+            self._power = count / self.pulses_per_kwh * 1000.0 * 3600.0 / (now - self._pulses_at[1])
+        self._pulses_at = (pulses, now)
+        return self._power
+
+    def set_relay(self, state):
+        # type: (int) -> None
+        self.relay = 1 if state else 0
+        self.send({"ev": bl.EV_RELAY, "relay": self.relay, "t": self.host.now()})
+
+
+class CutStream:
+    """A TCP stream that fails, as a dropped Wi-Fi link does, while the bench has the network cut:
+    writes raise, and data that arrives after the cut is never handed to the firmware."""
+
+    def __init__(self, stream, is_up):
+        # type: (Any, Any) -> None
+        self._stream = stream
+        self._is_up = is_up
+
+    def __getattr__(self, name):
+        # type: (str) -> Any
+        return getattr(self._stream, name)
+
+    def _check(self):
+        # type: () -> None
+        if not self._is_up():
+            raise OSError(EHOSTUNREACH)
+
+    def write(self, data):
+        # type: (bytes) -> Any
+        self._check()
+        return self._stream.write(data)
+
+    async def drain(self):
+        # type: () -> None
+        self._check()
+        await self._stream.drain()
+
+    async def readexactly(self, n):
+        # type: (int) -> bytes
+        data = await self._stream.readexactly(n)  # type: bytes
+        self._check()
+        return data
+
+
+def gate_connections(open_connection, is_up):
+    # type: (Any, Any) -> Any
+    """An asyncio.open_connection whose connections fail while is_up() is false (install it as
+    asyncio.open_connection: the MQTT client looks it up there at each connect)."""
+
+    async def cuttable_open_connection(host, port):
+        # type: (str, int) -> tuple[Any, Any]
+        if not is_up():
+            raise OSError(EHOSTUNREACH)
+        reader, writer = await open_connection(host, port)
+        return CutStream(reader, is_up), CutStream(writer, is_up)
+
+    return cuttable_open_connection
