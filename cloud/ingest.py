@@ -172,6 +172,7 @@ class Ingestor:
         self._give_up = asyncio.Event()
         self._session: MqttSession | None = None
         self._conn = 0
+        self._rate_mark = (monotonic(), 0)  # (time, messages received) at the last health point
 
     @property
     def filters(self) -> list[str]:
@@ -335,16 +336,23 @@ class Ingestor:
             data, done = journal.start_compaction()
             await asyncio.to_thread(journal.finish_compaction, data, done)
 
+    def _rate(self) -> float:
+        """Messages per second since the last call."""
+        now, received = self._monotonic(), self.stats.received
+        then, before = self._rate_mark
+        self._rate_mark = (now, received)
+        return (received - before) / (now - then) if now > then else 0.0
+
     async def _housekeeping(self) -> None:
         last_health = last_registry = self._monotonic()
-        last_received = self.stats.received
+        self._rate_mark = (last_health, self.stats.received)
         while True:
             await asyncio.sleep(0.2)
             now = self._monotonic()
             await self.compact_dedup()
             if self._health_interval_s is not None and now - last_health >= self._health_interval_s:
-                self._add_health((self.stats.received - last_received) / (now - last_health))
-                last_health, last_received = now, self.stats.received
+                self._add_health(self._rate())
+                last_health = now
             if now - last_registry >= 2.0:
                 last_registry = now
                 if self.devices is not None:
@@ -367,6 +375,8 @@ class Ingestor:
             self.ready.clear()
             if self._session is not None:
                 self._session.pause_reading()
+            if self._health_interval_s is not None:
+                self._add_health(self._rate())  # the last word: counters and lag up to the stop
             self._close_batch()
             closing.set()
             self._wakeup.set()

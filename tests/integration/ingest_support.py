@@ -51,10 +51,10 @@ def fleet(sites: int) -> list[tuple[str, str, str]]:
     return out
 
 
-def readings(devices: list[tuple[str, str, str]], per_device: int, base_ms: int) -> list[Sent]:
-    """Each device's readings 10 s apart (offset by its index in ms), devices interleaved."""
+def readings(devices: list[tuple[str, str, str]], per_device: int, base_ms: int, step_ms: int = 10_000) -> list[Sent]:
+    """Each device's readings `step_ms` apart (offset by its index in ms), devices interleaved."""
     return [
-        Sent(site, device, kind, seq, base_ms + seq * 10_000 + k)
+        Sent(site, device, kind, seq, base_ms + seq * step_ms + k)
         for seq in range(per_device)
         for k, (site, device, kind) in enumerate(devices)
     ]
@@ -147,7 +147,9 @@ class TcpProxy:
 def stored_counts(vm: VictoriaMetrics, metrics: str = "(meter|relay)_seq") -> Counter[tuple[str, str, str, int]]:
     """How many samples each (metric, site, device, ms) has: 1 everywhere means exactly once."""
     counts: Counter[tuple[str, str, str, int]] = Counter()
-    for series in vm.export(f'{{__name__=~"{metrics}"}}'):
+    # Explicit range: by default export ends 30 s before now (-search.latencyOffset), and readings
+    # may be stamped a little ahead of the store's clock.
+    for series in vm.export(f'{{__name__=~"{metrics}"}}', start=wire.MIN_TS, end=wire.MAX_TS):
         metric = series["metric"]
         stamps = series["timestamps"]
         assert isinstance(metric, dict) and isinstance(stamps, list)
