@@ -1,12 +1,14 @@
-# Bench mode core (tendril_fw.bench_mode), as the ESP32 bench board uses it over a UART:
-# frames in apply inputs, relay changes go out as frames, damage is counted and ignored.
-# The UART is a fake (a byte queue with machine.UART's any/read/write); the bench side is
-# the real bench_link Endpoint. Shared with MicroPython (tests/firmware/mp_runner.py): no pytest.
+# Bench mode core (tendril_fw.bench_mode) and its UART side (tendril_fw.bench_uart), as the
+# ESP32 bench board uses them: frames in apply inputs, relay changes go out as frames,
+# damage is counted and ignored. The UART is a fake (a byte queue with machine.UART's
+# any/read/write); the bench side is the real bench_link Endpoint. Shared with MicroPython
+# (tests/firmware/mp_runner.py): no pytest.
 
 import asyncio
 
 from tendril_fw import bench_link as bl
 from tendril_fw import bench_mode as bm
+from tendril_fw import bench_uart
 
 CFG = {"site": "s1", "device": "r1", "fw_version": "1.2.3", "board": {"pulses_per_kwh": 1000}}
 
@@ -70,7 +72,7 @@ def _from_device(uart, bench):
 def _request(uart, mode, bench, msg):
     seq, frame = bench.encode(msg)
     uart.rx += frame
-    mode.poll()
+    bench_uart.poll(mode, uart)
     replies = [m for m in _from_device(uart, bench) if m.get("re") == seq]
     assert len(replies) == 1, replies
     return replies[0]
@@ -120,11 +122,11 @@ def test_corrupt_frame_is_counted_and_ignored_and_the_next_one_applies():
     bad = bytearray(frame)
     bad[frame.find(b"7000")] = ord("9")  # "set power_w 9000": the CRC no longer matches
     uart.rx += bytes(bad)
-    assert mode.poll() == 0
+    assert bench_uart.poll(mode, uart) == 0
     assert _from_device(uart, bench) == []  # no reply: the bench times out, never misreads
     assert mode.inputs["power_w"] == 0.0
     uart.rx += b"garbage without a crc\n"
-    mode.poll()
+    bench_uart.poll(mode, uart)
     reply = _request(uart, mode, bench, {"op": "get"})
     assert reply["counters"]["bad_crc"] == 1
     assert reply["counters"]["malformed"] == 1
@@ -138,9 +140,9 @@ def test_frame_split_across_reads_waits_for_its_end():
     uart, _host, mode, bench = _device()
     seq, frame = bench.encode({"op": "set", "ev_plugged": True})
     uart.rx += frame[:9]
-    assert mode.poll() == 0 and mode.inputs["ev_plugged"] is None
+    assert bench_uart.poll(mode, uart) == 0 and mode.inputs["ev_plugged"] is None
     uart.rx += frame[9:]
-    assert mode.poll() == 1 and mode.inputs["ev_plugged"] is True
+    assert bench_uart.poll(mode, uart) == 1 and mode.inputs["ev_plugged"] is True
     assert [m["re"] for m in _from_device(uart, bench)] == [seq]
 
 
@@ -149,9 +151,9 @@ def test_poll_takes_at_most_its_budget():
     for i in range(3):
         uart.rx += bench.encode({"op": "set", "power_w": i})[1]
     one = len(uart.rx) // 3
-    assert mode.poll(budget=one) == 1
-    assert mode.poll() == 2 and mode.inputs["power_w"] == 2
-    assert mode.poll() == 0
+    assert bench_uart.poll(mode, uart, budget=one) == 1
+    assert bench_uart.poll(mode, uart) == 2 and mode.inputs["power_w"] == 2
+    assert bench_uart.poll(mode, uart) == 0
 
 
 def test_get_reports_state_counters_and_heap():
@@ -202,15 +204,15 @@ def test_pulses_give_average_power_on_the_clock_the_board_passes():
 
 
 def test_uart_settings_defaults_and_refusals():
-    assert bm.uart_settings({}) == {"id": 1, "tx": 17, "rx": 16, "baud": 115200}
-    assert bm.uart_settings({"bench_uart": 2, "bench_tx": 4, "bench_rx": 5, "bench_baud": 921600}) == {
+    assert bench_uart.uart_settings({}) == {"id": 1, "tx": 17, "rx": 16, "baud": 115200}
+    assert bench_uart.uart_settings({"bench_uart": 2, "bench_tx": 4, "bench_rx": 5, "bench_baud": 921600}) == {
         "id": 2, "tx": 4, "rx": 5, "baud": 921600}
     for bad, word in (({"bench_baud": 115201}, "bench_baud"), ({"bench_uart": "1"}, "bench_uart"),
                       ({"bench_tx": 16}, "differ"), ({"bench_rx": -1}, "bench_rx"),
                       ({"bench_uart": True}, "bench_uart")):
         try:
-            bm.uart_settings(bad)
-        except bm.BenchConfigError as exc:
+            bench_uart.uart_settings(bad)
+        except bench_uart.BenchConfigError as exc:
             assert word in str(exc), (bad, str(exc))
         else:
             raise AssertionError("accepted " + repr(bad))

@@ -2,7 +2,8 @@
 # unchanged on the real chip, with its real Wi-Fi, MQTT session, flash, clock and
 # watchdog, but its sensors and its relay are the HIL bench's, over the framed bench
 # link (tendril_fw.bench_link) on a UART; the bench can also cut and restore its network.
-# The frame handling is tendril_fw.bench_mode, shared with the unix bench board.
+# The frame handling is tendril_fw.bench_mode (shared with the unix bench board), the
+# UART side tendril_fw.bench_uart.
 #
 # Settings under the config's "board" object (config.json on flash):
 #   wifi_ssid, wifi_password        Wi-Fi that reaches the bench's broker
@@ -28,6 +29,7 @@ import ntptime
 
 import tendril_wire as tw
 from tendril_fw import bench_mode as bm
+from tendril_fw import bench_uart
 from tendril_fw import config
 
 EPOCH_YEAR = time.gmtime(0)[0]
@@ -55,8 +57,8 @@ class Board:
         if not hw.get("wifi_ssid"):
             raise config.ConfigError("board.wifi_ssid is required: the device reaches the bench's broker over Wi-Fi")
         try:
-            link = bm.uart_settings(hw)
-        except bm.BenchConfigError as exc:
+            link = bench_uart.uart_settings(hw)
+        except bench_uart.BenchConfigError as exc:
             raise config.ConfigError(str(exc))
         self._boot_reason = BOOT_REASONS.get(machine.reset_cause(), "unknown")
         self._mono_ms = 0
@@ -98,7 +100,7 @@ class Board:
                 await asyncio.sleep(0.01)
                 continue
             self.bench.feed(data)
-            self.bench.poll()
+            bench_uart.poll(self.bench, self.uart)
 
     def block(self, seconds):
         time.sleep(seconds)  # blocks the event loop on purpose: the watchdog must bite

@@ -3,12 +3,11 @@
 # the network cut and the device's link counters.
 #
 # No I/O of its own, so one implementation serves every board and runs in tests:
-#   port  anything with write(bytes); for poll() also any() -> int and read(n) -> bytes|None
-#         (machine.UART on an ESP32, a pty file on the unix port, a fake in tests)
+#   port  anything with write(bytes) (machine.UART on an ESP32, a pty file on the unix
+#         port, a fake in tests; tendril_fw.bench_uart reads a UART into feed())
 #   host  the board: now() (device clock), free_heap() -> int|None, log(text),
 #         block(seconds) (stalls the event loop: the watchdog test's "hang")
-# Received bytes come in through feed() (or poll(), which reads what the port holds);
-# replies and events go out at once. A write the port refuses (OSError) is counted in
+# Received bytes come in through feed(); replies and events go out at once. A write the port refuses (OSError) is counted in
 # tx_errors and the device goes on: the bench may be away.
 
 from tendril_fw import bench_link as bl
@@ -19,33 +18,6 @@ if TYPE_CHECKING:
 
 INPUTS = ("power_w", "pulses", "temp_c", "ev_plugged", "button")
 EHOSTUNREACH = 113
-# UART settings under the config's "board" object, with their defaults (ESP32 UART1 on
-# GPIO17/16: UART0 is the console on most boards, and the log goes there).
-UART_DEFAULTS = (("bench_uart", 1), ("bench_tx", 17), ("bench_rx", 16), ("bench_baud", 115200))
-BAUDS = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
-
-
-class BenchConfigError(ValueError):
-    pass
-
-
-def uart_settings(board_cfg):
-    # type: (dict[str, Any]) -> dict[str, int]
-    """{"id", "tx", "rx", "baud"} for the link's UART from the config's board object."""
-    out = {}  # type: dict[str, int]
-    for key, default in UART_DEFAULTS:
-        value = board_cfg.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise BenchConfigError("board.%s must be a non-negative integer, got %r" % (key, value))
-        out[key[len("bench_"):] if key != "bench_uart" else "id"] = value
-    if out["baud"] not in BAUDS:
-        raise BenchConfigError("board.bench_baud must be one of %s (the bench's pyserial rates), got %d"
-                               % (", ".join([str(b) for b in BAUDS]), out["baud"]))
-    if out["tx"] == out["rx"]:
-        raise BenchConfigError("board.bench_tx and board.bench_rx must differ, both are %d" % out["tx"])
-    return out
-
-
 class BenchMode:
     def __init__(self, port, host, cfg, boot_reason):
         # type: (Any, Any, dict[str, Any], str) -> None
@@ -93,21 +65,6 @@ class BenchMode:
             reply["re"] = seq
             self.send(reply)
             handled += 1
-        return handled
-
-    def poll(self, budget=bl.MAX_FRAME):
-        # type: (int) -> int
-        """Feed what the port already holds (at most `budget` bytes, so one call stays short)."""
-        handled = 0
-        while budget > 0:
-            waiting = self.port.any()
-            if not waiting:
-                break
-            data = self.port.read(min(waiting, budget))
-            if not data:
-                break
-            budget -= len(data)
-            handled += self.feed(data)
         return handled
 
     def handle(self, msg):
