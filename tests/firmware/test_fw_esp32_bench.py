@@ -164,6 +164,20 @@ def test_get_reports_state_counters_and_heap():
     assert reply["site"] == "s1" and reply["device"] == "r1" and reply["fw"] == "1.2.3"
     assert reply["free_heap"] == 4096 and reply["now"] == 1000.0
     assert reply["counters"]["tx_errors"] == 0 and reply["counters"]["net_cuts"] == 0
+    assert reply["counters"]["no_memory"] == 0
+
+
+def test_request_that_runs_out_of_heap_loses_its_reply_not_the_link():
+    uart, host, mode, bench = _device()
+
+    def no_heap():
+        raise MemoryError("memory allocation failed")
+
+    host.free_heap = no_heap
+    uart.rx += bench.encode({"op": "get"})[1] + bench.encode({"op": "set", "power_w": 12})[1]
+    assert bench_uart.poll(mode, uart) == 1
+    assert [m["re"] for m in _from_device(uart, bench)] == [1]  # the set's reply; the get's is lost
+    assert mode.inputs["power_w"] == 12 and mode.no_memory == 1
 
 
 def test_net_cut_and_restore_are_counted_once_each():

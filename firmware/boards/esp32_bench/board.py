@@ -99,8 +99,12 @@ class Board:
             if not data:
                 await asyncio.sleep(0.01)
                 continue
-            self.bench.feed(data)
-            bench_uart.poll(self.bench, self.uart)
+            try:
+                self.bench.feed(data)
+                bench_uart.poll(self.bench, self.uart)
+            except MemoryError:  # while decoding: those bytes are lost, the link goes on
+                gc.collect()
+                self.bench.no_memory += 1
 
     def block(self, seconds):
         time.sleep(seconds)  # blocks the event loop on purpose: the watchdog must bite

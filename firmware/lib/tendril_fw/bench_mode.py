@@ -37,6 +37,7 @@ class BenchMode:
         self.net_up = True
         self.net_cuts = 0
         self.tx_errors = 0
+        self.no_memory = 0
 
     # ------------------------------------------------------------ link
 
@@ -59,11 +60,16 @@ class BenchMode:
         handled = 0
         for seq, msg in self.endpoint.feed(data):
             try:
-                reply = self.handle(msg)
-            except (ValueError, TypeError, KeyError) as exc:
-                reply = {"ok": False, "error": repr(exc)[:120]}
-            reply["re"] = seq
-            self.send(reply)
+                try:
+                    reply = self.handle(msg)
+                except (ValueError, TypeError, KeyError) as exc:
+                    reply = {"ok": False, "error": repr(exc)[:120]}
+                reply["re"] = seq
+                self.send(reply)
+            except MemoryError:
+                # a tight heap costs this request its reply (the bench times out), not the link
+                self.no_memory += 1
+                continue
             handled += 1
         return handled
 
@@ -101,6 +107,7 @@ class BenchMode:
         counters = self.endpoint.counters()
         counters["tx_errors"] = self.tx_errors
         counters["net_cuts"] = self.net_cuts
+        counters["no_memory"] = self.no_memory
         return counters
 
     # ------------------------------------------------------------ what the board asks
