@@ -256,6 +256,7 @@ class Ingestor:
             if batch is not None:
                 self._close_batch()  # packet ids belong to one connection
             batch = self._open = Batch(self._conn, self._monotonic())
+            self._wakeup.set()  # the writer starts this batch's flush timer
         return batch
 
     def _close_batch(self) -> None:
@@ -306,14 +307,15 @@ class Ingestor:
                 continue
             if closing.is_set():
                 return
-            wait = self._flush_interval_s
             batch = self._open
-            if batch is not None and (batch.messages or batch.lines):
-                wait -= self._monotonic() - batch.started
-                if wait <= 0:
-                    self._close_batch()
-                    continue
             self._wakeup.clear()
+            if batch is None or not (batch.messages or batch.lines):
+                await self._wakeup.wait()  # idle: the next batch opened, or closing, wakes us
+                continue
+            wait = self._flush_interval_s - (self._monotonic() - batch.started)
+            if wait <= 0:
+                self._close_batch()
+                continue
             await _wait(self._wakeup, wait)
 
     # ------------------------------------------------------------ housekeeping
@@ -347,7 +349,7 @@ class Ingestor:
         last_health = last_registry = self._monotonic()
         self._rate_mark = (last_health, self.stats.received)
         while True:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.5)
             now = self._monotonic()
             await self.compact_dedup()
             if self._health_interval_s is not None and now - last_health >= self._health_interval_s:
