@@ -22,7 +22,6 @@ Memory is bounded by the broker: MQTT 5's Receive Maximum (or the broker's in-fl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -45,8 +44,9 @@ from cloud.ingest_classify import (
 from cloud.ingest_commit import Batch, Committer
 from cloud.ingest_devices import KnownDevices
 from cloud.ingest_health import IngestStats, LagHistogram, ThrottledLog, health_lines
+from cloud.ingest_link import BrokerLink, wait_event
 from cloud.mqtt_codec import Received
-from cloud.mqtt_session import MqttError, MqttSession, SessionOptions, open_session
+from cloud.mqtt_session import SessionOptions
 from cloud.spool import DEFAULT_MAX_BYTES, Spool
 from cloud.store import Sink
 from edge.clock import Clock, WallClock
@@ -61,13 +61,6 @@ log = logging.getLogger("tendril.ingest")
 MessageHook = Callable[[str, str, str, dict[str, Any]], None]
 DEDUP_DIR = "dedup"
 SPOOL_DIR = "spool"
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    """Sleep `seconds` of real time unless `event` fires first; True if it fired."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout=max(seconds, 0.0))
-    return event.is_set()
 
 
 class Ingestor:
@@ -127,8 +120,6 @@ class Ingestor:
         self._batch_max = batch_max
         self._flush_interval_s = flush_interval_s
         self._on_message = on_message
-        self._reconnect_min_s = reconnect_min_s
-        self._reconnect_max_s = reconnect_max_s
         self._max_pending = max_pending
         self._stop_timeout_s = stop_timeout_s
         self._health_interval_s = health_interval_s
@@ -137,7 +128,8 @@ class Ingestor:
         self.worker = worker
         self.devices = devices
         self.share_group = share_group
-        self.session_options = SessionOptions(
+        self.stats = IngestStats()
+        options = SessionOptions(
             client_id,
             keepalive_s=keepalive_s,
             clean_start=False,  # the broker keeps our queue and unacknowledged messages while we are away
@@ -146,8 +138,12 @@ class Ingestor:
             receive_maximum=receive_maximum,
             protocol=protocol,
         )
-        self.ready = asyncio.Event()
-        self.stats = IngestStats()
+        self._link = BrokerLink(
+            broker_host, broker_port, options, self.filters, self._on_publishes, self.stats,
+            reconnect_min_s=reconnect_min_s, reconnect_max_s=reconnect_max_s,
+            label=f", shared group {share_group}" if share_group else "",
+        )  # fmt: skip
+        self.ready = self._link.ready
         self.lag_total = LagHistogram()
         self._lag_interval = LagHistogram()
         self._classify = Classifier(devices)
@@ -170,8 +166,6 @@ class Ingestor:
         self._commit_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._give_up = asyncio.Event()
-        self._session: MqttSession | None = None
-        self._conn = 0
         self._rate_mark = (monotonic(), 0)  # (time, messages received) at the last health point
 
     @property
@@ -232,30 +226,27 @@ class Ingestor:
         self._throttle.warning(
             rejected.reason, "rejected message on %r: %s %s", rejected.topic, rejected.reason, rejected.detail
         )
-        session = self._session
-        if session is not None and session.is_open:
-            topic = wire.dead_letter_topic(rejected.reason)
-            if session.publish(topic, rejected.dead_letter(now), qos=1):
-                self.stats.dead_letters += 1
-                return
-        self.stats.dead_letters_dropped += 1
+        if self._link.publish(wire.dead_letter_topic(rejected.reason), rejected.dead_letter(now)):
+            self.stats.dead_letters += 1
+        else:
+            self.stats.dead_letters_dropped += 1
 
     def _on_publishes(self, publishes: list[Received]) -> None:
         now = self._clock.now()
         handle = self.handle
         for topic, payload, packet_id, _qos in publishes:
             handle(topic, payload, packet_id, now)
-        if self._pending >= self._max_pending and self._session is not None:
-            self._session.pause_reading()  # back-pressure: TCP, then the broker's own queue
+        if self._pending >= self._max_pending:
+            self._link.pause()  # back-pressure: TCP, then the broker's own queue
 
     # ------------------------------------------------------------ batches
 
     def _batch(self) -> Batch:
         batch = self._open
-        if batch is None or batch.conn != self._conn:
+        if batch is None or batch.conn != self._link.conn:
             if batch is not None:
                 self._close_batch()  # packet ids belong to one connection
-            batch = self._open = Batch(self._conn, self._monotonic())
+            batch = self._open = Batch(self._link.conn, self._monotonic())
             self._wakeup.set()  # the writer starts this batch's flush timer
         return batch
 
@@ -279,11 +270,9 @@ class Ingestor:
             self._dedup.commit(batch.keys)
             if self._journal is not None:
                 self._journal.record(batch.keys)
-            session = self._session
-            if batch.acks and batch.conn == self._conn and session is not None and session.is_open:
-                session.ack(batch.acks)
-            if session is not None and session.paused and self._pending < self._max_pending // 2:
-                session.resume_reading()
+            self._link.ack(batch.conn, batch.acks)
+            if self._pending < self._max_pending // 2:
+                self._link.resume()
 
     async def flush(self, give_up_after_s: float | None = None) -> None:
         """Commit everything received so far, now. With `give_up_after_s`, stop retrying a store
@@ -316,7 +305,7 @@ class Ingestor:
             if wait <= 0:
                 self._close_batch()
                 continue
-            await _wait(self._wakeup, wait)
+            await wait_event(self._wakeup, wait)
 
     # ------------------------------------------------------------ housekeeping
 
@@ -372,11 +361,10 @@ class Ingestor:
         replayer = asyncio.create_task(self._committer.replay(replay_stop))
         housekeeping = asyncio.create_task(self._housekeeping())
         try:
-            await self._connect_loop(stop)
+            await self._link.run(stop)
         finally:
             self.ready.clear()
-            if self._session is not None:
-                self._session.pause_reading()
+            self._link.pause()
             if self._health_interval_s is not None:
                 self._add_health(self._rate())  # the last word: counters and lag up to the stop
             self._close_batch()
@@ -385,9 +373,7 @@ class Ingestor:
             deadline = asyncio.get_running_loop().call_later(self._stop_timeout_s, self._give_up.set)
             await writer
             deadline.cancel()
-            if self._session is not None:
-                self._session.close()
-                self._session = None
+            self._link.close()
             replay_stop.set()
             housekeeping.cancel()
             await asyncio.gather(replayer, housekeeping, return_exceptions=True)
@@ -395,49 +381,3 @@ class Ingestor:
                 self._journal.close()
             if self.spool is not None:
                 self.spool.close()
-
-    async def _connect_loop(self, stop: asyncio.Event) -> None:
-        delay = self._reconnect_min_s
-        while not stop.is_set():
-            session: MqttSession | None = None
-            keepalive: asyncio.Task[None] | None = None
-            try:
-                session = await open_session(
-                    self.broker_host, self.broker_port, self.session_options, self._on_publishes
-                )
-                self._conn += 1
-                self._session = session
-                keepalive = asyncio.create_task(session.keepalive())
-                await session.subscribe(self.filters, qos=1)
-                self.stats.connects += 1
-                self.ready.set()
-                delay = self._reconnect_min_s
-                log.info(
-                    "subscribed on %s:%d as %s (MQTT %s%s)", self.broker_host, self.broker_port,
-                    self.session_options.client_id, "5" if session.protocol == 5 else "3.1.1",
-                    f", shared group {self.share_group}" if self.share_group else "",
-                )  # fmt: skip
-                closed = asyncio.create_task(session.wait_closed())
-                stopped = asyncio.create_task(stop.wait())
-                await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                stopped.cancel()
-                if stop.is_set():
-                    closed.cancel()
-                    return  # the session stays open for the last acknowledgements
-                closed.result()
-                raise MqttError("connection closed")
-            except MqttError as exc:
-                self.ready.clear()
-                self.stats.last_error = f"mqtt: {exc}"[:300]
-                if session is not None:
-                    session.close()
-                self._session = None
-                log.warning(
-                    "broker %s:%d: %s; reconnecting in %.1f s", self.broker_host, self.broker_port, exc, delay
-                )
-                if await _wait(stop, delay):
-                    return
-                delay = min(delay * 2, self._reconnect_max_s)
-            finally:
-                if keepalive is not None:
-                    keepalive.cancel()
