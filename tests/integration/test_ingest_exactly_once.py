@@ -61,7 +61,7 @@ def test_duplicated_reordered_and_redelivered_messages_are_stored_exactly_once(
         await proxy.start()
         ingestor = Ingestor(
             LOOPBACK, proxy.port, sink, devices=known, state_dir=tmp_path / "state", batch_max=200,
-            flush_interval_s=0.05, reconnect_min_s=0.1, spool_fsync=False,
+            flush_interval_s=0.05, reconnect_min_s=0.1, spool_fsync=False, health_interval_s=0.5,
         )  # fmt: skip
         stop = asyncio.Event()
         task = asyncio.create_task(ingestor.run(stop))
@@ -105,3 +105,7 @@ def test_duplicated_reordered_and_redelivered_messages_are_stored_exactly_once(
     (series,) = victoria.export('{__name__="meter_power_w",site="site-042"}')
     assert series["values"] == [100.0 + seq for seq in range(PER_DEVICE)]
     assert stats.dead_letters == 1
+    # ... and counted by reason in ingestion's own health points, in the same store.
+    (letters,) = victoria.export('{__name__="ingest_dead_letters_count"}', start=0, end=4_102_444_800)
+    assert letters["metric"] == {"__name__": "ingest_dead_letters_count", "worker": "0", "reason": UNKNOWN_DEVICE}
+    assert letters["values"][-1] == 1  # type: ignore[index]
