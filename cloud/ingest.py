@@ -22,12 +22,13 @@ Memory is bounded by the broker: MQTT 5's Receive Maximum (or the broker's in-fl
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import tendril_wire as wire
 
@@ -61,6 +62,22 @@ log = logging.getLogger("tendril.ingest")
 MessageHook = Callable[[str, str, str, dict[str, Any]], None]
 DEDUP_DIR = "dedup"
 SPOOL_DIR = "spool"
+
+
+class StateDirInUse(RuntimeError):
+    """Another ingestion process holds this state folder (its spool and dedup journal)."""
+
+
+def _lock_state(state_dir: Path) -> IO[bytes]:
+    """An exclusive lock for the process's lifetime: two writers would corrupt the spool. The
+    kernel drops it when the process dies, however it dies."""
+    handle = (state_dir / "lock").open("wb")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StateDirInUse(f"{state_dir} is used by another ingestion process (each needs its own)") from None
+    return handle
 
 
 class Ingestor:
@@ -149,9 +166,11 @@ class Ingestor:
         self._classify = Classifier(devices)
         self._dedup = DedupWindow(dedup_window)
         self._journal: DedupJournal | None = None
+        self._lock: IO[bytes] | None = None
         self.spool: Spool | None = None
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_state(state_dir)
             self._journal = DedupJournal(self._dedup, state_dir / DEDUP_DIR)
             self._journal.load()
             self.spool = Spool(state_dir / SPOOL_DIR, max_bytes=spool_max_bytes, fsync=spool_fsync)
@@ -381,3 +400,6 @@ class Ingestor:
                 self._journal.close()
             if self.spool is not None:
                 self.spool.close()
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None

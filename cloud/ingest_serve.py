@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from cloud.dedup import write_atomic
-from cloud.ingest import Ingestor
+from cloud.ingest import Ingestor, StateDirInUse
 from cloud.ingest_cli import DEFAULT_SHARE_GROUP, ENV_INFLUX_TOKEN, ENV_MQTT_PASSWORD
 from cloud.ingest_devices import KnownDevices
 from cloud.ingest_workers import Supervisor, worker_env
@@ -82,7 +82,21 @@ def serve_worker(
         where = f"embedded store, appending to {args.store_file}"
     if devices is None:
         log.warning("accepting messages from any device id (--accept-any-device)")
-    ingestor = Ingestor(
+    try:
+        ingestor = _ingestor(args, host, port, sink, devices, member, index)
+    except StateDirInUse as exc:
+        print(f"tendril ingest: error: {exc}", file=sys.stderr)
+        return 2
+    log.info("worker %d ingesting from mqtt://%s:%d into %s", index, host, port, where)
+    stats_path = Path(args.stats_file.replace("{worker}", str(index))) if args.stats_file else None
+    asyncio.run(_serve(ingestor, sink, args.stats_interval, stats_path))
+    return 0
+
+
+def _ingestor(
+    args: argparse.Namespace, host: str, port: int, sink: Sink, devices: KnownDevices | None, member: bool, index: int
+) -> Ingestor:
+    return Ingestor(
         host,
         port,
         sink,
@@ -102,10 +116,6 @@ def serve_worker(
         spool_max_bytes=args.spool_max_mb * _MIB,
         spool_fsync=not args.no_fsync,
     )
-    log.info("worker %d ingesting from mqtt://%s:%d into %s", index, host, port, where)
-    stats_path = Path(args.stats_file.replace("{worker}", str(index))) if args.stats_file else None
-    asyncio.run(_serve(ingestor, sink, args.stats_interval, stats_path))
-    return 0
 
 
 async def _serve(ingestor: Ingestor, sink: Sink, stats_interval: float, stats_path: Path | None) -> None:

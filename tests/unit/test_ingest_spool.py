@@ -4,12 +4,13 @@ a restarted ingestor finishes the replay and remembers what it already stored.""
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 import pytest
 import tendril_wire as wire
 
-from cloud.ingest import Ingestor
+from cloud.ingest import Ingestor, StateDirInUse
 from cloud.store import EmbeddedStore, StoreRejected
 
 pytestmark = pytest.mark.unit
@@ -116,7 +117,8 @@ def test_a_restarted_ingestor_replays_the_spool_and_remembers_what_it_stored(tmp
         first.handle(TOPIC, message(seq))
     asyncio.run(first.flush())
     assert (first.stats.written, first.stats.spooled) == (10, 10)
-    del first  # killed: nothing closed, nothing saved at exit
+    del first  # killed: nothing closed, nothing saved at exit (the kernel drops its lock)
+    gc.collect()
 
     store = FlakyStore()
     second = ingestor(store, tmp_path)
@@ -157,3 +159,10 @@ def test_without_a_spool_nothing_is_acknowledged_until_the_store_takes_it() -> N
 
     asyncio.run(scenario())
     assert seqs(store) == list(range(5)) and ing.stats.write_failures >= 2 and ing.pending == 0
+
+
+def test_two_ingestors_cannot_share_a_state_folder(tmp_path: Path) -> None:
+    first = ingestor(FlakyStore(), tmp_path)
+    with pytest.raises(StateDirInUse, match="another ingestion process"):
+        ingestor(FlakyStore(), tmp_path)
+    assert first.spool is not None
