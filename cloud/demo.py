@@ -14,7 +14,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from cloud.demo_summary import DemoSummary, PricePoint, site_result
 from cloud.dispatch import Dispatcher
 from cloud.ingest import Ingestor
 from cloud.ingest_cli import parse_broker_url
+from cloud.ingest_devices import KnownDevices
 from cloud.mqtt_codec import V311
 from cloud.optimizer import schedule_relay
 from cloud.prices import PriceInterval, default_prices, prices_between
@@ -202,7 +203,8 @@ class Services:
             await self.broker.stop()
 
 
-async def _start_services(cfg: DemoConfig, out: Path, on_message: OnMessage, clock: SimClock) -> Services:
+async def _start_services(cfg: DemoConfig, out: Path, on_message: OnMessage, clock: SimClock,
+                         devices: Iterable[tuple[str, str]]) -> Services:
     broker = None
     if cfg.broker:
         host, port = parse_broker_url(cfg.broker)
@@ -220,7 +222,9 @@ async def _start_services(cfg: DemoConfig, out: Path, on_message: OnMessage, clo
     # amqtt neither speaks MQTT 5 nor refuses it cleanly (no CONNACK), so the embedded broker
     # gets 3.1.1 up front; an external broker is offered 5 with fallback.
     protocol = V311 if broker is not None else None
-    ingestor = Ingestor(host, port, sink, clock=clock, on_message=on_message, protocol=protocol)
+    # Only this run's devices are accepted: anything else on the broker is a dead letter.
+    ingestor = Ingestor(host, port, sink, clock=clock, on_message=on_message, protocol=protocol,
+                        devices=KnownDevices(devices), health_interval_s=2.0)
     stop = asyncio.Event()
     task = asyncio.create_task(ingestor.run(stop))
     try:
@@ -285,7 +289,7 @@ async def run_demo(cfg: DemoConfig) -> DemoSummary:
     # node is connected and subscribed before the first tender or command; what the nodes
     # report earlier is stamped before `start` and left out of the summary.
     clock = SimClock(sim_origin=start, speed=cfg.speed, real_origin=time.time() + STARTUP_S)
-    services = await _start_services(cfg, out, on_message, clock)
+    services = await _start_services(cfg, out, on_message, clock, keys)
     wall0 = time.monotonic()
     try:
         for site in sites:
