@@ -10,78 +10,59 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn, TypeVar
 
 import pytest
 
 from hil import servers
 
 REQUIRE = os.environ.get("TENDRIL_REQUIRE_SERVERS") == "1"
+S = TypeVar("S", bound=servers.Server)
 
 
-def _start(kind: str, workdir: Path) -> servers.Server:
+def missing(exc: Exception) -> NoReturn:
+    """A real part is not installed: skip on a laptop, fail under CI."""
+    if REQUIRE:
+        pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
+    pytest.skip(str(exc))
+
+
+def _serve(start: Callable[[Path], S], prefix: str) -> Iterator[S]:
+    """Body of every server fixture: a private folder, the server, then both removed."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        if kind == "mosquitto":
-            return servers.start_mosquitto(workdir)
-        return servers.start_victoria_metrics(workdir)
+        server = start(workdir)
     except servers.ServerUnavailable as exc:
-        if REQUIRE:
-            pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
-        pytest.skip(str(exc))
+        shutil.rmtree(workdir, ignore_errors=True)
+        missing(exc)
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture()
 def mosquitto() -> Iterator[servers.Mosquitto]:
     """A fresh Mosquitto per test: tests may stop and restart it."""
-    workdir = Path(tempfile.mkdtemp(prefix="tendril-mosquitto-"))
-    server = _start("mosquitto", workdir)
-    assert isinstance(server, servers.Mosquitto)
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    yield from _serve(servers.start_mosquitto, "tendril-mosquitto-")
 
 
 @pytest.fixture()
 def victoria() -> Iterator[servers.VictoriaMetrics]:
-    workdir = Path(tempfile.mkdtemp(prefix="tendril-vm-"))
-    server = _start("victoria-metrics", workdir)
-    assert isinstance(server, servers.VictoriaMetrics)
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    yield from _serve(servers.start_victoria_metrics, "tendril-vm-")
 
 
 @pytest.fixture()
 def influxdb1() -> Iterator[servers.InfluxDB1]:
     """A fresh InfluxDB 1.6 per test (Debian package `influxdb`): `/write` and InfluxQL `/query`."""
-    workdir = Path(tempfile.mkdtemp(prefix="tendril-influxdb1-"))
-    try:
-        server = servers.start_influxdb1(workdir)
-    except servers.ServerUnavailable as exc:
-        shutil.rmtree(workdir, ignore_errors=True)
-        if REQUIRE:
-            pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
-        pytest.skip(str(exc))
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    yield from _serve(servers.start_influxdb1, "tendril-influxdb1-")
 
 
 @pytest.fixture()
 def postgres() -> Iterator[servers.Postgres]:
     """A fresh PostgreSQL cluster per test, database `tendril`; `.url` is a SQLAlchemy URL."""
-    workdir = Path(tempfile.mkdtemp(prefix="tendril-pg-"))
-    try:
-        server = servers.start_postgres(workdir)
-    except servers.ServerUnavailable as exc:
-        shutil.rmtree(workdir, ignore_errors=True)
-        if REQUIRE:
-            pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
-        pytest.skip(str(exc))
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+    yield from _serve(servers.start_postgres, "tendril-pg-")
 
 
 def micropython_binary() -> str:
@@ -90,10 +71,7 @@ def micropython_binary() -> str:
     try:
         return find_micropython()
     except MicroPythonNotFound as exc:
-        if REQUIRE:
-            pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
-        pytest.skip(str(exc))
-    raise AssertionError("unreachable")
+        missing(exc)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -119,7 +97,15 @@ def mosquitto_binary() -> str:
     try:
         return servers.find_binary("mosquitto", "mosquitto")
     except servers.ServerUnavailable as exc:
-        if REQUIRE:
-            pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
-        pytest.skip(str(exc))
-    raise AssertionError("unreachable")
+        missing(exc)
+
+
+@pytest.fixture(scope="session")
+def mpy_cross() -> str:
+    """Path of mpy-cross, for tests that run the firmware precompiled as deployed."""
+    from edge.firmware_process import MpyCrossNotFound, find_mpy_cross
+
+    try:
+        return find_mpy_cross()
+    except MpyCrossNotFound as exc:
+        missing(exc)

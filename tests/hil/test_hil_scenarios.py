@@ -4,13 +4,11 @@ real pty and a real Mosquitto; and a deliberately broken build that the bench mu
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from edge.firmware_process import MpyCrossNotFound, find_mpy_cross
 from hil.record import FAIL, PASS, RunRecord
 from hil.report import write_report
 from hil.runner import RunOptions, run_scenario
@@ -76,14 +74,10 @@ def test_broken_build_without_min_off_time_fails_anti_short_cycle(
     assert "[300, +inf] s" in failure.get("message", "")
 
 
-def test_store_and_forward_in_an_esp32_sized_heap(tmp_path: Path, mosquitto: Mosquitto, micropython: str) -> None:
+def test_store_and_forward_in_an_esp32_sized_heap(
+    tmp_path: Path, mosquitto: Mosquitto, micropython: str, mpy_cross: str
+) -> None:
     """The firmware precompiled (as deployed) in a 52K-word heap still delivers every seq of a 10-minute cut."""
-    try:
-        find_mpy_cross()
-    except MpyCrossNotFound as exc:
-        if os.environ.get("TENDRIL_REQUIRE_SERVERS") == "1":
-            pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
-        pytest.skip(str(exc))
     scenario = load_scenario(SCENARIO_DIR / "store_and_forward.yaml")
     options = RunOptions(device="unix", broker_port=mosquitto.port, heapsize="52wK")
     record = run_scenario(scenario, tmp_path / "small-heap", options)

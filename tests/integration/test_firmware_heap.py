@@ -20,10 +20,6 @@ from edge.clock import SimClock
 from edge.firmware_process import (
     FirmwareConfig,
     FirmwareProcess,
-    MicroPythonNotFound,
-    MpyCrossNotFound,
-    find_micropython,
-    find_mpy_cross,
 )
 from hil.servers import LOOPBACK, Mosquitto
 
@@ -36,12 +32,9 @@ HOUR = 3600.0
 WAIT_S = 60.0
 
 
-def test_one_simulated_hour_in_an_esp32_sized_heap(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    try:
-        find_micropython()
-        find_mpy_cross()
-    except (MicroPythonNotFound, MpyCrossNotFound) as exc:
-        pytest.skip(str(exc))
+def test_one_simulated_hour_in_an_esp32_sized_heap(
+    mosquitto: Mosquitto, tmp_path: Path, micropython: str, mpy_cross: str
+) -> None:
     key = secrets.token_bytes(32)
     power = tmp_path / "site.power"
     power.write_text("3200")

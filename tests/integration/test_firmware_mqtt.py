@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import queue
 import secrets
 import signal
@@ -19,7 +18,7 @@ import tendril_wire as tw
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.clock import SimClock
-from edge.firmware_process import FirmwareConfig, FirmwareProcess, MicroPythonNotFound, find_micropython
+from edge.firmware_process import FirmwareConfig, FirmwareProcess
 from hil.servers import LOOPBACK, Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware]
@@ -80,13 +79,7 @@ class Collector:
 
 
 @pytest.fixture()
-def start_node(tmp_path: Path) -> Iterator[Callable[..., FirmwareProcess]]:
-    try:
-        find_micropython()
-    except MicroPythonNotFound as exc:
-        if os.environ.get("TENDRIL_REQUIRE_SERVERS") == "1":
-            pytest.fail(f"TENDRIL_REQUIRE_SERVERS=1 but {exc}")
-        pytest.skip(str(exc))
+def start_node(tmp_path: Path, micropython: str) -> Iterator[Callable[..., FirmwareProcess]]:
     started: list[FirmwareProcess] = []
 
     def start(config: FirmwareConfig, clock_env: str | None = None) -> FirmwareProcess:

@@ -22,8 +22,8 @@ import tendril_wire as tw
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.clock import SimClock
-from edge.firmware_process import FirmwareConfig, FirmwareProcess, MicroPythonNotFound, find_micropython
-from hil.servers import LOOPBACK, Mosquitto, ServerUnavailable, start_mosquitto
+from edge.firmware_process import FirmwareConfig, FirmwareProcess
+from hil.servers import LOOPBACK, Mosquitto, start_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware]
 
@@ -45,25 +45,14 @@ def split_runs(seqs: list[int]) -> tuple[list[int], list[int]]:
 
 
 @pytest.fixture()
-def persistent_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+def persistent_mosquitto(tmp_path: Path, mosquitto_binary: str) -> Iterator[Mosquitto]:
     workdir = tmp_path / "broker"
     workdir.mkdir()
-    try:
-        server = start_mosquitto(
-            workdir, f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\nuser root\n"
-        )
-    except ServerUnavailable as exc:
-        pytest.skip(str(exc))
+    server = start_mosquitto(
+        workdir, f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\nuser root\n"
+    )
     yield server
     server.stop()
-
-
-@pytest.fixture()
-def micropython_ok() -> None:
-    try:
-        find_micropython()
-    except MicroPythonNotFound as exc:
-        pytest.skip(str(exc))
 
 
 class Observer:
@@ -120,7 +109,7 @@ def meter_config(port: int, power_file: Path, **extra: object) -> FirmwareConfig
 
 @pytest.mark.parametrize("cut", ["broker", "wifi"])
 def test_outage_of_60_device_seconds_loses_and_repeats_nothing(
-    persistent_mosquitto: Mosquitto, tmp_path: Path, micropython_ok: None, cut: str,
+    persistent_mosquitto: Mosquitto, tmp_path: Path, micropython: str, cut: str,
 ) -> None:
     broker = persistent_mosquitto
     power_file = tmp_path / "site.power"
@@ -184,7 +173,7 @@ def test_outage_of_60_device_seconds_loses_and_repeats_nothing(
 
 
 def test_seq_continues_after_a_power_cut(
-    mosquitto: Mosquitto, tmp_path: Path, micropython_ok: None,
+    mosquitto: Mosquitto, tmp_path: Path, micropython: str,
 ) -> None:
     power_file = tmp_path / "site.power"
     power_file.write_text("100")

@@ -18,7 +18,7 @@ import pytest
 import tendril_wire as tw
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.firmware_process import FirmwareConfig, FirmwareProcess, MicroPythonNotFound, find_micropython
+from edge.firmware_process import FirmwareConfig, FirmwareProcess
 from hil.servers import LOOPBACK, Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware]
@@ -67,11 +67,7 @@ class Watcher:
 
 
 @pytest.fixture()
-def node(tmp_path: Path) -> Iterator[Callable[[FirmwareConfig], FirmwareProcess]]:
-    try:
-        find_micropython()
-    except MicroPythonNotFound as exc:
-        pytest.skip(str(exc))
+def node(tmp_path: Path, micropython: str) -> Iterator[Callable[[FirmwareConfig], FirmwareProcess]]:
     started: list[FirmwareProcess] = []
 
     def start(config: FirmwareConfig) -> FirmwareProcess:
