@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import aiomqtt
@@ -80,18 +80,11 @@ class Counters:
     solve_s: list[float] = field(default_factory=list)
 
 
-def _rt_prices(start: float, end: float) -> list[PriceInterval]:
-    rt = prices_between(default_prices("RTM"), start, end)
-    if not rt:
-        raise ValueError("no real-time prices in the bundled data for this window (March 2024 only)")
-    return rt
-
-
-def _da_prices(start: float, end: float) -> list[PriceInterval]:
-    da = prices_between(default_prices("DAM"), start, end)
-    if not da:
-        raise ValueError("no day-ahead prices in the bundled data for this window (March 2024 only)")
-    return da
+def _bundled_prices(market: Literal["DAM", "RTM"], start: float, end: float) -> list[PriceInterval]:
+    found = prices_between(default_prices(market), start, end)
+    if not found:
+        raise ValueError(f"no {market} prices in the bundled data for this window (March 2024 only)")
+    return found
 
 
 async def _publish(client: aiomqtt.Client, topic: str, payload: bytes) -> None:
@@ -259,8 +252,8 @@ async def _publish_day_ahead(client: aiomqtt.Client, sites: list[DemoSite], da: 
 async def run_demo(cfg: DemoConfig) -> DemoSummary:
     start = cfg.sim_start()
     end = start + cfg.hours * HOUR
-    da = _da_prices(start, end)
-    rt = _rt_prices(start, end)
+    da = _bundled_prices("DAM", start, end)
+    rt = _bundled_prices("RTM", start, end)
     tconf = TenderConfig()
     out = cfg.out.resolve()
     if out.exists():

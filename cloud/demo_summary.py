@@ -71,13 +71,23 @@ class DemoSummary:
         return "\n".join(lines)
 
 
+class _PriceLookup:
+    """Bisect over tender starts, built once per price list rather than once per reading."""
+
+    def __init__(self, prices: Sequence[PricePoint]) -> None:
+        if not prices:
+            raise ValueError("no tender prices to price energy with")
+        self._prices = prices
+        self._starts = [p.start for p in prices]
+
+    def at(self, t: float) -> float:
+        i = bisect.bisect_right(self._starts, t) - 1
+        return self._prices[max(i, 0)].buy_usd_per_kwh
+
+
 def price_at(prices: Sequence[PricePoint], t: float) -> float:
     """The buy price in force at t; outside the tendered range the nearest tender's price."""
-    if not prices:
-        raise ValueError("no tender prices to price energy with")
-    starts = [p.start for p in prices]
-    i = bisect.bisect_right(starts, t) - 1
-    return prices[max(i, 0)].buy_usd_per_kwh
+    return _PriceLookup(prices).at(t)
 
 
 def energy_cost(readings: Sequence[tuple[float, float]], prices: Sequence[PricePoint]) -> tuple[float, float]:
@@ -86,12 +96,15 @@ def energy_cost(readings: Sequence[tuple[float, float]], prices: Sequence[PriceP
     Readings are sorted by time first: store-and-forward replays may arrive late.
     """
     ordered = sorted(readings)
+    if len(ordered) < 2:
+        return 0.0, 0.0
+    lookup = _PriceLookup(prices)
     kwh = 0.0
     cost = 0.0
     for (t0, e0), (_t1, e1) in itertools.pairwise(ordered):
         step_kwh = max(0.0, e1 - e0) / 1000.0  # a meter reset never bills negative energy
         kwh += step_kwh
-        cost += step_kwh * price_at(prices, t0)
+        cost += step_kwh * lookup.at(t0)
     return kwh, cost
 
 

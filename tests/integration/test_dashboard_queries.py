@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from cloud.demo import HOUR, Counters, DemoConfig, _da_prices, _plan, _rt_prices, run_demo
+from cloud.demo import HOUR, Counters, DemoConfig, _bundled_prices, _plan, run_demo
 from cloud.demo_fleet import make_sites
 from cloud.demo_market import demo_market_lines
 from cloud.demo_report import write_report
@@ -57,7 +57,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory, micropython: str) -> Stored
     end = start + cfg.hours * HOUR
     # The market side as the demo planned it (same inputs, same optimizer). If the demo already
     # stored these points, writing them again is a no-op: InfluxDB keys a point by series and time.
-    da, rt = _da_prices(start, end), _rt_prices(start, end)
+    da, rt = _bundled_prices("DAM", start, end), _bundled_prices("RTM", start, end)
     sites = make_sites(cfg.sites, tmp_path_factory.mktemp("plan"), start, cfg.pump_kw * 1000.0)
     _plan(sites, da, TenderConfig(), cfg, Counters())
     store = EmbeddedStore()
