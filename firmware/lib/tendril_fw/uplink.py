@@ -184,9 +184,16 @@ class Uplink:
     async def _send(self, client):
         # type: (MQTTClient) -> None
         monotonic = self.board.monotonic
+        link_up = getattr(self.board, "link_up", None)
         try:
             while True:
                 self._wake.clear()
+                # A publish never starts on a link already known to be down: between two polls
+                # of the link watcher it could reach the broker while its PUBACK is lost with the
+                # session, and the record would then be sent twice.
+                if link_up is not None and not link_up():
+                    client.abort("Wi-Fi link down")
+                    return
                 # Each turn takes at most one idle wait (keepalive) or one publish with retries.
                 self._alive(self.cfg["keepalive_s"] + self.cfg["ack_timeout_s"] * 4 + 10.0)
                 if self._acks:
