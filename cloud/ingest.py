@@ -123,6 +123,7 @@ class Ingestor:
         stop_timeout_s: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
         cpu: Callable[[], float] = time.process_time,
+        retire: bool = False,
     ) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
@@ -158,7 +159,7 @@ class Ingestor:
         self._link = BrokerLink(
             broker_host, broker_port, options, self.filters, self._on_publishes, self.stats,
             reconnect_min_s=reconnect_min_s, reconnect_max_s=reconnect_max_s,
-            label=f", shared group {share_group}" if share_group else "",
+            label=f", shared group {share_group}" if share_group else "", retire=retire,
         )  # fmt: skip
         self.ready = self._link.ready
         self.lag_total = LagHistogram()
@@ -403,3 +404,39 @@ class Ingestor:
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
+
+    async def drain(self, quiet_s: float = 1.0, stall_s: float = 60.0) -> bool:
+        """Retire this worker (constructed with `retire=True`): take what the broker still holds
+        in its session, replay its spool, store all of it, erase the session, return True. Done
+        means: unsubscribed, no message for `quiet_s`, nothing pending, the spool empty. False if
+        nothing moved for `stall_s` before that (store or broker down): the state is kept."""
+        stop = asyncio.Event()
+        drained = False
+
+        async def watch() -> None:
+            nonlocal drained
+            progress: tuple[int, int, int] = (-1, -1, -1)
+            moved = quiet_since = self._monotonic()
+            while self._monotonic() - moved < stall_s:
+                await asyncio.sleep(0.1)
+                now = self._monotonic()
+                stats = self.stats
+                if stats.received != progress[0]:
+                    quiet_since = now
+                if (stats.received, stats.written, stats.replayed) != progress:
+                    progress, moved = (stats.received, stats.written, stats.replayed), now
+                spool_empty = self.spool is None or self.spool.empty
+                if (self._link.unsubscribed.is_set() and now - quiet_since >= quiet_s and self._pending == 0
+                        and not self._closed and spool_empty):  # fmt: skip
+                    drained = True
+                    break
+            stop.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self.run(stop)
+        finally:
+            watcher.cancel()
+        if drained:
+            await self._link.forget_session()
+        return drained

@@ -37,7 +37,8 @@ ${ENV_REGISTRY}) are accepted; the registry is re-read when it changes.
 
 Scale-out: --workers N starts N processes in the MQTT shared subscription
 $share/{DEFAULT_SHARE_GROUP}/...; several hosts can join the same group with --share-group.
-See docs/ingest.md.
+Starting with fewer workers than last time (or as one process) first drains and removes the
+old workers' broker sessions and spools, so nothing stays stranded. See docs/ingest.md.
 
 Without --influx-url (or ${ENV_INFLUX_URL}) points go to an embedded store that appends
 line protocol to --store-file; import it later with
@@ -219,5 +220,5 @@ def run_ingest(args: argparse.Namespace) -> int:
     from cloud import ingest_serve  # the event loop, the store client: only when actually serving
 
     if args.workers > 1 and args.worker_index is None:
-        return ingest_serve.supervise(args)
+        return ingest_serve.supervise(args, host, port, influx_url, devices)
     return ingest_serve.serve_worker(args, host, port, influx_url, devices)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 from cloud.ingest_health import IngestStats
@@ -37,6 +38,7 @@ class BrokerLink:
         reconnect_min_s: float,
         reconnect_max_s: float,
         label: str = "",
+        retire: bool = False,
     ) -> None:
         self.host, self.port, self.options, self.filters = host, port, options, filters
         self._on_publishes = on_publishes
@@ -44,6 +46,10 @@ class BrokerLink:
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._label = label
+        # Retiring: unsubscribe instead of subscribing, so the broker stops routing new messages
+        # to this (persistent) session while what it already queued for us still arrives.
+        self.retire = retire
+        self.unsubscribed = asyncio.Event()
         self.ready = asyncio.Event()
         self.session: MqttSession | None = None
         self.conn = 0  # number of the current connection
@@ -87,12 +93,17 @@ class BrokerLink:
                 self.conn += 1
                 self.session = session
                 keepalive = asyncio.create_task(session.keepalive())
-                await session.subscribe(self.filters, qos=1)
+                if self.retire:
+                    await session.unsubscribe(self.filters)
+                    self.unsubscribed.set()
+                else:
+                    await session.subscribe(self.filters, qos=1)
                 self._stats.connects += 1
                 self.ready.set()
                 delay = self._reconnect_min_s
-                log.info("subscribed on %s:%d as %s (MQTT %s%s)", self.host, self.port, self.options.client_id,
-                         "5" if session.protocol == 5 else "3.1.1", self._label)  # fmt: skip
+                log.info("%s on %s:%d as %s (MQTT %s%s)", "unsubscribed, draining" if self.retire else "subscribed",
+                         self.host, self.port, self.options.client_id, "5" if session.protocol == 5 else "3.1.1",
+                         self._label)  # fmt: skip
                 closed = asyncio.create_task(session.wait_closed())
                 stopped = asyncio.create_task(stop.wait())
                 await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -104,6 +115,7 @@ class BrokerLink:
                 raise MqttError("connection closed")
             except MqttError as exc:
                 self.ready.clear()
+                self.unsubscribed.clear()
                 self._stats.last_error = f"mqtt: {exc}"[:300]
                 if session is not None:
                     session.close()
@@ -115,3 +127,10 @@ class BrokerLink:
             finally:
                 if keepalive is not None:
                     keepalive.cancel()
+
+    async def forget_session(self) -> None:
+        """Make the broker drop this client id's session: connect with a clean start and an
+        expiry of 0 (v5), which discards the old one, then disconnect."""
+        options = dataclasses.replace(self.options, clean_start=True, session_expiry_s=0)
+        session = await open_session(self.host, self.port, options, lambda _publishes: None)
+        session.close()

@@ -17,6 +17,7 @@ from cloud.dedup import write_atomic
 from cloud.ingest import Ingestor, StateDirInUse
 from cloud.ingest_cli import DEFAULT_SHARE_GROUP, ENV_INFLUX_TOKEN, ENV_MQTT_PASSWORD
 from cloud.ingest_devices import KnownDevices
+from cloud.ingest_retire import Identity, existing, plan, retire, wanted, write_identity
 from cloud.ingest_workers import Supervisor, worker_env
 from cloud.mqtt_codec import V5, V311
 from cloud.store import EmbeddedStore, InfluxSink, Sink
@@ -56,7 +57,10 @@ def worker_argv(args: argparse.Namespace, index: int) -> list[str]:
     return argv
 
 
-def supervise(args: argparse.Namespace) -> int:
+def supervise(args: argparse.Namespace, host: str, port: int, influx_url: str | None,
+              devices: KnownDevices | None) -> int:
+    if not retire_stale(args, host, port, influx_url, devices):
+        return 1
     env = worker_env({ENV_MQTT_PASSWORD: args.password, ENV_INFLUX_TOKEN: args.influx_token})
     group = args.share_group or DEFAULT_SHARE_GROUP
     log.info("starting %d ingestion workers in shared subscription group %s", args.workers, group)
@@ -66,27 +70,78 @@ def supervise(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ one worker
 
 
+def _identities(args: argparse.Namespace) -> dict[str, Identity]:
+    member = args.workers > 1 or args.worker_index is not None
+    group = args.share_group or (DEFAULT_SHARE_GROUP if member else None)
+    return wanted(args.client_id, args.workers, member, group)
+
+
+def _sink(args: argparse.Namespace, influx_url: str | None) -> tuple[Sink, str]:
+    if influx_url:
+        token = args.influx_token or os.environ.get(ENV_INFLUX_TOKEN)
+        sink = InfluxSink(influx_url, token, args.influx_org, args.influx_bucket)
+        return sink, f"{influx_url} org={args.influx_org} bucket={args.influx_bucket}"
+    # Nobody queries this process: keep the file only, so memory stays flat.
+    return EmbeddedStore(args.store_file, memory=False), f"embedded store, appending to {args.store_file}"
+
+
+def retire_stale(
+    args: argparse.Namespace, host: str, port: int, influx_url: str | None, devices: KnownDevices | None
+) -> bool:
+    """Before the workers start: drain and remove what workers of an earlier, larger (or
+    differently named) run left behind (cloud/ingest_retire.py). False if one could not be."""
+    want = _identities(args)
+    found = existing(args.state_dir)
+    for name, ident in found.items():
+        if ident is None and name not in want:
+            log.warning("%s has no identity record (written since 0.1.0 by every worker): not retired; if it "
+                        "holds a spool, start a worker with that folder to drain it", args.state_dir / name)
+    todo = plan(found, want)
+    if not todo:
+        return True
+
+    def drain(folder: Path, ident: Identity) -> tuple[bool, int, int]:
+        async def go() -> tuple[bool, int, int]:
+            sink, _where = _sink(args, influx_url)
+            try:
+                ingestor = _ingestor(args, host, port, sink, devices, ident, folder, retire=True)
+                drained = await ingestor.drain()
+                return drained, ingestor.stats.received, ingestor.stats.replayed
+            finally:
+                await sink.close()
+
+        return asyncio.run(go())
+
+    try:
+        results = retire(args.state_dir, todo, want, drain)
+    except StateDirInUse as exc:
+        print(f"tendril ingest: error: cannot retire an old worker's folder: {exc}", file=sys.stderr)
+        return False
+    if all(r.drained for r in results):
+        return True
+    print("tendril ingest: error: could not drain every retired worker's session and spool (is the store "
+          "reachable?); nothing was deleted, start again to retry", file=sys.stderr)
+    return False
+
+
 def serve_worker(
     args: argparse.Namespace, host: str, port: int, influx_url: str | None, devices: KnownDevices | None
 ) -> int:
     member = args.worker_index is not None
     index = args.worker_index if member else 0
-    sink: Sink
-    if influx_url:
-        token = args.influx_token or os.environ.get(ENV_INFLUX_TOKEN)
-        sink = InfluxSink(influx_url, token, args.influx_org, args.influx_bucket)
-        where = f"{influx_url} org={args.influx_org} bucket={args.influx_bucket}"
-    else:
-        # Nobody queries this process: keep the file only, so memory stays flat.
-        sink = EmbeddedStore(args.store_file, memory=False)
-        where = f"embedded store, appending to {args.store_file}"
+    if not member and not retire_stale(args, host, port, influx_url, devices):
+        return 1
+    sink, where = _sink(args, influx_url)
     if devices is None:
         log.warning("accepting messages from any device id (--accept-any-device)")
+    name = f"w{index}"
+    identity = _identities(args)[name]
     try:
-        ingestor = _ingestor(args, host, port, sink, devices, member, index)
+        ingestor = _ingestor(args, host, port, sink, devices, identity, args.state_dir / name)
     except StateDirInUse as exc:
         print(f"tendril ingest: error: {exc}", file=sys.stderr)
         return 2
+    write_identity(args.state_dir / name, identity)  # so a later, smaller run can retire this one
     log.info("worker %d ingesting from mqtt://%s:%d into %s", index, host, port, where)
     stats_path = Path(args.stats_file.replace("{worker}", str(index))) if args.stats_file else None
     asyncio.run(_serve(ingestor, sink, args.stats_interval, stats_path))
@@ -94,27 +149,29 @@ def serve_worker(
 
 
 def _ingestor(
-    args: argparse.Namespace, host: str, port: int, sink: Sink, devices: KnownDevices | None, member: bool, index: int
+    args: argparse.Namespace, host: str, port: int, sink: Sink, devices: KnownDevices | None, identity: Identity,
+    state_dir: Path, retire: bool = False,
 ) -> Ingestor:
     return Ingestor(
         host,
         port,
         sink,
-        client_id=f"{args.client_id}-{index}" if member else args.client_id,
+        client_id=identity.client_id,
         username=args.username,
         password=args.password or os.environ.get(ENV_MQTT_PASSWORD),
         batch_max=args.batch_max,
         flush_interval_s=args.flush_interval,
         devices=devices,
-        state_dir=args.state_dir / f"w{index}",
-        share_group=args.share_group or (DEFAULT_SHARE_GROUP if member else None),
-        worker=str(index),
-        health_interval_s=args.health_interval or None,
+        state_dir=state_dir,
+        share_group=identity.share_group,
+        worker=state_dir.name[1:],
+        health_interval_s=None if retire else (args.health_interval or None),
         dedup_window=args.dedup_window,
         protocol=_PROTOCOLS[args.mqtt_version],
         receive_maximum=args.receive_maximum,
         spool_max_bytes=args.spool_max_mb * _MIB,
         spool_fsync=not args.no_fsync,
+        retire=retire,
     )
 
 

@@ -4,9 +4,10 @@ Why not a library: ingestion acknowledges a message only once it is durable, in 
 parses thousands of PUBLISH packets per read. paho (a callback and a lock per message, ~20 us)
 or aiomqtt (~40 us, MEASURED.md) would cost more than the rest of the pipeline together.
 
-Only what a subscriber needs: CONNECT/CONNACK, SUBSCRIBE/SUBACK, PUBLISH (QoS 0/1, both ways),
-PUBACK, PINGREQ/PINGRESP, DISCONNECT. Properties received from a v5 broker are skipped, except
-in CONNACK where the broker's Receive Maximum bounds our own publishes.
+Only what a subscriber needs: CONNECT/CONNACK, SUBSCRIBE/SUBACK, UNSUBSCRIBE/UNSUBACK (retiring
+a worker), PUBLISH (QoS 0/1, both ways), PUBACK, PINGREQ/PINGRESP, DISCONNECT. Properties received
+from a v5 broker are skipped, except in CONNACK where the broker's Receive Maximum bounds our own
+publishes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ PUBLISH = 3
 PUBACK = 4
 SUBSCRIBE = 8
 SUBACK = 9
+UNSUBSCRIBE = 10
+UNSUBACK = 11
 PINGREQ = 12
 PINGRESP = 13
 DISCONNECT = 14
@@ -118,6 +121,15 @@ def subscribe(packet_id: int, filters: list[str], qos: int, protocol: int) -> by
     for topic_filter in filters:
         body += _string(topic_filter) + bytes([qos])
     return _packet((SUBSCRIBE << 4) | 0x02, body)
+
+
+def unsubscribe(packet_id: int, filters: list[str], protocol: int) -> bytes:
+    body = packet_id.to_bytes(2, "big")
+    if protocol == V5:
+        body += b"\x00"
+    for topic_filter in filters:
+        body += _string(topic_filter)
+    return _packet((UNSUBSCRIBE << 4) | 0x02, body)
 
 
 def publish(topic: str, payload: bytes, *, qos: int, packet_id: int, protocol: int, retain: bool = False) -> bytes:
@@ -226,6 +238,16 @@ def parse_suback(body: bytes, protocol: int) -> SubAck:
         raise MqttProtocolError("SUBACK too short")
     pos = 2
     if protocol == V5:
+        _, pos = _properties(body, 2)
+    return SubAck(int.from_bytes(body[:2], "big"), tuple(body[pos:]))
+
+
+def parse_unsuback(body: bytes, protocol: int) -> SubAck:
+    """UNSUBACK: v5 carries a reason code per filter (>= 0x80 on failure); v3.1.1 none."""
+    if len(body) < 2:
+        raise MqttProtocolError("UNSUBACK too short")
+    pos = 2
+    if protocol == V5 and len(body) > 2:
         _, pos = _properties(body, 2)
     return SubAck(int.from_bytes(body[:2], "big"), tuple(body[pos:]))
 

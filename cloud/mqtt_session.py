@@ -67,7 +67,7 @@ class MqttSession(asyncio.Protocol):
         self._closed: asyncio.Future[None] = loop.create_future()
         # Nobody may be waiting when the connection drops; the owner learns of it from is_open.
         self._closed.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._subacks: dict[int, asyncio.Future[codec.SubAck]] = {}
+        self._subacks: dict[int, asyncio.Future[codec.SubAck]] = {}  # SUBACK and UNSUBACK waiters
         self._outgoing: set[int] = set()  # our QoS 1 publishes awaiting PUBACK
         self._next_id = 0
         self._broker_receive_maximum = 65535
@@ -137,8 +137,9 @@ class MqttSession(asyncio.Protocol):
                 self._connack.set_result(connack)
         elif packet.kind == codec.PUBACK:
             self._outgoing.discard(codec.packet_id_of(packet.body))
-        elif packet.kind == codec.SUBACK:
-            suback = codec.parse_suback(packet.body, self.protocol)
+        elif packet.kind in (codec.SUBACK, codec.UNSUBACK):
+            parse = codec.parse_suback if packet.kind == codec.SUBACK else codec.parse_unsuback
+            suback = parse(packet.body, self.protocol)
             waiter = self._subacks.pop(suback.packet_id, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(suback)
@@ -175,6 +176,20 @@ class MqttSession(asyncio.Protocol):
         refused = [f for f, code in zip(filters, suback.codes, strict=False) if code >= 0x80]
         if refused or len(suback.codes) != len(filters):
             raise MqttError(f"broker refused subscription to {refused or filters}: codes {suback.codes}")
+
+    async def unsubscribe(self, filters: list[str], timeout_s: float = 10.0) -> None:
+        """Stop the broker routing these filters to us (messages already queued still arrive)."""
+        packet_id = self._take_id()
+        waiter: asyncio.Future[codec.SubAck] = asyncio.get_running_loop().create_future()
+        self._subacks[packet_id] = waiter
+        self._write(codec.unsubscribe(packet_id, filters, self.protocol))
+        try:
+            unsuback = await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            raise MqttError(f"no UNSUBACK within {timeout_s} s") from None
+        refused = [f for f, code in zip(filters, unsuback.codes, strict=False) if code >= 0x80]
+        if refused:
+            raise MqttError(f"broker refused to unsubscribe {refused}: codes {unsuback.codes}")
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
         """Fire and forget (QoS 1 retried by nobody); False if too many are still unacknowledged."""

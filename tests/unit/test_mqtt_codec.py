@@ -52,6 +52,16 @@ def test_subscribe_and_pubacks() -> None:
     assert codec.pubacks([1, 258]) == b"\x40\x02\x00\x01\x40\x02\x01\x02"
 
 
+def test_unsubscribe_and_unsuback() -> None:
+    # 3.1.1 §3.10: fixed header 0xA2, packet id, then each filter as a length-prefixed string.
+    assert codec.unsubscribe(7, ["a/+", "$share/g/b"], V311) == b"\xa2\x13\x00\x07\x00\x03a/+\x00\x0a$share/g/b"
+    assert codec.unsubscribe(7, ["a"], V5) == b"\xa2\x06\x00\x07\x00\x00\x01a"  # 5.0: empty properties
+    assert codec.parse_unsuback(b"\x00\x07", V311) == codec.SubAck(7, ())  # 3.1.1 UNSUBACK has no codes
+    assert codec.parse_unsuback(b"\x00\x07\x00\x00\x11", V5) == codec.SubAck(7, (0x00, 0x11))
+    with pytest.raises(MqttProtocolError, match="UNSUBACK too short"):
+        codec.parse_unsuback(b"\x00", V311)
+
+
 def test_connack_and_suback_with_v5_properties() -> None:
     ack = codec.parse_connack(b"\x01\x00\x05\x21\x00\x14\x24\x01", V5)  # receive max 20, maximum QoS 1
     assert (ack.session_present, ack.code, ack.receive_maximum) == (True, 0, 20)
