@@ -234,18 +234,17 @@ def parse_connack(body: bytes, protocol: int) -> ConnAck:
 
 
 def parse_suback(body: bytes, protocol: int) -> SubAck:
-    if len(body) < 3:
-        raise MqttProtocolError("SUBACK too short")
-    pos = 2
-    if protocol == V5:
-        _, pos = _properties(body, 2)
-    return SubAck(int.from_bytes(body[:2], "big"), tuple(body[pos:]))
+    return _parse_acks(body, protocol, "SUBACK", 3)
 
 
 def parse_unsuback(body: bytes, protocol: int) -> SubAck:
     """UNSUBACK: v5 carries a reason code per filter (>= 0x80 on failure); v3.1.1 none."""
-    if len(body) < 2:
-        raise MqttProtocolError("UNSUBACK too short")
+    return _parse_acks(body, protocol, "UNSUBACK", 2)
+
+
+def _parse_acks(body: bytes, protocol: int, what: str, min_len: int) -> SubAck:
+    if len(body) < min_len:
+        raise MqttProtocolError(f"{what} too short")
     pos = 2
     if protocol == V5 and len(body) > 2:
         _, pos = _properties(body, 2)

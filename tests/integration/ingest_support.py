@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud.device_registry import Registry
 from hil.servers import LOOPBACK, VictoriaMetrics
 
 TIMEOUT_S = 60.0
@@ -49,6 +53,26 @@ def fleet(sites: int) -> list[tuple[str, str, str]]:
     for i in range(sites):
         out += [(f"site-{i:03d}", "meter", wire.DEVICE_METER), (f"site-{i:03d}", "pump", wire.DEVICE_RELAY)]
     return out
+
+
+def registered_fleet(sites: int, registry_root: Path) -> list[tuple[str, str, str]]:
+    """`fleet(sites)`, each device added to a fresh registry at `registry_root`."""
+    devices = fleet(sites)
+    registry = Registry(registry_root)
+    for site, device, kind in devices:
+        registry.add(site, device, kind)
+    return devices
+
+
+def stop_ingest(proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    """SIGTERM a `tendril ingest` process; it must commit and exit 0 within a minute."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert code == 0, log_path.read_text()[-3000:]
 
 
 def readings(devices: list[tuple[str, str, str]], per_device: int, base_ms: int, step_ms: int = 10_000) -> list[Sent]:

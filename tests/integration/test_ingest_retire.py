@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -17,10 +16,17 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from ingest_support import Publisher, assert_exactly_once, fleet, readings, stored_counts, wait_until_sync
+from ingest_support import (
+    Publisher,
+    assert_exactly_once,
+    readings,
+    registered_fleet,
+    stop_ingest,
+    stored_counts,
+    wait_until_sync,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.device_registry import Registry
 from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,16 +38,6 @@ def start(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen([sys.executable, "-m", "cloud.cli", "ingest", *argv], stdout=log,
                                 stderr=subprocess.STDOUT)  # fmt: skip
-
-
-def stop(proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    assert code == 0, log_path.read_text()[-3000:]
 
 
 def spooled(tmp: Path) -> int:
@@ -76,10 +72,7 @@ def session_present(port: int, client_id: str) -> bool:
 def test_two_workers_then_one_process_retires_both_sessions_and_spools(
     mosquitto: Mosquitto, victoria: VictoriaMetrics, tmp_path: Path
 ) -> None:
-    devices = fleet(10)
-    registry = Registry(tmp_path / "registry")
-    for site, device, kind in devices:
-        registry.add(site, device, kind)
+    devices = registered_fleet(10, tmp_path / "registry")
     sent = readings(devices, 60, BASE_MS)  # 20 devices, 1,200 readings
     live, during_outage, while_away, after = sent[:300], sent[300:600], sent[600:900], sent[900:]
     state = tmp_path / "state"
@@ -97,7 +90,7 @@ def test_two_workers_then_one_process_retires_both_sessions_and_spools(
             publisher.publish([(s.topic, s.payload()) for s in during_outage])
             wait_until_sync(lambda: spooled(tmp_path) >= len(during_outage), lambda: f"spooled {spooled(tmp_path)}")
         finally:
-            stop(two, log_path)
+            stop_ingest(two, log_path)
         victoria.start()
         assert sorted(p.name for p in state.iterdir()) == ["w0", "w1"]
         publisher.publish([(s.topic, s.payload()) for s in while_away])  # into the two offline sessions
@@ -109,7 +102,7 @@ def test_two_workers_then_one_process_retires_both_sessions_and_spools(
             wait_until_sync(lambda: sum(stored_counts(victoria).values()) >= len(sent),
                             lambda: f"{sum(stored_counts(victoria).values())} of {len(sent)} stored")  # fmt: skip
         finally:
-            stop(one, log_path)
+            stop_ingest(one, log_path)
     finally:
         publisher.close()
     assert_exactly_once(stored_counts(victoria), sent)

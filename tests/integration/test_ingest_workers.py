@@ -5,15 +5,21 @@ restarted by the supervisor without losing what was published meanwhile."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from ingest_support import Publisher, assert_exactly_once, fleet, readings, stored_counts, wait_until_sync
+from ingest_support import (
+    Publisher,
+    assert_exactly_once,
+    readings,
+    registered_fleet,
+    stop_ingest,
+    stored_counts,
+    wait_until_sync,
+)
 
-from cloud.device_registry import Registry
 from hil.servers import Mosquitto, VictoriaMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,10 +40,7 @@ def worker_stats(tmp: Path) -> list[dict[str, int]]:
 def test_two_workers_share_the_subscription_and_survive_a_killed_worker(
     mosquitto: Mosquitto, victoria: VictoriaMetrics, tmp_path: Path
 ) -> None:
-    devices = fleet(30)
-    registry = Registry(tmp_path / "registry")
-    for site, device, kind in devices:
-        registry.add(site, device, kind)
+    devices = registered_fleet(30, tmp_path / "registry")
     sent = readings(devices, 100, BASE_MS)  # 60 devices, 6,000 readings
     first, second = sent[:4000], sent[4000:]
     log_path = tmp_path / "ingest.log"
@@ -66,13 +69,7 @@ def test_two_workers_share_the_subscription_and_survive_a_killed_worker(
         wait_until_sync(lambda: len(stored_counts(victoria)) >= len(sent), lambda: f"{len(sent)} points stored")
     finally:
         publisher.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert code == 0, log_path.read_text()
+        stop_ingest(proc, log_path)
     assert log_path.read_text().count("worker 1 started") == 2, "the supervisor restarted the killed worker"
     assert_exactly_once(stored_counts(victoria), sent)
     workers = {series["metric"]["worker"] for series in victoria.export('{__name__="ingest_health_received"}')}  # type: ignore[index]
