@@ -29,8 +29,9 @@ from cloud.subscription import replay_history, subscribe
 from cloud.tariff import DEFAULT_TARIFF, load_tariff
 from cloud.tenders import TenderConfig
 from cloud.transactions import KIND_TRANSACTION, Transaction
+from edge.resources import DATA_DIR
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "greenbutton"
+DATA = DATA_DIR / "greenbutton"
 KIND_SETTLEMENT = "settlement"
 KIND_BILL = "bill"
 

@@ -16,11 +16,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from edge.resources import DATA_DIR
+
 Market = Literal["DAM", "RTM"]
 
 MARKETS = ("DAM", "RTM", "FMM")
 REQUIRED_COLUMNS = ("interval_start_utc", "interval_end_utc", "market", "lmp_usd_per_mwh")
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEFAULT_FILES: dict[str, str] = {
     "DAM": "caiso/sp15_dam_hourly_2024-03.csv",
     "RTM": "caiso/sp15_rtm_5min_2024-03.csv",

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from edge.resources import DATA_DIR
+
 WEEKDAY = "weekday"
 WEEKEND = "weekend"
 DAY_TYPES = (WEEKDAY, WEEKEND)
@@ -254,7 +256,7 @@ def load_tariff(path: Path) -> Tariff:
     return parse_tariff(raw, str(path))
 
 
-DEFAULT_TARIFF = Path(__file__).resolve().parent.parent / "data" / "tariffs" / "sce_tou_d_4_9pm.toml"
+DEFAULT_TARIFF = DATA_DIR / "tariffs" / "sce_tou_d_4_9pm.toml"
 
 
 def default_tariff() -> Tariff:

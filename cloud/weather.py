@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+from edge.resources import DATA_DIR
+
 DEFAULT_WEATHER = DATA_DIR / "weather" / "lax_722950_tmy3_mar_jun.csv"
 LST_OFFSET_S = -8 * 3600  # TMY3 stamps are local standard time, UTC-8 for this station
 HOUR = 3600

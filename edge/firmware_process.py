@@ -20,7 +20,8 @@ from typing import Any
 
 import tendril_wire
 
-FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "firmware"
+from edge.resources import FIRMWARE_DIR
+
 DEVICE_TYPES = ("meter", "relay")
 
 

@@ -17,8 +17,9 @@ from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from edge.resources import DATA_DIR
+
 LOCAL_TZ = ZoneInfo("America/Los_Angeles")
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEFAULT_LOAD = DATA_DIR / "load" / "uci_household_power_1min_2006-12-17_2006-12-21.csv"
 MINUTES_PER_DAY = 1440
 # Per-site shift: one day plus 17 minutes per seed. 1457 is coprime to any whole number of days of

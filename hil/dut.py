@@ -26,7 +26,8 @@ from typing import Protocol
 
 import serial  # type: ignore[import-untyped]  # pyserial ships no stubs (types-pyserial)
 
-from edge.firmware_process import FIRMWARE_DIR, FirmwareConfig, find_micropython, find_mpy_cross
+from edge.firmware_process import FirmwareConfig, find_micropython, find_mpy_cross
+from edge.resources import FIRMWARE_DIR
 from hil.link import BenchLink
 
 DEFAULT_BAUD = 115200
