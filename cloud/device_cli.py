@@ -1,4 +1,4 @@
-"""`tendril device ...`: register devices and generate their broker credentials and ACLs."""
+"""`tendril device ...`: register devices, generate their broker credentials and ACLs, deploy firmware."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SERVICES_FILE = "secrets/_services.json"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("device", help="register devices; generate per-device MQTT credentials and ACLs",
+    p = sub.add_parser("device", help="register devices; per-device MQTT credentials and ACLs; deploy firmware",
                        description="Manage the device registry (devices.json plus a 0600 secrets file per "
                                    "device) and generate Mosquitto password and ACL files from it.")
     p.add_argument("--registry", type=Path, default=DEFAULT_ROOT,
