@@ -1,4 +1,4 @@
-"""`tendril device ...`: register devices and generate their broker credentials and ACLs."""
+"""`tendril device ...`: register devices, generate their broker credentials and ACLs, deploy firmware."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ import secrets
 import sys
 from pathlib import Path
 
+from cloud import device_deploy
 from cloud.device_registry import Registry, RegistryError
 from cloud.mosquitto_auth import ServiceUser, acl_text, mosquitto_conf, password_text
+from edge.firmware_process import MpyCrossNotFound
 
 DEFAULT_ROOT = Path(os.environ.get("TENDRIL_REGISTRY", "tendril-registry"))
 SERVICES_FILE = "secrets/_services.json"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("device", help="register devices; generate per-device MQTT credentials and ACLs",
+    p = sub.add_parser("device", help="register devices; per-device MQTT credentials and ACLs; deploy firmware",
                        description="Manage the device registry (devices.json plus a 0600 secrets file per "
                                    "device) and generate Mosquitto password and ACL files from it.")
     p.add_argument("--registry", type=Path, default=DEFAULT_ROOT,
@@ -39,6 +41,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rm.add_argument("--site", required=True, help="site id")
     rm.add_argument("--device", required=True, help="device id")
     rm.set_defaults(func=_remove)
+
+    dep = dsub.add_parser("deploy", help="copy the firmware and the device's config to a board with mpremote",
+                          description="Compile the firmware library to .mpy (mpy-cross), build the device's "
+                                      "config.json from the registry and --settings, and copy both plus the "
+                                      "board's board.py and main.py to the board on --port with mpremote.")
+    dep.add_argument("--site", required=True, help="site id")
+    dep.add_argument("--device", required=True, help="device id")
+    dep.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
+    dep.add_argument("--board", choices=device_deploy.BOARDS, default="esp32", help="board layer (default esp32)")
+    dep.add_argument("--settings", type=Path,
+                     help="JSON object of the device's other config keys: broker_host, broker_port, timers, "
+                          "and `board` (wifi_ssid, wifi_password, pins); keep it out of the repository")
+    dep.add_argument("--broker-host", help="MQTT broker the device connects to (overrides --settings)")
+    dep.add_argument("--broker-port", type=int, help="its port (overrides --settings)")
+    dep.add_argument("--build", type=Path, help="folder for the compiled files (default build/deploy/SITE.DEVICE)")
+    dep.add_argument("--dry-run", action="store_true", help="check the config and print the mpremote command lines")
+    dep.add_argument("--resume", action="store_true",
+                     help="no soft reset on connect (mpremote resume); for the unix port's REPL")
+    dep.add_argument("--no-reset", action="store_true", help="leave the board in the REPL instead of resetting it")
+    dep.add_argument("--timeout", type=float, default=300.0, help="seconds each mpremote command may take")
+    dep.set_defaults(func=_deploy)
 
     conf = dsub.add_parser("mosquitto-config", help="write Mosquitto password_file, acl_file and listener conf",
                            description="Write passwd, acl and mosquitto.conf for every registered device "
@@ -81,6 +104,38 @@ def _remove(args: argparse.Namespace) -> int:
         Registry(args.registry).remove(args.site, args.device)
     except RegistryError as exc:
         return _fail(str(exc))
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    try:
+        settings = device_deploy.read_settings(args.settings)
+        if args.broker_host is not None:
+            settings["broker_host"] = args.broker_host
+        if args.broker_port is not None:
+            settings["broker_port"] = args.broker_port
+        doc = device_deploy.device_config(Registry(args.registry), args.site, args.device, settings, args.board)
+        build: Path = args.build or Path("build", "deploy", f"{args.site}.{args.device}")
+        modules = device_deploy.library_sources()
+        try:
+            mpremote = device_deploy.find_mpremote()
+        except device_deploy.DeployError:
+            if not args.dry_run:
+                raise
+            mpremote = "mpremote"
+        commands = device_deploy.mpremote_commands(mpremote, args.port, build.resolve(), modules,
+                                                   resume=args.resume, reset=not args.no_reset)
+        if args.dry_run:
+            print(device_deploy.show(commands))
+            return 0
+        device_deploy.stage(build, args.board, doc)
+        try:
+            device_deploy.run(commands, args.timeout)
+        finally:
+            (build / "config.json").unlink(missing_ok=True)  # the secrets stay in the registry only
+    except (device_deploy.DeployError, RegistryError, MpyCrossNotFound) as exc:
+        return _fail(str(exc))
+    print(f"deployed {args.site}/{args.device} ({doc['type']}, board {args.board}) to {args.port}")
     return 0
 
 

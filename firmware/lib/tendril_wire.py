@@ -260,7 +260,8 @@ def decode(kind, payload):
     if len(payload) > MAX_PAYLOAD:
         raise ContractError("too_large", str(len(payload)))
     try:
-        msg = json.loads(payload)
+        # MicroPython's stub types loads() with a constrained AnyStr, which rejects the union
+        msg = json.loads(payload)  # pyright: ignore[reportArgumentType]
     except (ValueError, UnicodeError, RuntimeError) as exc:
         # RuntimeError: CPython's RecursionError and MicroPython's depth limit on nested arrays
         raise ContractError("bad_json", str(exc)[:80])

@@ -1,0 +1,124 @@
+"""`tendril device deploy`: the device's config from the registry, and the planned mpremote commands."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud import device_deploy
+from cloud.cli import main
+from cloud.device_deploy import DeployError, device_config, mpremote_commands
+from cloud.device_registry import Registry
+
+pytestmark = pytest.mark.unit
+
+FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
+SETTINGS: dict[str, Any] = {"broker_host": "10.0.0.2", "broker_port": 1883, "min_off_s": 300,
+                            "board": {"wifi_ssid": "home", "wifi_password": "pw", "relay_pin": 25}}
+
+
+@pytest.fixture()
+def registry(tmp_path: Path) -> Registry:
+    reg = Registry(tmp_path / "reg")
+    reg.add("s1", "pump", "relay")
+    return reg
+
+
+def test_config_takes_identity_and_secrets_from_the_registry(registry: Registry) -> None:
+    doc = device_config(registry, "s1", "pump", SETTINGS)
+    made = registry.secrets_for("s1", "pump")
+    assert doc["key_hex"] == made.key_hex and doc["password"] == made.mqtt_password
+    assert (doc["site"], doc["device"], doc["type"], doc["username"]) == ("s1", "pump", "relay", "s1.pump")
+    assert doc["min_off_s"] == 300 and doc["board"]["relay_pin"] == 25
+
+
+@pytest.mark.parametrize("key", device_deploy.FROM_REGISTRY)
+def test_settings_cannot_override_identity_or_secrets(registry: Registry, key: str) -> None:
+    with pytest.raises(DeployError, match=f"may not set {key}.*device registry"):
+        device_config(registry, "s1", "pump", {**SETTINGS, key: "x"})
+
+
+@pytest.mark.parametrize(("site", "device", "settings", "board", "message"), [
+    ("s1", "other", SETTINGS, "esp32", "'other' at site 's1' is not registered"),
+    ("s1", "pump", {**SETTINGS, "min_of_s": 1}, "esp32", "unknown config key 'min_of_s'"),
+    ("s1", "pump", {k: v for k, v in SETTINGS.items() if k != "broker_host"}, "esp32", "missing.*'broker_host'"),
+    ("s1", "pump", {**SETTINGS, "min_off_s": -1}, "esp32", "min_off_s must be a number >= 0"),
+    ("s1", "pump", {**SETTINGS, "board": {"wifi_password": ""}}, "esp32_bench", "needs board.wifi_ssid"),
+    ("s1", "pump", {**SETTINGS, "board": {"wifi_ssid": "home"}}, "esp32", "needs board.wifi_password"),
+    ("s1", "pump", SETTINGS, "unix", "board must be one of esp32, esp32_bench"),
+])
+def test_bad_deployments_are_refused_with_a_reason(registry: Registry, site: str, device: str,
+                                                   settings: dict[str, Any], board: str, message: str) -> None:
+    with pytest.raises(DeployError, match=message):
+        device_config(registry, site, device, settings, board)
+
+
+def test_the_library_is_every_module_of_the_firmware_core() -> None:
+    modules = device_deploy.library_sources(FIRMWARE)
+    assert modules[0] == Path("tendril_wire.py")
+    on_disk = {p.relative_to(FIRMWARE / "lib") for p in (FIRMWARE / "lib" / "tendril_fw").glob("*.py")}
+    assert set(modules[1:]) == on_disk and Path("tendril_fw/node.py") in on_disk
+
+
+def test_one_session_copies_everything_then_a_second_resets() -> None:
+    build = Path("/b")
+    modules = [Path("tendril_wire.py"), Path("tendril_fw/__init__.py"), Path("tendril_fw/node.py")]
+    copy, reset = mpremote_commands("mpremote", "/dev/ttyUSB0", build, modules)
+    assert copy == ["mpremote", "connect", "/dev/ttyUSB0", "exec", device_deploy.PREPARE_LIB,
+                    "+", "fs", "cp", "/b/lib/tendril_wire.mpy", ":lib/",
+                    "+", "fs", "cp", "/b/lib/tendril_fw/__init__.mpy", "/b/lib/tendril_fw/node.mpy", ":lib/tendril_fw/",
+                    "+", "fs", "cp", "/b/board.py", ":board.py",
+                    "+", "fs", "cp", "/b/main.py", ":main.py",
+                    "+", "fs", "cp", "/b/config.json", ":config.json"]
+    assert reset == ["mpremote", "connect", "/dev/ttyUSB0", "reset"]
+    resumed = mpremote_commands("mpremote", "/dev/pts/3", build, modules, resume=True, reset=False)
+    assert len(resumed) == 1 and resumed[0][:4] == ["mpremote", "connect", "/dev/pts/3", "resume"]
+    assert resumed[0][4:] == copy[3:]
+
+
+def test_the_board_is_prepared_without_touching_its_flash_state() -> None:
+    """The prepare step may only touch the library: state_dir holds seq counters and the backlog."""
+    script = device_deploy.PREPARE_LIB
+    compile(script, "prepare", "exec")  # valid Python (MicroPython parses the same subset)
+    removed = [line for line in script.splitlines() if "remove" in line or "rmdir" in line]
+    assert removed and all("lib/tendril_" in line or "os.remove(n)" in line for line in removed)
+    assert "state" not in script
+
+
+def test_dry_run_prints_the_exact_commands_and_writes_nothing(registry: Registry, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.json").write_text(json.dumps(SETTINGS))
+    rc = main(["device", "--registry", str(registry.root), "deploy", "--site", "s1", "--device", "pump",
+               "--port", "/dev/ttyUSB0", "--settings", "settings.json", "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    build = tmp_path / "build" / "deploy" / "s1.pump"
+    try:
+        mpremote = device_deploy.find_mpremote()
+    except DeployError:
+        mpremote = "mpremote"
+    expected = mpremote_commands(mpremote, "/dev/ttyUSB0", build, device_deploy.library_sources())
+    assert out == device_deploy.show(expected) + "\n"
+    assert shlex.split(out.split(" exec ")[0])[1:] == ["connect", "/dev/ttyUSB0"]
+    assert not (tmp_path / "build").exists()
+    made = registry.secrets_for("s1", "pump")
+    assert made.key_hex not in out and made.mqtt_password not in out
+
+
+def test_cli_reports_a_bad_deployment_without_a_traceback(
+        registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["device", "--registry", str(registry.root), "deploy", "--site", "s1", "--device", "pump",
+               "--port", "/dev/ttyUSB0", "--broker-host", "10.0.0.2", "--broker-port", "1883", "--dry-run"])
+    assert rc == 2
+    assert "needs board.wifi_ssid" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    rc = main(["device", "--registry", str(registry.root), "deploy", "--site", "s1", "--device", "pump",
+               "--port", "/dev/ttyUSB0", "--settings", str(tmp_path / "bad.json"), "--dry-run"])
+    assert rc == 2
+    assert "settings must be a JSON object" in capsys.readouterr().err
