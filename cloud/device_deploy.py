@@ -25,7 +25,8 @@ from typing import Any
 from tendril_fw import config as fw_config
 
 from cloud.device_registry import Registry, RegistryError
-from edge.firmware_process import FIRMWARE_DIR, find_mpy_cross
+from edge.firmware_process import find_mpy_cross
+from edge.resources import FIRMWARE_DIR
 
 BOARDS = ("esp32", "esp32_bench")
 # Keys only the registry supplies: a settings file cannot redirect a device's identity or secrets.
