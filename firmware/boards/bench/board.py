@@ -27,6 +27,7 @@ import machine
 from tendril_fw import bench_link as bl
 from tendril_fw import config
 from tendril_fw.flashlog import makedirs
+from tendril_fw.uptime import Uptime
 
 BOOT_REASONS = {machine.PWRON_RESET: "power_on", machine.WDT_RESET: "watchdog"}
 INPUTS = ("power_w", "pulses", "temp_c", "ev_plugged", "button")
@@ -126,8 +127,7 @@ class Board:
             makedirs(self.cfg["state_dir"])
             machine.RESET_FILE = self.cfg["state_dir"] + "/reset_cause"
         self._boot_reason = BOOT_REASONS.get(machine.reset_cause(), "unknown")
-        self._mono_ms = 0
-        self._mono_last = time.ticks_ms()
+        self.monotonic = Uptime()  # real seconds since boot
         self.send({"ev": bl.EV_BOOT, "device": self.cfg["device"], "fw": self.cfg["fw_version"],
                    "boot": self._boot_reason, "now": self.now()})
 
@@ -216,13 +216,6 @@ class Board:
     def boot_reason(self):
         # type: () -> str
         return self._boot_reason
-
-    def monotonic(self):
-        # type: () -> float
-        ticks = time.ticks_ms()
-        self._mono_ms += time.ticks_diff(ticks, self._mono_last)
-        self._mono_last = ticks
-        return self._mono_ms / 1000.0
 
     def watchdog(self, timeout_s):
         # type: (float) -> machine.WDT

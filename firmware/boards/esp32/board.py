@@ -23,7 +23,8 @@ import network
 import ntptime
 
 import tendril_wire as tw
-from tendril_fw import config
+from tendril_fw import config, wifi
+from tendril_fw.uptime import Uptime
 
 # The port's epoch: 2000 on ESP32. Converted to unix seconds only via tendril_wire.
 EPOCH_YEAR = time.gmtime(0)[0]
@@ -48,8 +49,7 @@ class Board:
             self.cfg["state_dir"] = "/state"
         hw = self.cfg["board"]
         self._boot_reason = BOOT_REASONS.get(machine.reset_cause(), "unknown")
-        self._mono_ms = 0
-        self._mono_last = time.ticks_ms()
+        self.monotonic = Uptime()  # real seconds since boot
         self.override_pin = None
         if hw.get("override_pin") is not None:
             self.override_pin = machine.Pin(hw["override_pin"], machine.Pin.IN, machine.Pin.PULL_UP)
@@ -93,12 +93,6 @@ class Board:
             return 0.0
         return pulses / self.pulses_per_kwh * 1000.0 * 3600.0 / dt_s
 
-    def monotonic(self):
-        ticks = time.ticks_ms()
-        self._mono_ms += time.ticks_diff(ticks, self._mono_last)
-        self._mono_last = ticks
-        return self._mono_ms / 1000.0
-
     def watchdog(self, timeout_s):
         return machine.WDT(timeout=int(timeout_s * 1000))
 
@@ -122,15 +116,7 @@ class Board:
 
     async def network_up(self):
         hw = self.cfg["board"]
-        if not self.wlan.isconnected():
-            self.wlan.active(True)
-            self.wlan.connect(hw["wifi_ssid"], hw["wifi_password"])
-            for _ in range(WIFI_TIMEOUT_S * 10):
-                if self.wlan.isconnected():
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise OSError("Wi-Fi %r did not connect" % hw["wifi_ssid"])
+        await wifi.join(self.wlan, hw["wifi_ssid"], hw["wifi_password"], WIFI_TIMEOUT_S)
         if not self.synced:
             # Readings before NTP would carry a 2000-01-01 timestamp, which the wire
             # contract rejects; the session does not start until the clock is right.

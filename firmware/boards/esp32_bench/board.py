@@ -30,7 +30,8 @@ import ntptime
 import tendril_wire as tw
 from tendril_fw import bench_mode as bm
 from tendril_fw import bench_uart
-from tendril_fw import config
+from tendril_fw import config, wifi
+from tendril_fw.uptime import Uptime
 
 EPOCH_YEAR = time.gmtime(0)[0]
 WIFI_TIMEOUT_S = 20
@@ -61,8 +62,7 @@ class Board:
         except bench_uart.BenchConfigError as exc:
             raise config.ConfigError(str(exc))
         self._boot_reason = BOOT_REASONS.get(machine.reset_cause(), "unknown")
-        self._mono_ms = 0
-        self._mono_last = time.ticks_ms()
+        self.monotonic = Uptime()  # real seconds since boot
         self.relay_pin = None
         if hw.get("relay_pin") is not None:
             # Drive the safe default before anything else: the output is undefined until now.
@@ -118,12 +118,6 @@ class Board:
         self._ensure_link()
         await asyncio.sleep(max(0.0, device_seconds))
 
-    def monotonic(self):
-        ticks = time.ticks_ms()
-        self._mono_ms += time.ticks_diff(ticks, self._mono_last)
-        self._mono_last = ticks
-        return self._mono_ms / 1000.0
-
     # ------------------------------------------------------------ the node's hardware
 
     def read_power(self):
@@ -153,15 +147,7 @@ class Board:
         if not self.bench.net_up:
             raise OSError("network cut by the bench")
         hw = self.cfg["board"]
-        if not self.wlan.isconnected():
-            self.wlan.active(True)
-            self.wlan.connect(hw["wifi_ssid"], hw["wifi_password"])
-            for _ in range(WIFI_TIMEOUT_S * 10):
-                if self.wlan.isconnected():
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise OSError("Wi-Fi %r did not connect" % hw["wifi_ssid"])
+        await wifi.join(self.wlan, hw["wifi_ssid"], hw["wifi_password"], WIFI_TIMEOUT_S)
         if not self.synced:
             ntptime.host = hw.get("ntp_host", "pool.ntp.org")
             ntptime.settime()

@@ -24,6 +24,7 @@ import machine
 import network
 from tendril_fw import config
 from tendril_fw.flashlog import makedirs
+from tendril_fw.uptime import Uptime
 
 BOOT_REASONS = {machine.PWRON_RESET: "power_on", machine.WDT_RESET: "watchdog"}
 
@@ -68,8 +69,7 @@ class Board:
             makedirs(self.cfg["state_dir"])
             machine.RESET_FILE = self.cfg["state_dir"] + "/reset_cause"
         self._boot_reason = BOOT_REASONS.get(machine.reset_cause(), "unknown")
-        self._mono_ms = 0
-        self._mono_last = time.ticks_ms()
+        self.monotonic = Uptime()  # real seconds since boot
         network.LINK_FILE = self.cfg["link_file"]
         self.wlan = network.WLAN(network.STA_IF)
         # no button configured: nothing to poll
@@ -78,14 +78,6 @@ class Board:
     def boot_reason(self):
         # type: () -> str
         return self._boot_reason
-
-    def monotonic(self):
-        # type: () -> float
-        """Real seconds since boot; ticks_ms wraps (2**30 ms), so accumulate differences."""
-        ticks = time.ticks_ms()
-        self._mono_ms += time.ticks_diff(ticks, self._mono_last)
-        self._mono_last = ticks
-        return self._mono_ms / 1000.0
 
     def watchdog(self, timeout_s):
         # type: (float) -> machine.WDT
