@@ -313,11 +313,11 @@ def _median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def summarize(rows: list[Row], warmup: Row) -> Row:
+def summarize(label: str, rows: list[Row], warmup: Row) -> Row:
     """The max-rate rounds of one worker count as one row: median CPU, best rate, every point."""
     cpu = _median([r.cpu_s or 0.0 for r in rows])
     best = min(rows, key=lambda r: r.seconds)
-    out = Row(f"{best.name} (median CPU, best rate of {len(rows)})", best.messages, best.seconds,
+    out = Row(f"{label}, max rate, {len(rows)} rounds", best.messages, best.seconds,
               cpu_s=cpu, split=[sum(parts) for parts in zip(*(r.split for r in rows), strict=True)])  # fmt: skip
     out.read_back = sum(r.read_back or 0 for r in [*rows, warmup])
     out.sent = sum(r.messages for r in [*rows, warmup])
@@ -341,7 +341,7 @@ def run_tendril(vm: servers.VictoriaMetrics, registry: Path, fleet: list[Device]
                     rounds[d].append(d.max_rate(fleet, args.messages, f"round {k + 1} of {args.repeat}"))
             per_round = [f"  {d.label}, CPU s/10k per round: "
                          + ", ".join(f"{r.cpu_per_10k or 0.0:.3f}" for r in rounds[d]) for d in (one, two)]  # fmt: skip
-            b1, b2 = summarize(rounds[one], warm[one]), summarize(rounds[two], warm[two])
+            b1, b2 = summarize(one.label, rounds[one], warm[one]), summarize(two.label, rounds[two], warm[two])
             first_seq = (args.warmup + args.repeat * args.messages) // len(fleet) + 10
             p1 = one.paced(fleet, args, first_seq)
             p2 = two.paced(fleet, args, first_seq)
@@ -438,7 +438,7 @@ def main() -> int:
         (tmp / "mq-raw").mkdir()
         broker = servers.start_mosquitto(tmp / "mq-raw", max_queued_messages=0)
         try:
-            # Like the Tendril runs, the best of `--repeat`: interference on a shared machine only slows.
+            # A rate: the best of RAW_REPEAT, since interference on a shared machine only slows it.
             note(f"(a) raw drain: {len(raw_payloads):,} messages, C clients ...")
             raw = max((raw_drain(broker.port, raw_payloads, tmp, None) for _ in range(RAW_REPEAT)),
                       key=lambda r: r.rate)  # fmt: skip
@@ -457,6 +457,8 @@ def main() -> int:
           f"ingestion share {os.cpu_count()} cores")
     print("\n".join(report([raw, raw_py, b1, p1, b2, p2], raw)))
     print("CPU s/10k: the consumer's CPU (mosquitto_sub, or all ingestion workers); split: messages per worker (%)")
+    print("Max-rate rows of (b): the median CPU s/10k and the best rate of their rounds, which alternate between\n"
+          "1 and 2 workers after a warm-up that is not counted; read back covers the warm-up and every round.")
     print("\n".join(per_round))
     print("At an offered rate below capacity each process idles between reads, and CPU per message rises (cold\n"
           "caches, fixed per-wakeup costs), more so for 2 workers at half the rate each: the 15 % comparison is\n"
