@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -178,6 +179,13 @@ def _ingestor(
 async def _serve(ingestor: Ingestor, sink: Sink, stats_interval: float, stats_path: Path | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    if isinstance(sink, InfluxSink):
+        await sink.open()
+    # Everything made so far (modules, registry, the ingestor) lives as long as the process:
+    # moved out of the collector's generations, it is not re-scanned by every full collection
+    # (one was ~90 ms of CPU per worker over ~190k objects, ~150k of them from start-up).
+    gc.collect()
+    gc.freeze()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
             loop.add_signal_handler(sig, stop.set)
