@@ -72,5 +72,12 @@ def test_two_workers_share_the_subscription_and_survive_a_killed_worker(
         stop_ingest(proc, log_path)
     assert log_path.read_text().count("worker 1 started") == 2, "the supervisor restarted the killed worker"
     assert_exactly_once(stored_counts(victoria), sent)
-    workers = {series["metric"]["worker"] for series in victoria.export('{__name__="ingest_health_received"}')}  # type: ignore[index]
-    assert workers == {"0", "1"}
+
+
+    def reporting() -> set[str]:
+        exported = victoria.export('{__name__="ingest_health_received"}')
+        return {series["metric"]["worker"] for series in exported}  # type: ignore[index]
+
+    # The restarted worker may have lived a fraction of a second and written its health only at the
+    # stop; VictoriaMetrics makes fresh samples searchable about a second after it acknowledged them.
+    wait_until_sync(lambda: reporting() == {"0", "1"}, lambda: f"health points from workers {sorted(reporting())}")
