@@ -405,11 +405,13 @@ class Ingestor:
                 self._lock.close()
                 self._lock = None
 
-    async def drain(self, quiet_s: float = 1.0, stall_s: float = 60.0) -> bool:
+    async def drain(self, quiet_s: float = 2.0, stall_s: float = 60.0) -> bool:
         """Retire this worker (constructed with `retire=True`): take what the broker still holds
         in its session, replay its spool, store all of it, erase the session, return True. Done
         means: unsubscribed, no message for `quiet_s`, nothing pending, the spool empty. False if
-        nothing moved for `stall_s` before that (store or broker down): the state is kept."""
+        nothing moved for `stall_s` before that (store or broker down): the state is kept.
+        MQTT has no "queue empty" signal: the broker sends the next queued message as soon as an
+        acknowledgement frees a slot, so `quiet_s` without one after our last PUBACK means none is left."""
         stop = asyncio.Event()
         drained = False
 
