@@ -9,13 +9,15 @@ import secrets
 import sys
 from pathlib import Path
 
-from cloud import device_deploy
+from cloud import device_deploy, ha_discovery
 from cloud.device_registry import Registry, RegistryError
+from cloud.ingest_cli import ENV_MQTT_PASSWORD, UsageError, parse_broker_url
 from cloud.mosquitto_auth import ServiceUser, acl_text, mosquitto_conf, password_text
 from edge.firmware_process import MpyCrossNotFound
 
 DEFAULT_ROOT = Path(os.environ.get("TENDRIL_REGISTRY", "tendril-registry"))
 SERVICES_FILE = "secrets/_services.json"
+SERVICE_ROLES = ("dispatch", "homeassistant", "ingest")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,11 +67,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     conf = dsub.add_parser("mosquitto-config", help="write Mosquitto password_file, acl_file and listener conf",
                            description="Write passwd, acl and mosquitto.conf for every registered device "
-                                       "plus the cloud's ingest and dispatch users (created on first use).")
+                                       "plus the cloud's ingest, dispatch and homeassistant users (created on "
+                                       "first use; passwords in the registry's secrets/_services.json).")
     conf.add_argument("--out", type=Path, required=True, help="folder for the generated files")
     conf.add_argument("--port", type=int, default=1883, help="listener port (default 1883)")
     conf.add_argument("--bind", default="127.0.0.1", help="listener address (default 127.0.0.1)")
     conf.set_defaults(func=_mosquitto_config)
+
+    ha = dsub.add_parser("ha-discovery", help="publish Home Assistant MQTT discovery configs for every device",
+                         description="Publish (retained, QoS 1) a Home Assistant discovery config per reading of "
+                                     "every registered device: meter power and energy, relay state and load, "
+                                     "read from the devices' own topics and available while they are online. "
+                                     "Read-only: relay commands need the cloud's signature. With the ACLs of "
+                                     "`mosquitto-config`, publish and run HA as the tendril-homeassistant user.")
+    ha.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default %(default)s)")
+    ha.add_argument("--username", help=f"MQTT user; the password comes from ${ENV_MQTT_PASSWORD}")
+    ha.add_argument("--remove", action="store_true", help="clear the configs instead (HA drops the entities)")
+    ha.add_argument("--dry-run", action="store_true", help="print topics and payloads, publish nothing")
+    ha.set_defaults(func=_ha_discovery)
 
 
 def _fail(message: str) -> int:
@@ -139,13 +154,35 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ha_discovery(args: argparse.Namespace) -> int:
+    try:
+        host, port = parse_broker_url(args.broker)
+        devices = Registry(args.registry).devices
+    except (UsageError, RegistryError) as exc:
+        return _fail(str(exc))
+    messages = ha_discovery.discovery_messages(devices)
+    if args.remove:
+        messages = [(topic, b"") for topic, _ in messages]
+    if args.dry_run:
+        for topic, payload in messages:
+            print(topic, payload.decode())
+        return 0
+    try:
+        ha_discovery.publish(host, port, messages, args.username, os.environ.get(ENV_MQTT_PASSWORD))
+    except ConnectionError as exc:
+        return _fail(str(exc))
+    print(f"{'cleared' if args.remove else 'published'} {len(messages)} Home Assistant discovery configs for "
+          f"{len(devices)} device(s) on {host}:{port}")
+    return 0
+
+
 def service_users(root: Path) -> list[ServiceUser]:
     """The cloud's own MQTT users, created with fresh passwords the first time they are needed."""
     path = root / SERVICES_FILE
-    if path.exists():
-        data = json.loads(path.read_text())
-    else:
-        data = {role: secrets.token_urlsafe(24) for role in ("ingest", "dispatch")}
+    data = json.loads(path.read_text()) if path.exists() else {}
+    missing = [role for role in SERVICE_ROLES if role not in data]
+    if missing:  # a registry made before a role existed gets it now
+        data.update({role: secrets.token_urlsafe(24) for role in missing})
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:

@@ -37,7 +37,7 @@ class ServiceUser:
 
     username: str
     password: str
-    role: str  # "ingest" | "dispatch"
+    role: str  # "ingest" | "dispatch" | "homeassistant"
 
 
 def _device_acl(record: DeviceRecord) -> list[str]:
@@ -60,8 +60,13 @@ def _service_acl(user: ServiceUser) -> list[str]:
         lines.append(f"topic write {wire.tender_filter()}")
         lines.append(f"topic read {wire.device_filter(wire.ACK)}")
         lines.append(f"topic read {wire.device_filter(wire.STATUS)}")
+    elif user.role == "homeassistant":
+        # Home Assistant reads readings and availability, and owns its discovery tree; no commands.
+        for kind in (wire.TELEMETRY, wire.STATUS):
+            lines.append(f"topic read {wire.device_filter(kind)}")
+        lines.append(f"topic readwrite {wire.ha_filter()}")
     else:
-        raise ValueError(f"unknown service role {user.role!r} (ingest or dispatch)")
+        raise ValueError(f"unknown service role {user.role!r} (ingest, dispatch or homeassistant)")
     return lines
 
 

@@ -120,6 +120,22 @@ def tender_filter(site="+"):
     return ROOT + "/" + site + "/" + TENDER
 
 
+# Home Assistant MQTT discovery (cloud -> HA, retained): an entity config for one reading of
+# one device; HA then reads the device's own telemetry/status topics above.
+HA_PREFIX = "homeassistant"
+
+
+def ha_config_topic(component, site, device, key):
+    # type: (str, str, str, str) -> str
+    return "%s/%s/tendril_%s_%s/%s/config" % (HA_PREFIX, component, check_id(site, "site"),
+                                              check_id(device, "device"), key)
+
+
+def ha_filter():
+    # type: () -> str
+    return HA_PREFIX + "/#"
+
+
 def parse_topic(topic):
     # type: (str) -> tuple[str, str, str]
     """Split a device topic into (site, device, kind); a tender topic gives device ''."""

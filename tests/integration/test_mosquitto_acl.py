@@ -19,6 +19,7 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud import ha_discovery
 from cloud.cli import main as tendril
 from cloud.device_cli import service_users
 from cloud.device_registry import Registry
@@ -69,9 +70,9 @@ def _device(port: int, reg: Registry, site: str, device: str) -> paho.Client:
     return client
 
 
-def _listener(port: int, user: str, password: str, topic: str) -> tuple[paho.Client, queue.Queue[str]]:
+def _listener(port: int, user: str, password: str, topic: str, name: str = "") -> tuple[paho.Client, queue.Queue[str]]:
     got: queue.Queue[str] = queue.Queue()
-    client, rc = _client(port, user, password, f"listen-{user}")
+    client, rc = _client(port, user, password, name or f"listen-{user}")
     assert rc == 0
     client.on_message = lambda _c, _u, m: got.put(m.topic)
     subscribed: queue.Queue[object] = queue.Queue()
@@ -138,3 +139,42 @@ def test_generated_files_hold_no_plaintext_password(secured_broker: tuple[int, R
     assert (tmp_path / "conf" / "passwd").stat().st_mode & 0o077 == 0
     out = subprocess.run(["ls", "-l", str(reg.root / "secrets")], capture_output=True, text=True, check=True).stdout
     assert "-rw-------" in out
+
+
+def test_home_assistant_discovers_the_devices_reads_them_and_commands_nothing(
+    secured_broker: tuple[int, Registry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, reg = secured_broker
+    ha_user = next(u for u in service_users(reg.root) if u.role == "homeassistant")
+    monkeypatch.setenv("TENDRIL_MQTT_PASSWORD", ha_user.password)
+    assert tendril(["device", "--registry", str(reg.root), "ha-discovery", "--broker", f"mqtt://{LOOPBACK}:{port}",
+                    "--username", ha_user.username]) == 0  # fmt: skip
+    expected = {topic for topic, _ in ha_discovery.discovery_messages(reg.devices)}
+    # Home Assistant subscribes to its tree and gets every config, retained.
+    ha, configs = _listener(port, ha_user.username, ha_user.password, wire.ha_filter())
+    assert {configs.get(timeout=15) for _ in expected} == expected
+    # ... and reads the readings its configs point at.
+    ha_readings, readings = _listener(port, ha_user.username, ha_user.password, wire.device_filter(wire.TELEMETRY),
+                                      "ha-readings")
+    meter = _device(port, reg, "site-1", "meter")
+    payload = wire.encode(wire.TELEMETRY, wire.telemetry_meter(1, 1710000000, 100.0, 1.0))
+    meter.publish(wire.device_topic("site-1", "meter", wire.TELEMETRY), payload, qos=1).wait_for_publish(15)
+    assert readings.get(timeout=15) == wire.device_topic("site-1", "meter", wire.TELEMETRY)
+    # A device cannot plant a discovery config, and HA's user cannot command a relay.
+    meter.publish(wire.ha_config_topic("switch", "site-1", "pump", "relay"), b"{}", qos=1).wait_for_publish(15)
+    pump, commands = _listener(port, "site-1.pump", reg.secrets_for("site-1", "pump").mqtt_password,
+                               wire.device_topic("site-1", "pump", wire.CMD))
+    ha.publish(wire.device_topic("site-1", "pump", wire.CMD), b"{}", qos=1).wait_for_publish(15)
+    with pytest.raises(queue.Empty):
+        commands.get(timeout=WAIT_S)
+    with pytest.raises(queue.Empty):
+        readings.get(timeout=0.1)
+    assert configs.empty(), "a device's forged discovery config reached Home Assistant"
+    # --remove clears them: a fresh subscriber finds no retained config.
+    assert tendril(["device", "--registry", str(reg.root), "ha-discovery", "--broker", f"mqtt://{LOOPBACK}:{port}",
+                    "--username", ha_user.username, "--remove"]) == 0  # fmt: skip
+    late, none = _listener(port, ha_user.username, ha_user.password, wire.ha_filter(), "ha-late")
+    with pytest.raises(queue.Empty):
+        none.get(timeout=WAIT_S)
+    for c in (ha, ha_readings, meter, pump, late):
+        c.loop_stop()
