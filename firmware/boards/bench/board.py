@@ -17,7 +17,6 @@
 
 import asyncio
 import gc
-import json
 import os
 import random
 import select
@@ -81,18 +80,6 @@ async def _cuttable_open_connection(host, port):
 asyncio.open_connection = _cuttable_open_connection
 
 
-def parse_clock(value):
-    # type: (str | None) -> tuple[float, float, float]
-    if not value:
-        return 0.0, 0.0, 1.0
-    try:
-        real_origin, sim_origin, speed = [float(part) for part in value.split(",")]
-    except ValueError:
-        raise config.ConfigError("TENDRIL_CLOCK must be 'real_origin,sim_origin,speed', got %r" % value)
-    if not speed > 0:
-        raise config.ConfigError("TENDRIL_CLOCK speed must be > 0")
-    return real_origin, sim_origin, speed
-
 
 class Board:
     def __init__(self, config_path=None, clock=None, link_fd=None):
@@ -100,18 +87,12 @@ class Board:
         path = config_path or os.getenv("TENDRIL_FW_CONFIG")
         if not path:
             raise config.ConfigError("set TENDRIL_FW_CONFIG to the path of the node's config JSON")
-        try:
-            with open(path) as f:
-                self.cfg = config.parse(json.load(f))
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, config.ConfigError):
-                raise
-            raise config.ConfigError("cannot read config %s: %r" % (path, exc))
+        self.cfg = config.load(path)
         fd = link_fd if link_fd is not None else os.getenv("TENDRIL_BENCH_FD")
         if fd is None:
             raise config.ConfigError("bench mode needs TENDRIL_BENCH_FD (the serial link)")
         self.link = open(int(fd), "r+b")
-        self.real_origin, self.sim_origin, self.speed = parse_clock(
+        self.real_origin, self.sim_origin, self.speed = config.parse_clock(
             clock if clock is not None else os.getenv("TENDRIL_CLOCK"))
         self.endpoint = bl.Endpoint()
         self.inputs = {"power_w": 0.0, "pulses": None, "temp_c": None, "ev_plugged": None, "button": None}

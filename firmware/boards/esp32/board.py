@@ -14,7 +14,6 @@
 
 import asyncio
 import gc
-import json
 import os
 import time
 
@@ -36,15 +35,7 @@ BOOT_REASONS = {machine.PWRON_RESET: "power_on", machine.HARD_RESET: "hard_reset
 
 class Board:
     def __init__(self, path="config.json"):
-        try:
-            with open(path) as f:
-                self.cfg = config.parse(json.load(f))
-        except OSError as exc:
-            raise config.ConfigError("cannot read %s: %r" % (path, exc))
-        except ValueError as exc:
-            if isinstance(exc, config.ConfigError):
-                raise
-            raise config.ConfigError("%s is not JSON: %r" % (path, exc))
+        self.cfg = config.load(path)
         if not self.cfg["state_dir"]:
             self.cfg["state_dir"] = "/state"
         hw = self.cfg["board"]

@@ -15,7 +15,6 @@
 
 import asyncio
 import gc
-import json
 import os
 import random
 import time
@@ -29,19 +28,6 @@ from tendril_fw.uptime import Uptime
 BOOT_REASONS = {machine.PWRON_RESET: "power_on", machine.WDT_RESET: "watchdog"}
 
 
-def parse_clock(value):
-    # type: (str | None) -> tuple[float, float, float]
-    """(real_origin, sim_origin, speed); wall clock when unset."""
-    if not value:
-        return 0.0, 0.0, 1.0
-    try:
-        real_origin, sim_origin, speed = [float(part) for part in value.split(",")]
-    except ValueError:
-        raise config.ConfigError("TENDRIL_CLOCK must be 'real_origin,sim_origin,speed', got %r" % value)
-    if not speed > 0:
-        raise config.ConfigError("TENDRIL_CLOCK speed must be > 0")
-    return real_origin, sim_origin, speed
-
 
 class Board:
     def __init__(self, config_path=None, clock=None):
@@ -49,19 +35,12 @@ class Board:
         path = config_path or os.getenv("TENDRIL_FW_CONFIG")
         if not path:
             raise config.ConfigError("set TENDRIL_FW_CONFIG to the path of the node's config JSON")
-        try:
-            with open(path) as f:
-                raw = json.load(f)
-        except OSError as exc:
-            raise config.ConfigError("cannot read config %s: %r" % (path, exc))
-        except ValueError as exc:
-            raise config.ConfigError("config %s is not JSON: %r" % (path, exc))
-        self.cfg = config.parse(raw)
+        self.cfg = config.load(path)
         if self.cfg["type"] == "meter" and not self.cfg["power_file"]:
             raise config.ConfigError("a meter on the unix board needs power_file")
         if self.cfg["type"] == "relay" and not self.cfg["relay_file"]:
             raise config.ConfigError("a relay on the unix board needs relay_file")
-        self.real_origin, self.sim_origin, self.speed = parse_clock(
+        self.real_origin, self.sim_origin, self.speed = config.parse_clock(
             clock if clock is not None else os.getenv("TENDRIL_CLOCK"))
         self.power_errors = 0
         self._power = 0.0

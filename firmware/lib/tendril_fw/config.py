@@ -2,6 +2,7 @@
 # named by TENDRIL_FW_CONFIG on the unix port), checked once at boot with clear errors.
 
 import binascii
+import json
 
 import tendril_wire as tw
 
@@ -108,3 +109,30 @@ def parse(raw):
     if len(cfg["key"]) < 16:
         raise ConfigError("key must be at least 16 bytes")
     return cfg
+
+
+def load(path):
+    # type: (str) -> dict[str, Any]
+    """Read and check the config file at `path`; ConfigError says what is wrong with it."""
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except OSError as exc:
+        raise ConfigError("cannot read config %s: %r" % (path, exc))
+    except ValueError as exc:
+        raise ConfigError("config %s is not JSON: %r" % (path, exc))
+    return parse(raw)
+
+
+def parse_clock(value):
+    # type: (str | None) -> tuple[float, float, float]
+    """TENDRIL_CLOCK of the host boards: (real_origin, sim_origin, speed); wall clock when unset."""
+    if not value:
+        return 0.0, 0.0, 1.0
+    try:
+        real_origin, sim_origin, speed = [float(part) for part in value.split(",")]
+    except ValueError:
+        raise ConfigError("TENDRIL_CLOCK must be 'real_origin,sim_origin,speed', got %r" % value)
+    if not speed > 0:
+        raise ConfigError("TENDRIL_CLOCK speed must be > 0")
+    return real_origin, sim_origin, speed
