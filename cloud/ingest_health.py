@@ -176,12 +176,7 @@ class ThrottledLog:
         now = self._monotonic()
         start, count = self._windows.get(reason, (now, 0))
         if now - start >= self._window_s:
-            held = count - self._burst
-            if held > 0:
-                self._log.warning(
-                    "%d more rejections with reason %s in the last %.0f s (not logged one by one)",
-                    held, reason, now - start,
-                )
+            self._summarise(reason, start, count, now)
             start, count = now, 0
         count += 1
         self._windows[reason] = (start, count)
@@ -196,10 +191,11 @@ class ThrottledLog:
         now = self._monotonic()
         for reason, (start, count) in list(self._windows.items()):
             if now - start >= self._window_s:
-                held = count - self._burst
-                if held > 0:
-                    self._log.warning(
-                        "%d more rejections with reason %s in the last %.0f s (not logged one by one)",
-                        held, reason, now - start,
-                    )
+                self._summarise(reason, start, count, now)
                 del self._windows[reason]
+
+    def _summarise(self, reason: str, start: float, count: int, now: float) -> None:
+        held = count - self._burst
+        if held > 0:
+            self._log.warning("%d more rejections with reason %s in the last %.0f s (not logged one by one)",
+                              held, reason, now - start)  # fmt: skip

@@ -90,7 +90,20 @@ def parse_device(spec: str) -> tuple[str, str | None]:
     raise ValueError(f"device must be 'unix' or 'serial:/dev/ttyUSBn', got {spec!r}")
 
 
-class UnixPortDriver:
+class _LinkedDriver:
+    """What every driver shares: its bench link, there once the device is started."""
+
+    name: str
+    _link: BenchLink | None = None
+
+    @property
+    def link(self) -> BenchLink:
+        if self._link is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._link
+
+
+class UnixPortDriver(_LinkedDriver):
     def __init__(self, config: FirmwareConfig, workdir: Path, clock_env: str | None = None,
                  binary: str | None = None, heapsize: str | None = None, precompiled: bool = False) -> None:
         self.config = config
@@ -106,7 +119,7 @@ class UnixPortDriver:
         self.state_dir = config.state_dir if config.state_dir is not None else self.workdir / "flash"
         self.proc: subprocess.Popen[bytes] | None = None
         self._master: int | None = None
-        self._link: BenchLink | None = None
+        self._link = None
         self._resets = 0
         self._spawned = 0.0
         self._restarts = 0
@@ -114,12 +127,6 @@ class UnixPortDriver:
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self.tty_path = ""
-
-    @property
-    def link(self) -> BenchLink:
-        if self._link is None:
-            raise RuntimeError(f"{self.name} is not started")
-        return self._link
 
     def resets(self) -> int:
         return self._resets
@@ -206,7 +213,7 @@ class UnixPortDriver:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-class SerialDriver:
+class SerialDriver(_LinkedDriver):
     """A real board on a serial port; the board must run the firmware in bench mode."""
 
     def __init__(self, port: str, baud: int = DEFAULT_BAUD, power_cycle_cmd: str | None = None,
@@ -220,13 +227,7 @@ class SerialDriver:
         self.name = f"serial:{port}"
         self.power_cycle_argv = shlex.split(power_cycle_cmd) if power_cycle_cmd else None
         self.power_cycle_timeout_s = power_cycle_timeout_s
-        self._link: BenchLink | None = None
-
-    @property
-    def link(self) -> BenchLink:
-        if self._link is None:
-            raise RuntimeError(f"{self.name} is not started")
-        return self._link
+        self._link = None
 
     def resets(self) -> int:
         return 0  # a real board resets itself; the boot event's reason tells why
