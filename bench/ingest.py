@@ -46,8 +46,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "firmware" / "lib"), str(ROOT / "bench")]
 import tendril_wire as wire  # noqa: E402
 from ingest_load import Device, Publisher, devices, payload, throughput_messages  # noqa: E402
 
-from cloud.device_registry import Registry  # noqa: E402
-from cloud.ingest_health import LagHistogram  # noqa: E402
+from cloud.devices.registry import Registry  # noqa: E402
+from cloud.ingest.health import LagHistogram  # noqa: E402
 from hil import servers  # noqa: E402
 
 PUB_LINES = 65_000  # mosquitto_pub -l at QoS >= 1 stops after 65,535 lines (message-id wrap)

@@ -1,15 +1,15 @@
 """Tendril's operator dashboards, as code.
 
 Every measurement, tag and field name comes from the module that writes it
-(cloud.line_protocol for device points, cloud.market_lines for prices, tenders, schedules,
+(cloud.store.line_protocol for device points, cloud.reports.market_lines for prices, tenders, schedules,
 settlement and feeders), so a rename there changes the queries here -- and the committed
 JSON goes stale, which tests/unit/test_dashboards.py reports.
 """
 
 from __future__ import annotations
 
-from cloud import line_protocol as lp
-from cloud import market_lines as mk
+from cloud.reports import market_lines as mk
+from cloud.store import line_protocol as lp
 from dashboards.model import Dashboard, Panel, Target, Variable, match, q, where
 
 T = "$__interval"

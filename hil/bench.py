@@ -15,7 +15,7 @@ from typing import Any
 
 import tendril_wire as tw
 
-from cloud.dispatch import Dispatcher, OutgoingCommand
+from cloud.agent.dispatch import Dispatcher, OutgoingCommand
 from edge.clock import SimClock
 from hil.broker import BrokerSide, Received
 from hil.dut import DeviceUnderTest
@@ -79,7 +79,7 @@ class Bench:
     # ------------------------------------------------------------ the cloud's side
 
     def command(self, relay: int, ttl_s: float) -> CommandSent:
-        """Sign (cloud.dispatch) and publish one command through the broker."""
+        """Sign (cloud.agent.dispatch) and publish one command through the broker."""
         now = self.now()
         out = self.dispatcher.command(self.site, self.device, relay, now + ttl_s, now)
         published = self.broker.publish(out.topic, out.payload)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cloud.dispatch import Dispatcher
+from cloud.agent.dispatch import Dispatcher
 from edge.clock import SimClock
 from edge.firmware_process import FirmwareConfig
 from hil import servers

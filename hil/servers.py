@@ -23,18 +23,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+from cloud.net import LOOPBACK, free_port
+
+__all__ = ["LOOPBACK", "free_port"]
 
 
 class ServerUnavailable(RuntimeError):
     """The server's binary is not installed; the message names the Debian package."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def find_binary(name: str, package: str, extra_dirs: tuple[str, ...] = ("/usr/sbin", "/usr/bin")) -> str:

@@ -14,8 +14,8 @@ from typing import Any
 
 import tendril_wire as tw
 
-from cloud.optimizer import schedule_relay
-from cloud.tenders import tender_id
+from cloud.market.tenders import tender_id
+from cloud.optimizer.relay import schedule_relay
 from hil.bench import Bench
 from hil.broker import Received
 

@@ -112,7 +112,7 @@ def socat() -> str:
 @pytest.fixture(scope="session")
 def mpremote() -> str:
     """Path of mpremote (the `test` extra), for tests that deploy firmware to a REPL."""
-    from cloud.device_deploy import DeployError, find_mpremote
+    from cloud.devices.deploy import DeployError, find_mpremote
 
     try:
         return find_mpremote()

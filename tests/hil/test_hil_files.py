@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud import hil_cli
+from hil import cli as hil_cli
 from hil.record import FAIL, PASS, Measurement, MeasurementSpec, RunRecord, StepRecord
 from hil.report import write_report
 from hil.scenario import ScenarioError, load_scenario, shipped_scenarios

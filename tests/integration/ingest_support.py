@@ -18,7 +18,7 @@ import paho.mqtt.client as paho
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.device_registry import Registry
+from cloud.devices.registry import Registry
 from hil.servers import LOOPBACK, VictoriaMetrics
 
 TIMEOUT_S = 60.0

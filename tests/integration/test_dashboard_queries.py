@@ -1,7 +1,7 @@
 """Every dashboard query, run on a real InfluxQL engine against what Tendril actually stores.
 
 A short `tendril demo` run produces the line protocol (device points from ingestion in
-OUT/telemetry.lp, market points from cloud.demo_market); it is written into Debian's
+OUT/telemetry.lp, market points from cloud.demo.market); it is written into Debian's
 InfluxDB 1.6 through /write, and every panel and variable query of the committed dashboard
 JSON runs through /query with its variables filled in. A field renamed in the ingestion path
 makes the panels that read it fail -- shown here by renaming one.
@@ -22,14 +22,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from cloud.demo import HOUR, Counters, DemoConfig, _bundled_prices, _plan, run_demo
-from cloud.demo_fleet import make_sites
-from cloud.demo_market import demo_market_lines
-from cloud.demo_report import write_report
-from cloud.demo_summary import DemoSummary, SiteResult
-from cloud.line_protocol import FIELD_POWER_W, MEASUREMENT_METER, LinePoint, format_line, parse_line
-from cloud.store import EmbeddedStore
-from cloud.tenders import TenderConfig
+from cloud.demo.fleet import make_sites
+from cloud.demo.market import demo_market_lines
+from cloud.demo.report import write_report
+from cloud.demo.run import HOUR, Counters, DemoConfig, _bundled_prices, _plan, run_demo
+from cloud.demo.summary import DemoSummary, SiteResult
+from cloud.market.tenders import TenderConfig
+from cloud.store.line_protocol import FIELD_POWER_W, MEASUREMENT_METER, LinePoint, format_line, parse_line
+from cloud.store.sinks import EmbeddedStore
 from dashboards.checks import ALL, load_dir
 from dashboards.verify import verify
 from hil.servers import InfluxDB1

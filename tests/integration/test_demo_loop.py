@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.demo import COMMAND_GRACE_S, HOUR, DemoConfig, run_demo
-from cloud.line_protocol import parse_line
+from cloud.demo.run import COMMAND_GRACE_S, HOUR, DemoConfig, run_demo
+from cloud.store.line_protocol import parse_line
 from edge.site import SiteModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware]

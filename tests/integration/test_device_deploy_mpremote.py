@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import tendril_wire
 
-from cloud import device_deploy
-from cloud.cli import main
-from cloud.device_registry import Registry
+from cloud.cli.main import main
+from cloud.devices import deploy as device_deploy
+from cloud.devices.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware]
 

@@ -23,9 +23,9 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.ingest import Ingestor
-from cloud.line_protocol import seconds_to_ns
-from cloud.store import InfluxSink
+from cloud.ingest.ingestor import Ingestor
+from cloud.store.line_protocol import seconds_to_ns
+from cloud.store.sinks import InfluxSink
 from edge.clock import SimClock
 from edge.firmware_process import FirmwareConfig, FirmwareProcess
 from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics

@@ -17,7 +17,7 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.device_registry import Registry
+from cloud.devices.registry import Registry
 from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
 
 pytestmark = pytest.mark.integration

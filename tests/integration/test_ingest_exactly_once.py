@@ -21,9 +21,9 @@ from ingest_support import (
     wait_until,
 )
 
-from cloud.ingest import Ingestor
-from cloud.ingest_devices import UNKNOWN_DEVICE, KnownDevices
-from cloud.store import InfluxSink
+from cloud.ingest.ingestor import Ingestor
+from cloud.ingest.known_devices import UNKNOWN_DEVICE, KnownDevices
+from cloud.store.sinks import InfluxSink
 from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

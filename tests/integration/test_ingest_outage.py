@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from ingest_support import Publisher, assert_exactly_once, fleet, readings, stored_counts, wait_until
 
-from cloud.ingest import Ingestor
-from cloud.store import InfluxSink
+from cloud.ingest.ingestor import Ingestor
+from cloud.store.sinks import InfluxSink
 from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -21,9 +21,9 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.ingest import Ingestor
-from cloud.line_protocol import LinePoint, parse_line
-from cloud.store import EmbeddedStore, InfluxSink, Sink
+from cloud.ingest.ingestor import Ingestor
+from cloud.store.line_protocol import LinePoint, parse_line
+from cloud.store.sinks import EmbeddedStore, InfluxSink, Sink
 from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics, free_port
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ import sqlalchemy as sa
 import tendril_wire as wire
 from sqlalchemy.exc import DBAPIError
 
-from cloud import ledger_cli
-from cloud import ledger_schema as schema
-from cloud.ledger import GENESIS, Ledger, LedgerError, record_hash
-from cloud.transactions import REFUSE_EXPIRED, Market, TenderBook, TransactionRefused
+from cloud.cli import ledger as ledger_cli
+from cloud.ledger import schema
+from cloud.ledger.chain import GENESIS, Ledger, LedgerError, record_hash
+from cloud.market.transactions import REFUSE_EXPIRED, Market, TenderBook, TransactionRefused
 from hil.servers import Postgres
 
 pytestmark = pytest.mark.integration

@@ -19,10 +19,10 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud import ha_discovery
-from cloud.cli import main as tendril
-from cloud.device_cli import service_users
-from cloud.device_registry import Registry
+from cloud.cli.device import service_users
+from cloud.cli.main import main as tendril
+from cloud.devices import ha_discovery
+from cloud.devices.registry import Registry
 from hil.servers import LOOPBACK, Server, free_port
 
 pytestmark = pytest.mark.integration

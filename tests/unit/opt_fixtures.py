@@ -7,10 +7,10 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from cloud.devices import FloatArray, Horizon, SiteForecast
-from cloud.prices import default_prices, prices_between
-from cloud.tenders import TenderConfig, tender_prices
-from cloud.weather import load_weather
+from cloud.market.tenders import TenderConfig, tender_prices
+from cloud.optimizer.devices import FloatArray, Horizon, SiteForecast
+from cloud.sources.prices import default_prices, prices_between
+from cloud.sources.weather import load_weather
 from edge.ev import EvSession
 
 LOCAL = ZoneInfo("America/Los_Angeles")

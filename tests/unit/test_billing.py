@@ -1,7 +1,7 @@
 """Monthly bills on the Coastal and Inland Green Button homes with March 2024 CAISO prices.
 
 The Green Button data is from 2011; each home's subscription is its 2011 history shaped by
-month x day type x local hour and laid onto the 2024 calendar (see cloud.subscription).
+month x day type x local hour and laid onto the 2024 calendar (see cloud.billing.subscription).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from zoneinfo import ZoneInfo
 import pytest
 import tendril_wire as wire
 
-from cloud import bill_cli
-from cloud.billing import MonthlyBill, monthly_bill
-from cloud.greenbutton import UsageInterval, load_usage
-from cloud.prices import PriceInterval, default_prices
-from cloud.subscription import Subscription, subscribe
-from cloud.tariff import default_tariff
-from cloud.tenders import TenderConfig, build_tenders, tender_prices
-from cloud.transactions import TenderBook, Transaction
+from cloud.billing.bill import MonthlyBill, monthly_bill
+from cloud.billing.subscription import Subscription, subscribe
+from cloud.billing.tariff import default_tariff
+from cloud.cli import bill as bill_cli
+from cloud.market.tenders import TenderConfig, build_tenders, tender_prices
+from cloud.market.transactions import TenderBook, Transaction
+from cloud.sources.greenbutton import UsageInterval, load_usage
+from cloud.sources.prices import PriceInterval, default_prices
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud import line_protocol as lp
-from cloud import market_lines as mk
+from cloud.reports import market_lines as mk
+from cloud.store import line_protocol as lp
 from dashboards.__main__ import main as dashboards_main
 from dashboards.checks import JSON_DIR, load_dir, problems, queries, substitute, variable_queries
 from dashboards.export import rendered, stale, write

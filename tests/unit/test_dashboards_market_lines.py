@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from cloud import market_lines as mk
-from cloud.demo_fleet import make_sites
-from cloud.demo_market import demo_market_lines
-from cloud.line_protocol import parse_line
-from cloud.prices import PriceInterval
-from cloud.store import EmbeddedStore
-from cloud.tariff import default_tariff
-from cloud.tenders import TenderConfig, tender_prices
+from cloud.billing.tariff import default_tariff
+from cloud.demo.fleet import make_sites
+from cloud.demo.market import demo_market_lines
+from cloud.market.tenders import TenderConfig, tender_prices
+from cloud.reports import market_lines as mk
+from cloud.sources.prices import PriceInterval
+from cloud.store.line_protocol import parse_line
+from cloud.store.sinks import EmbeddedStore
 
 pytestmark = pytest.mark.unit
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cloud.demo_report import ReportError, fleet_load, write_report
-from cloud.demo_summary import DemoSummary, SiteResult
-from cloud.line_protocol import LinePoint, format_line, seconds_to_ns
-from cloud.market_lines import SitePlan, lmp_lines, schedule_lines, settlement_lines, tender_lines
-from cloud.prices import default_prices, prices_between
-from cloud.store import EmbeddedStore
-from cloud.tariff import default_tariff
-from cloud.tenders import TenderConfig
+from cloud.billing.tariff import default_tariff
+from cloud.demo.report import ReportError, fleet_load, write_report
+from cloud.demo.summary import DemoSummary, SiteResult
+from cloud.market.tenders import TenderConfig
+from cloud.reports.market_lines import SitePlan, lmp_lines, schedule_lines, settlement_lines, tender_lines
+from cloud.sources.prices import default_prices, prices_between
+from cloud.store.line_protocol import LinePoint, format_line, seconds_to_ns
+from cloud.store.sinks import EmbeddedStore
 from edge.site import SiteModel
 
 pytestmark = pytest.mark.unit

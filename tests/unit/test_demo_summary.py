@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cloud.demo_summary import DemoSummary, PricePoint, energy_cost, price_at, relay_activity, site_result
+from cloud.demo.summary import DemoSummary, PricePoint, energy_cost, price_at, relay_activity, site_result
 
 pytestmark = pytest.mark.unit
 

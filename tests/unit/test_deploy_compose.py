@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from cloud import dashboards_cli
+from dashboards import cli as dashboards_cli
 from dashboards.checks import JSON_DIR
 
 pytestmark = pytest.mark.unit

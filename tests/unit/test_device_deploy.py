@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from cloud import device_deploy
-from cloud.cli import main
-from cloud.device_deploy import DeployError, device_config, mpremote_commands
-from cloud.device_registry import Registry
+from cloud.cli.main import main
+from cloud.devices import deploy as device_deploy
+from cloud.devices.deploy import DeployError, device_config, mpremote_commands
+from cloud.devices.registry import Registry
 
 pytestmark = pytest.mark.unit
 

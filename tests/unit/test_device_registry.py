@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import tendril_wire as wire
 
-from cloud.device_registry import DeviceRecord, Registry, RegistryError
-from cloud.mosquitto_auth import ServiceUser, acl_text, password_line
+from cloud.devices.mosquitto import ServiceUser, acl_text, password_line
+from cloud.devices.registry import DeviceRecord, Registry, RegistryError
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import tendril_wire as wire
 
-from cloud.dispatch import Dispatcher
+from cloud.agent.dispatch import Dispatcher
 
 pytestmark = pytest.mark.unit
 

@@ -9,9 +9,9 @@ import re
 import pytest
 import tendril_wire as wire
 
-from cloud.device_registry import DeviceRecord
-from cloud.ha_discovery import discovery_messages
-from cloud.mosquitto_auth import ServiceUser, acl_text
+from cloud.devices.ha_discovery import discovery_messages
+from cloud.devices.mosquitto import ServiceUser, acl_text
+from cloud.devices.registry import DeviceRecord
 
 pytestmark = pytest.mark.unit
 

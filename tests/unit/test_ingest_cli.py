@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.ingest_cli import (
+from cloud.cli.ingest import (
     DEFAULT_STORE_FILE,
     UsageError,
     check_http_url,
@@ -114,7 +114,7 @@ def test_a_missing_registry_is_an_error_that_says_what_to_do(
 
 
 def test_worker_command_lines_carry_every_option_but_no_secret() -> None:
-    from cloud.ingest_serve import worker_argv
+    from cloud.ingest.serve import worker_argv
 
     args = parser().parse_args(
         ["ingest", "--workers", "3", "--influx-url", "http://127.0.0.1:8086", "--password", "pw-secret",

@@ -13,9 +13,9 @@ import tendril_wire as wire
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cloud.ingest import DEAD_LETTER_PAYLOAD_BYTES, Accepted, Ingestor, Rejected, classify
-from cloud.line_protocol import MEASUREMENTS, parse_line
-from cloud.store import EmbeddedStore
+from cloud.ingest.ingestor import DEAD_LETTER_PAYLOAD_BYTES, Accepted, Ingestor, Rejected, classify
+from cloud.store.line_protocol import MEASUREMENTS, parse_line
+from cloud.store.sinks import EmbeddedStore
 from edge.clock import SimClock
 
 pytestmark = pytest.mark.unit

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import tendril_wire as wire
 
-from cloud import line_protocol as lp
-from cloud.device_registry import Registry, RegistryError
-from cloud.ingest import Ingestor
-from cloud.ingest_devices import UNKNOWN_DEVICE, KnownDevices
-from cloud.ingest_health import IngestStats, LagHistogram, ThrottledLog, health_lines
-from cloud.store import EmbeddedStore
+from cloud.devices.registry import Registry, RegistryError
+from cloud.ingest.health import IngestStats, LagHistogram, ThrottledLog, health_lines
+from cloud.ingest.ingestor import Ingestor
+from cloud.ingest.known_devices import UNKNOWN_DEVICE, KnownDevices
+from cloud.store import line_protocol as lp
+from cloud.store.sinks import EmbeddedStore
 
 pytestmark = pytest.mark.unit
 

@@ -7,16 +7,16 @@ import pyomo.environ as pyo
 import pytest
 from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
 
-from cloud.devices import SiteState
-from cloud.devices.battery import BatterySpec
-from cloud.devices.ev import EvSpec
-from cloud.devices.hvac import HvacSpec
-from cloud.devices.pump import PumpSpec
-from cloud.devices.pv import PvSpec
-from cloud.opt_compile import CompileError, compile_model
-from cloud.opt_horizon import DAY_AHEAD
-from cloud.opt_model import SiteSpec, build_model, model_inputs, set_inputs
-from cloud.opt_solve import HighsRunner, SolveState
+from cloud.optimizer.compile import CompileError, compile_model
+from cloud.optimizer.devices import SiteState
+from cloud.optimizer.devices.battery import BatterySpec
+from cloud.optimizer.devices.ev import EvSpec
+from cloud.optimizer.devices.hvac import HvacSpec
+from cloud.optimizer.devices.pump import PumpSpec
+from cloud.optimizer.devices.pv import PvSpec
+from cloud.optimizer.horizon import DAY_AHEAD
+from cloud.optimizer.model import SiteSpec, build_model, model_inputs, set_inputs
+from cloud.optimizer.solve import HighsRunner, SolveState
 from edge.ev import EvSession
 from tests.unit.opt_fixtures import START, forecast
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.devices import Horizon, SiteState
-from cloud.devices.battery import BatterySpec
-from cloud.devices.ev import EvSpec
-from cloud.devices.hvac import HvacSpec
-from cloud.devices.pump import PumpSpec
-from cloud.devices.pv import PvSpec
-from cloud.opt_horizon import DAY_AHEAD, REAL_TIME, SitePlanner
-from cloud.opt_model import SiteSpec
+from cloud.optimizer.devices import Horizon, SiteState
+from cloud.optimizer.devices.battery import BatterySpec
+from cloud.optimizer.devices.ev import EvSpec
+from cloud.optimizer.devices.hvac import HvacSpec
+from cloud.optimizer.devices.pump import PumpSpec
+from cloud.optimizer.devices.pv import PvSpec
+from cloud.optimizer.horizon import DAY_AHEAD, REAL_TIME, SitePlanner
+from cloud.optimizer.model import SiteSpec
 from edge import battery, thermal
 from edge.battery import BatteryParams
 from edge.ev import EvParams, EvSession

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.opt_schedule import DutyRounder
-from cloud.weather import WeatherDataError, load_weather
+from cloud.optimizer.schedule import DutyRounder
+from cloud.sources.weather import WeatherDataError, load_weather
 from edge import battery, thermal
 from edge.battery import BatteryParams
 from tests.unit.opt_fixtures import LOCAL

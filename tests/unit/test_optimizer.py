@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.optimizer import RelaySchedule, schedule_relay
-from cloud.prices import default_prices, prices_between
-from cloud.tenders import TenderConfig, tender_prices
+from cloud.market.tenders import TenderConfig, tender_prices
+from cloud.optimizer.relay import RelaySchedule, schedule_relay
+from cloud.sources.prices import default_prices, prices_between
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cloud.prices import PriceDataError, PriceInterval, default_prices, load_caiso_csv, prices_between
+from cloud.sources.prices import PriceDataError, PriceInterval, default_prices, load_caiso_csv, prices_between
 
 pytestmark = pytest.mark.unit
 

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from cloud import dashboards_cli
+from dashboards import cli as dashboards_cli
 from dashboards.checks import load_dir
 
 pytestmark = pytest.mark.unit

@@ -9,12 +9,10 @@ from typing import Any
 import pytest
 import tendril_wire as wire
 
-from cloud.energy_grid import on_cells
-from cloud.greenbutton import UsageInterval
-from cloud.prices import PriceInterval, default_prices
-from cloud.settlement import SettlementError, price_grid, settle, totals
-from cloud.tenders import TenderConfig, build_tenders, tender_prices
-from cloud.transactions import (
+from cloud.billing.energy_grid import on_cells
+from cloud.billing.settlement import SettlementError, price_grid, settle, totals
+from cloud.market.tenders import TenderConfig, build_tenders, tender_prices
+from cloud.market.transactions import (
     REFUSE_BAD_QUANTITY,
     REFUSE_EXPIRED,
     REFUSE_OVER_QUANTITY,
@@ -25,6 +23,8 @@ from cloud.transactions import (
     TransactionRefused,
     position_series,
 )
+from cloud.sources.greenbutton import UsageInterval
+from cloud.sources.prices import PriceInterval, default_prices
 
 pytestmark = pytest.mark.unit
 

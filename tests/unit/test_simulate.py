@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.sim_fleet import make_homes
-from cloud.simulate import SimConfig, simulate
+from cloud.sim.fleet import make_homes
+from cloud.sim.run import SimConfig, simulate
 
 pytestmark = pytest.mark.unit
 

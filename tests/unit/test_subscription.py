@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cloud.greenbutton import UsageInterval, load_usage
-from cloud.subscription import SubscriptionError, replay_history, shape_profile, subscribe
-from cloud.tariff import default_tariff
+from cloud.billing.subscription import SubscriptionError, replay_history, shape_profile, subscribe
+from cloud.billing.tariff import default_tariff
+from cloud.sources.greenbutton import UsageInterval, load_usage
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cloud.tariff import DEFAULT_TARIFF, TariffError, default_tariff, load_tariff, parse_tariff
+from cloud.billing.tariff import DEFAULT_TARIFF, TariffError, default_tariff, load_tariff, parse_tariff
 
 pytestmark = pytest.mark.unit
 

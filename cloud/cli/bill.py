@@ -1,0 +1,188 @@
+"""`tendril bill`: one site's monthly OAT bill, shadow bill and rebate; printed, and written as CSV and JSON.
+
+The site's Green Button file is both its history (shaping the subscription) and, when it does
+not cover the billed month itself, the stand-in meter: its real days are laid onto the billed
+month by day type (see cloud.billing.subscription.replay_history). Forward transactions come from the
+ledger when one is given; `--record` appends the settlement intervals and the bill to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from cloud.billing import energy_grid
+from cloud.billing.bill import MonthlyBill, monthly_bill
+from cloud.billing.subscription import replay_history, subscribe
+from cloud.billing.tariff import DEFAULT_TARIFF, load_tariff
+from cloud.ledger.chain import Ledger
+from cloud.market.tenders import TenderConfig
+from cloud.market.transactions import KIND_TRANSACTION, Transaction
+from cloud.settings import ENV_LEDGER_URL
+from cloud.sources.greenbutton import UsageInterval, load_feed
+from cloud.sources.prices import PriceInterval, default_prices, load_caiso_csv
+from edge.resources import DATA_DIR
+
+DATA = DATA_DIR / "greenbutton"
+KIND_SETTLEMENT = "settlement"
+KIND_BILL = "bill"
+
+
+def _month(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d{4})-(\d{2})", text)
+    if not match or not 1 <= int(match[2]) <= 12:
+        raise argparse.ArgumentTypeError(f"--month must be YYYY-MM, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--feeder-load must be a number, got {text!r}") from None
+    if not 0 <= value < 10:
+        raise argparse.ArgumentTypeError(f"--feeder-load must be in [0, 10), got {text}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bill", help="a site's monthly OAT bill, shadow bill and rebate (prints, writes CSV and JSON)",
+        description="Bill one site for one month: OAT bill on metered usage, shadow bill = subscription at "
+                    "the OAT + forward buys - sells + ex-post settlement at real-time tender prices, "
+                    "rebate = max(0, OAT - shadow).")
+    p.add_argument("--site", required=True,
+                   help="site id; its Green Button file defaults to data/greenbutton/SITE_*.xml "
+                        "(bundled: coastal, inland)")
+    p.add_argument("--month", required=True, type=_month, help="local calendar month to bill, YYYY-MM")
+    p.add_argument("--greenbutton", type=Path, default=None,
+                   help="Green Button ESPI file with the site's usage (default: the bundled one for --site)")
+    p.add_argument("--tariff", type=Path, default=DEFAULT_TARIFF,
+                   help=f"OAT tariff TOML (default data/tariffs/{DEFAULT_TARIFF.name})")
+    p.add_argument("--rt-prices", type=Path, default=None,
+                   help="real-time CAISO price CSV for ex-post settlement (default: bundled RTM 5-minute)")
+    p.add_argument("--da-prices", type=Path, default=None,
+                   help="price CSV that fills gaps in the real-time one (default: bundled DAM hourly)")
+    p.add_argument("--feeder-load", type=_ratio, default=0.0,
+                   help="feeder forecast load / limit for the distribution adder (default 0: uncongested)")
+    p.add_argument("--ledger", default=os.environ.get(ENV_LEDGER_URL),
+                   help="ledger URL (sqlite:///FILE or postgresql+psycopg://...) with the site's "
+                        "transactions (env TENDRIL_LEDGER_URL; default: none, no forward transactions)")
+    p.add_argument("--record", action="store_true",
+                   help="append the settlement intervals and the bill to --ledger (once per site and month)")
+    p.add_argument("--out", type=Path, default=Path("out/bills"),
+                   help="folder for SITE_MONTH.csv and SITE_MONTH.json (default out/bills)")
+    p.set_defaults(func=main)
+
+
+def _greenbutton_file(site: str, given: Path | None) -> Path:
+    if given is not None:
+        return given
+    found = sorted(DATA.glob(f"{site}_*.xml"))
+    if not found:
+        have = sorted({f.name.split("_")[0] for f in DATA.glob("*.xml")})
+        raise FileNotFoundError(f"no bundled Green Button file for site {site!r} (have {', '.join(have)}); "
+                                "pass --greenbutton FILE")
+    return found[0]
+
+
+def _prices(given: Path | None, market: str) -> list[PriceInterval]:
+    return load_caiso_csv(given) if given is not None else default_prices("RTM" if market == "RTM" else "DAM")
+
+
+def _metered(history: list[UsageInterval], start: int, end: int,
+             replay: list[UsageInterval]) -> tuple[list[UsageInterval], bool]:
+    """The file's own readings if they cover the month, else the history replayed onto it."""
+    covered = energy_grid.clip(history, start, end)
+    if sum(iv.duration_s for iv in covered) == end - start:
+        return covered, False
+    return replay, True
+
+
+def write_outputs(bill: MonthlyBill, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{bill.site}_{bill.month}"
+    csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["section", "label", "kwh", "rate_usd_per_kwh", "amount_usd"])
+        writer.writeheader()
+        writer.writerows(line.as_dict() for line in bill.lines)
+    json_path.write_text(json.dumps(bill.summary(), indent=2) + "\n")
+    return csv_path, json_path
+
+
+def _record(ledger: Ledger, bill: MonthlyBill, now: float) -> str:
+    for rec in ledger.records(kind=KIND_BILL, site=bill.site):
+        if rec.body.get("month") == bill.month:
+            return (f"bill for {bill.site} {bill.month} already in the ledger (record {rec.seq}); "
+                    "not recorded again")
+    items = [(KIND_SETTLEMENT, bill.site, {"month": bill.month, **s.to_record()}) for s in bill.settled]
+    items.append((KIND_BILL, bill.site, {k: v for k, v in bill.summary().items() if k != "lines"}))
+    written = ledger.append_many(items, now)
+    return f"recorded {len(written)} ledger records ({len(bill.settled)} settlement intervals + the bill)"
+
+
+def main(args: argparse.Namespace) -> int:
+    year, month = args.month
+    if args.record and not args.ledger:
+        print("tendril bill: --record needs --ledger URL (or TENDRIL_LEDGER_URL)", file=sys.stderr)
+        return 2
+    ledger: Ledger | None = None
+    try:
+        tariff = load_tariff(args.tariff)
+        gb_path = _greenbutton_file(args.site, args.greenbutton)
+        feed = load_feed(gb_path)
+        history = feed.electricity_usage()
+        subscription = subscribe(args.site, history, tariff)
+        start, end = tariff.month_window(year, month)
+        if month not in subscription.profile.months():
+            have = ", ".join(str(m) for m in subscription.profile.months())
+            raise ValueError(f"{gb_path.name} has history for month(s) {have} only; a subscription for "
+                             f"month {month} needs that month's history")
+        replay = replay_history(history, tariff, year, month, subscription.profile)
+        metered, replayed = _metered(history, start, end, replay)
+        layers = [_prices(args.rt_prices, "RTM"), _prices(args.da_prices, "DAM")]
+        transactions: list[Transaction] = []
+        if args.ledger:
+            ledger = Ledger(args.ledger)
+            transactions = [Transaction.from_record(r.body)
+                            for r in ledger.records(kind=KIND_TRANSACTION, site=args.site)]
+        bill = monthly_bill(args.site, year, month, tariff, metered, subscription, transactions, layers,
+                            TenderConfig(), args.feeder_load)
+        first = dt.datetime.fromtimestamp(history[0].start, tariff.tz)
+        bill.notes.append(
+            f"metered: {gb_path.name} days of {first:%Y-%m} laid onto {bill.month} by day type and "
+            "clock hour (stand-in meter)" if replayed else f"metered: {gb_path.name} readings")
+        trades = f"{len(transactions)} forward transactions in the ledger" if args.ledger \
+            else "no ledger given, so no forward transactions"
+        bill.notes.append(f"subscription: mean by month x day type x hour of {len(history)} readings "
+                          f"in {gb_path.name}; {trades}")
+        bill.notes.extend(f"data warning: {w.replace(str(gb_path), gb_path.name)}" for w in feed.warnings)
+        print(bill.render())
+        csv_path, json_path = write_outputs(bill, args.out)
+        print()
+        for note in bill.notes:
+            print(note)
+        print(f"written: {csv_path}, {json_path}")
+        if args.record and ledger is not None:
+            print(_record(ledger, bill, time.time()))
+        return 0
+    except (ValueError, OSError) as exc:  # every data error of the modules used is a ValueError
+        print(f"tendril bill: {exc}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        print(f"tendril bill: ledger {args.ledger}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 2
+    finally:
+        if ledger is not None:
+            ledger.close()

@@ -1,0 +1,214 @@
+"""`tendril device ...`: register devices, generate their broker credentials and ACLs, deploy firmware."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from cloud.devices import deploy as device_deploy
+from cloud.devices import ha_discovery
+from cloud.devices.mosquitto import ServiceUser, acl_text, mosquitto_conf, password_text
+from cloud.devices.registry import Registry, RegistryError
+from cloud.settings import ENV_MQTT_PASSWORD, UsageError, parse_broker_url, registry_dir
+from edge.firmware_process import MpyCrossNotFound
+
+DEFAULT_ROOT = registry_dir()
+SERVICES_FILE = "secrets/_services.json"
+SERVICE_ROLES = ("dispatch", "homeassistant", "ingest")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("device", help="register devices; per-device MQTT credentials and ACLs; deploy firmware",
+                       description="Manage the device registry (devices.json plus a 0600 secrets file per "
+                                   "device) and generate Mosquitto password and ACL files from it.")
+    p.add_argument("--registry", type=Path, default=DEFAULT_ROOT,
+                   help=f"registry folder (env TENDRIL_REGISTRY, default {DEFAULT_ROOT})")
+    dsub = p.add_subparsers(dest="device_command", metavar="ACTION")
+    dsub.required = True
+
+    add = dsub.add_parser("add", help="register a device and create its HMAC key and MQTT password",
+                          description="Register a device; prints its firmware config secrets once.")
+    add.add_argument("--site", required=True, help="site id ([a-z0-9_-], at most 32 characters)")
+    add.add_argument("--device", required=True, help="device id, unique within the site")
+    add.add_argument("--type", required=True, choices=("meter", "relay"), help="device type")
+    add.set_defaults(func=_add)
+
+    ls = dsub.add_parser("list", help="list registered devices (no secrets)", description="List devices.")
+    ls.set_defaults(func=_list)
+
+    rm = dsub.add_parser("remove", help="remove a device and delete its secrets", description="Remove a device.")
+    rm.add_argument("--site", required=True, help="site id")
+    rm.add_argument("--device", required=True, help="device id")
+    rm.set_defaults(func=_remove)
+
+    dep = dsub.add_parser("deploy", help="copy the firmware and the device's config to a board with mpremote",
+                          description="Compile the firmware library to .mpy (mpy-cross), build the device's "
+                                      "config.json from the registry and --settings, and copy both plus the "
+                                      "board's board.py and main.py to the board on --port with mpremote.")
+    dep.add_argument("--site", required=True, help="site id")
+    dep.add_argument("--device", required=True, help="device id")
+    dep.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
+    dep.add_argument("--board", choices=device_deploy.BOARDS, default="esp32", help="board layer (default esp32)")
+    dep.add_argument("--settings", type=Path,
+                     help="JSON object of the device's other config keys: broker_host, broker_port, timers, "
+                          "and `board` (wifi_ssid, wifi_password, pins); keep it out of the repository")
+    dep.add_argument("--broker-host", help="MQTT broker the device connects to (overrides --settings)")
+    dep.add_argument("--broker-port", type=int, help="its port (overrides --settings)")
+    dep.add_argument("--build", type=Path, help="folder for the compiled files (default build/deploy/SITE.DEVICE)")
+    dep.add_argument("--dry-run", action="store_true", help="check the config and print the mpremote command lines")
+    dep.add_argument("--resume", action="store_true",
+                     help="no soft reset on connect (mpremote resume); for the unix port's REPL")
+    dep.add_argument("--no-reset", action="store_true", help="leave the board in the REPL instead of resetting it")
+    dep.add_argument("--timeout", type=float, default=300.0, help="seconds each mpremote command may take")
+    dep.set_defaults(func=_deploy)
+
+    conf = dsub.add_parser("mosquitto-config", help="write Mosquitto password_file, acl_file and listener conf",
+                           description="Write passwd, acl and mosquitto.conf for every registered device "
+                                       "plus the cloud's ingest, dispatch and homeassistant users (created on "
+                                       "first use; passwords in the registry's secrets/_services.json).")
+    conf.add_argument("--out", type=Path, required=True, help="folder for the generated files")
+    conf.add_argument("--port", type=int, default=1883, help="listener port (default 1883)")
+    conf.add_argument("--bind", default="127.0.0.1", help="listener address (default 127.0.0.1)")
+    conf.set_defaults(func=_mosquitto_config)
+
+    ha = dsub.add_parser("ha-discovery", help="publish Home Assistant MQTT discovery configs for every device",
+                         description="Publish (retained, QoS 1) a Home Assistant discovery config per reading of "
+                                     "every registered device: meter power and energy, relay state and load, "
+                                     "read from the devices' own topics and available while they are online. "
+                                     "Read-only: relay commands need the cloud's signature. With the ACLs of "
+                                     "`mosquitto-config`, publish and run HA as the tendril-homeassistant user.")
+    ha.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default %(default)s)")
+    ha.add_argument("--username", help=f"MQTT user; the password comes from ${ENV_MQTT_PASSWORD}")
+    ha.add_argument("--remove", action="store_true", help="clear the configs instead (HA drops the entities)")
+    ha.add_argument("--dry-run", action="store_true", help="print topics and payloads, publish nothing")
+    ha.set_defaults(func=_ha_discovery)
+
+
+def _fail(message: str) -> int:
+    print(f"tendril device: {message}", file=sys.stderr)
+    return 2
+
+
+def _add(args: argparse.Namespace) -> int:
+    try:
+        made = Registry(args.registry).add(args.site, args.device, args.type)
+    except RegistryError as exc:
+        return _fail(str(exc))
+    # Printed once, for the device's config.json; afterwards only in the 0600 file.
+    print(json.dumps({"site": args.site, "device": args.device, "type": args.type, "key_hex": made.key_hex,
+                      "username": f"{args.site}.{args.device}", "password": made.mqtt_password}, indent=2))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    try:
+        devices = Registry(args.registry).devices
+    except RegistryError as exc:
+        return _fail(str(exc))
+    for d in devices:
+        print(f"{d.site:<20} {d.device:<20} {d.type}")
+    print(f"{len(devices)} device(s) in {args.registry}", file=sys.stderr)
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    try:
+        Registry(args.registry).remove(args.site, args.device)
+    except RegistryError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    try:
+        settings = device_deploy.read_settings(args.settings)
+        if args.broker_host is not None:
+            settings["broker_host"] = args.broker_host
+        if args.broker_port is not None:
+            settings["broker_port"] = args.broker_port
+        doc = device_deploy.device_config(Registry(args.registry), args.site, args.device, settings, args.board)
+        build: Path = args.build or Path("build", "deploy", f"{args.site}.{args.device}")
+        modules = device_deploy.library_sources()
+        try:
+            mpremote = device_deploy.find_mpremote()
+        except device_deploy.DeployError:
+            if not args.dry_run:
+                raise
+            mpremote = "mpremote"
+        commands = device_deploy.mpremote_commands(mpremote, args.port, build.resolve(), modules,
+                                                   resume=args.resume, reset=not args.no_reset)
+        if args.dry_run:
+            print(device_deploy.show(commands))
+            return 0
+        device_deploy.stage(build, args.board, doc)
+        try:
+            device_deploy.run(commands, args.timeout)
+        finally:
+            (build / "config.json").unlink(missing_ok=True)  # the secrets stay in the registry only
+    except (device_deploy.DeployError, RegistryError, MpyCrossNotFound) as exc:
+        return _fail(str(exc))
+    print(f"deployed {args.site}/{args.device} ({doc['type']}, board {args.board}) to {args.port}")
+    return 0
+
+
+def _ha_discovery(args: argparse.Namespace) -> int:
+    try:
+        host, port = parse_broker_url(args.broker)
+        devices = Registry(args.registry).devices
+    except (UsageError, RegistryError) as exc:
+        return _fail(str(exc))
+    messages = ha_discovery.discovery_messages(devices)
+    if args.remove:
+        messages = [(topic, b"") for topic, _ in messages]
+    if args.dry_run:
+        for topic, payload in messages:
+            print(topic, payload.decode())
+        return 0
+    try:
+        ha_discovery.publish(host, port, messages, args.username, os.environ.get(ENV_MQTT_PASSWORD))
+    except ConnectionError as exc:
+        return _fail(str(exc))
+    print(f"{'cleared' if args.remove else 'published'} {len(messages)} Home Assistant discovery configs for "
+          f"{len(devices)} device(s) on {host}:{port}")
+    return 0
+
+
+def service_users(root: Path) -> list[ServiceUser]:
+    """The cloud's own MQTT users, created with fresh passwords the first time they are needed."""
+    path = root / SERVICES_FILE
+    data = json.loads(path.read_text()) if path.exists() else {}
+    missing = [role for role in SERVICE_ROLES if role not in data]
+    if missing:  # a registry made before a role existed gets it now
+        data.update({role: secrets.token_urlsafe(24) for role in missing})
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+    return [ServiceUser(f"tendril-{role}", str(pw), role) for role, pw in sorted(data.items())]
+
+
+def _mosquitto_config(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        return _fail(f"--port must be 1..65535, got {args.port}")
+    try:
+        registry = Registry(args.registry)
+        devices = [(d, registry.secrets_for(d.site, d.device).mqtt_password) for d in registry.devices]
+    except RegistryError as exc:
+        return _fail(str(exc))
+    services = service_users(args.registry)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("passwd", password_text(devices, services)),
+                       ("acl", acl_text([d for d, _ in devices], services))):
+        fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+    (out / "mosquitto.conf").write_text(
+        mosquitto_conf(args.port, str((out / "passwd").resolve()), str((out / "acl").resolve()), args.bind))
+    print(f"wrote {out}/passwd, {out}/acl, {out}/mosquitto.conf for {len(devices)} device(s) "
+          f"and {len(services)} service user(s)")
+    return 0

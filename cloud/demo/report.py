@@ -1,0 +1,242 @@
+"""OUT/report.html: what a demo run did, as plots read back from its store.
+
+Everything plotted comes from the store the run wrote (device points from ingestion, market
+points from cloud.demo.market), so the report shows what the dashboards would. PNGs are embedded
+as base64: the report is one file that opens anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import html
+import io
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to memory only
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from cloud.demo.summary import DemoSummary
+from cloud.reports import market_lines as mk
+from cloud.store.line_protocol import (
+    FIELD_LOAD_W,
+    FIELD_POWER_W,
+    FIELD_RELAY,
+    MEASUREMENT_METER,
+    MEASUREMENT_RELAY,
+    TAG_SITE,
+)
+from cloud.store.sinks import EmbeddedStore, StoredPoint
+
+LOCAL = ZoneInfo("America/Los_Angeles")
+GRID_S = 60
+REPORT_NAME = "report.html"
+Series = list[tuple[float, float]]
+
+
+class ReportError(ValueError):
+    """The store lacks what the report plots; the message names what is missing."""
+
+
+def _series(points: Sequence[StoredPoint], field: str) -> Series:
+    return [(p.ts_ns / 1e9, float(p.fields[field])) for p in points if field in p.fields]
+
+
+def _step_at(series: Series, times: Sequence[float]) -> list[float]:
+    """Value in force at each time: the last sample at or before it (the first sample before that;
+    0 for an empty series)."""
+    stamps = [t for t, _ in series]
+    out = []
+    for t in times:
+        i = bisect.bisect_right(stamps, t) - 1
+        out.append(series[max(i, 0)][1] if series else 0.0)
+    return out
+
+
+def _grid(start: float, end: float) -> list[float]:
+    return [start + i * GRID_S for i in range(int((end - start) // GRID_S) + 1)]
+
+
+def _local(times: Sequence[float]) -> Any:
+    """Matplotlib date numbers for unix times (shown on the local clock by `_time_axis`)."""
+    date2num: Any = mdates.date2num  # unannotated in matplotlib
+    return date2num([datetime.fromtimestamp(t, LOCAL) for t in times])
+
+
+def _time_axis(fig: Figure, *axes: Axes) -> None:
+    for ax in axes:
+        ax.xaxis_date(tz=LOCAL)
+        formatter: Any = mdates.DateFormatter
+        ax.xaxis.set_major_formatter(formatter("%m-%d %H:%M", tz=LOCAL))
+    fig.autofmt_xdate()
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _require(store: EmbeddedStore, measurement: str) -> list[StoredPoint]:
+    points = store.points(measurement)
+    if not points:
+        raise ReportError(f"the store has no {measurement!r} points; the report needs them "
+                          f"(market points come from cloud.demo.market.demo_market_lines)")
+    return points
+
+
+def prices_figure(store: EmbeddedStore, site: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    for market in ("RTM", "DAM"):
+        for side, style in (("BUY", "-"), ("SELL", "--")):
+            pts = [p for p in store.points(mk.MEASUREMENT_TENDER, site=site)
+                   if p.tags.get(mk.TAG_MARKET) == market and p.tags.get(mk.TAG_SIDE) == side]
+            s = _series(pts, mk.FIELD_PRICE)
+            if s:
+                ax.step(_local([t for t, _ in s]), [v for _, v in s], style, where="post",
+                        label=f"{market} {side.lower()} tender ($/kWh)")
+    ax.set_ylabel("$/kWh")
+    lmp_ax = ax.twinx()
+    for market, color in (("RTM", "0.55"), ("DAM", "0.2")):
+        s = _series([p for p in store.points(mk.MEASUREMENT_LMP) if p.tags.get(mk.TAG_MARKET) == market],
+                    mk.FIELD_LMP)
+        if s:
+            lmp_ax.step(_local([t for t, _ in s]), [v for _, v in s], color=color, lw=0.8, where="post",
+                        label=f"{market} LMP ($/MWh)")
+    lmp_ax.set_ylabel("LMP $/MWh")
+    lines = ax.get_legend_handles_labels()
+    lmp_lines = lmp_ax.get_legend_handles_labels()
+    ax.legend(lines[0] + lmp_lines[0], lines[1] + lmp_lines[1], fontsize=7, loc="upper left", ncol=3,
+              bbox_to_anchor=(0.0, -0.28))
+    ax.set_title(f"CAISO prices and the tenders offered to {site}")
+    _time_axis(fig, ax)
+    return fig
+
+
+def fleet_load(store: EmbeddedStore, sites: Sequence[str], times: Sequence[float]) -> tuple[list[float], list[float]]:
+    """(optimized kW, baseline kW) on `times`: metered load, and metered load with the relay load
+    the optimizer placed swapped for the timer baseline's."""
+    optimized = [0.0] * len(times)
+    baseline = [0.0] * len(times)
+    for site in sites:
+        meter = _step_at(_series(store.points(MEASUREMENT_METER, site=site), FIELD_POWER_W), times)
+        relay = _step_at(_series(store.points(MEASUREMENT_RELAY, site=site), FIELD_LOAD_W), times)
+        base_plan = [p for p in store.points(mk.MEASUREMENT_SCHEDULE, site=site)
+                     if p.tags.get(mk.TAG_PLAN) == mk.PLAN_BASELINE]
+        timer_kw = _step_at(_series(base_plan, mk.FIELD_PLANNED_KW), times)
+        for i in range(len(times)):
+            optimized[i] += meter[i] / 1000.0
+            # Meter and relay report at different instants, so around a switch the difference can
+            # dip below zero for a sample; a house never exports through a pump.
+            baseline[i] += max(0.0, meter[i] - relay[i]) / 1000.0 + timer_kw[i]
+    return optimized, baseline
+
+
+def fleet_figure(store: EmbeddedStore, sites: Sequence[str], start: float, end: float) -> Figure:
+    times = _grid(start, end)
+    optimized, baseline = fleet_load(store, sites, times)
+    fig, ax = plt.subplots(figsize=(10, 3.4))
+    x = _local(times)
+    ax.plot(x, baseline, color="tab:gray", lw=2.5, ls="--", label="without optimization (pump on a timer)")
+    ax.plot(x, optimized, color="tab:green", lw=1.4, label="with Tendril (metered)")
+    ax.set_ylabel("fleet kW")
+    ax.set_title(f"Fleet load, {len(sites)} sites")
+    ax.legend(fontsize=8, loc="upper left")
+    _time_axis(fig, ax)
+    return fig
+
+
+def site_figure(store: EmbeddedStore, site: str, start: float, end: float) -> Figure:
+    times = _grid(start, end)
+    x = _local(times)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.6), sharex=True, height_ratios=(2, 1))
+    meter = _series(store.points(MEASUREMENT_METER, site=site), FIELD_POWER_W)
+    top.plot(x, [v / 1000.0 for v in _step_at(meter, times)], color="tab:blue", lw=1.0, label="meter kW")
+    top.set_ylabel("kW")
+    top.legend(fontsize=8, loc="upper left")
+    top.set_title(f"{site}: meter and relay")
+    relay = _series(store.points(MEASUREMENT_RELAY, site=site), FIELD_RELAY)
+    planned = _series([p for p in store.points(mk.MEASUREMENT_SCHEDULE, site=site)
+                       if p.tags.get(mk.TAG_PLAN) == mk.PLAN_OPTIMIZED], mk.FIELD_PLANNED_RELAY)
+    bottom.step(x, _step_at(planned, times), where="post", color="tab:orange", lw=2.5, alpha=0.5,
+                label="scheduled")
+    bottom.step(x, _step_at(relay, times), where="post", color="black", lw=1.0, label="relay (telemetry)")
+    bottom.set_yticks([0, 1], ["off", "on"])
+    bottom.set_ylim(-0.2, 1.2)
+    bottom.legend(fontsize=8, loc="upper left")
+    _time_axis(fig, top, bottom)
+    return fig
+
+
+def bills_figure(store: EmbeddedStore) -> Figure:
+    bills = {p.tags[TAG_SITE]: p for p in _require(store, mk.MEASUREMENT_BILL)}
+    names = sorted(bills)
+    shadow = [float(bills[n].fields[mk.FIELD_SHADOW_USD]) for n in names]
+    oat = [float(bills[n].fields[mk.FIELD_OAT_USD]) for n in names]
+    rebate = [float(bills[n].fields[mk.FIELD_REBATE_USD]) for n in names]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    idx = range(len(names))
+    width = 0.27
+    ax.bar([i - width for i in idx], oat, width, label="OAT (time-of-use tariff)", color="tab:gray")
+    ax.bar(list(idx), shadow, width, label="shadow bill (tenders)", color="tab:green")
+    ax.bar([i + width for i in idx], rebate, width, label="rebate", color="tab:orange")
+    ax.set_xticks(list(idx), names)
+    ax.set_ylabel("$")
+    ax.set_title("Bills for the run")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _summary_table(summary: DemoSummary) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(s.site)}</td><td>{s.meter_readings}</td><td>{s.energy_kwh:.2f}</td>"
+        f"<td>{s.cost_usd:.2f}</td><td>{s.relay_on_hours:.2f}</td><td>{s.relay_switches}</td></tr>"
+        for s in summary.sites)
+    return ("<table><tr><th>site</th><th>readings</th><th>kWh</th><th>cost $</th><th>relay on h</th>"
+            f"<th>switches</th></tr>{rows}</table>")
+
+
+def render_html(summary: DemoSummary, images: Sequence[tuple[str, str]], note: str) -> str:
+    figures = "".join(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" '
+                      f'src="data:image/png;base64,{data}">' for title, data in images)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Tendril demo report</title>"
+        "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto}img{max-width:100%}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style>"
+        "</head><body><h1>Tendril demo report</h1>"
+        f"<pre>{html.escape(summary.render())}</pre>{_summary_table(summary)}{figures}"
+        f"<p><small>{html.escape(note)}</small></p></body></html>"
+    )
+
+
+def write_report(out_dir: Path, store: EmbeddedStore, summary: DemoSummary, *, start: float, end: float,
+                 site: str | None = None) -> Path:
+    """Render OUT/report.html from the run's store; `site` picks the site traced (default: the first)."""
+    sites = sorted({p.tags[TAG_SITE] for p in _require(store, MEASUREMENT_METER)})
+    for needed in (mk.MEASUREMENT_TENDER, mk.MEASUREMENT_LMP, mk.MEASUREMENT_SCHEDULE, MEASUREMENT_RELAY):
+        _require(store, needed)
+    traced = site or sites[0]
+    if traced not in sites:
+        raise ReportError(f"no meter points for site {traced!r}; sites: {', '.join(sites)}")
+    images = [
+        ("Prices and tenders", _png(prices_figure(store, traced))),
+        ("Fleet load with and without optimization", _png(fleet_figure(store, sites, start, end))),
+        (f"{traced}: meter and relay", _png(site_figure(store, traced, start, end))),
+        ("Bills", _png(bills_figure(store))),
+    ]
+    note = ("Without optimization = the metered load with each relay's load replaced by the same number of "
+            "pump hours run by a timer from the start of the window. The demo's houses have no HVAC model, "
+            "so there is no indoor temperature trace.")
+    path = out_dir / REPORT_NAME
+    path.write_text(render_html(summary, images, note), encoding="utf-8")
+    return path

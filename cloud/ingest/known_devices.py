@@ -1,0 +1,86 @@
+"""The devices ingestion accepts: registered ones (cloud/devices/registry.py), kept current.
+
+Messages from any other (site, device) are rejected with reason `unknown_device`. The set
+comes from the registry folder `tendril device add` maintains (its devices.json) and is
+re-read when that file changes, so enrolling a device needs no restart; a program (the demo,
+a test) can also register devices directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import tendril_wire as wire
+
+from cloud.devices.registry import REGISTRY_FILE, Registry, RegistryError
+
+log = logging.getLogger("tendril.ingest")
+
+UNKNOWN_DEVICE = "unknown_device"
+
+Device = tuple[str, str]
+
+
+class KnownDevices:
+    """Registered devices. `version` changes whenever the set does, so callers can cache lookups."""
+
+    def __init__(self, devices: Iterable[Device] = (), *, registry_root: Path | None = None) -> None:
+        self._added: set[Device] = set()  # registered in-process
+        self._from_file: set[Device] = set()
+        self.registry_root = registry_root
+        self.version = 0
+        self._stamp: tuple[int, int] | None = None
+        for site, device in devices:
+            self.register(site, device)
+        if registry_root is not None:
+            if not (registry_root / REGISTRY_FILE).exists():
+                raise RegistryError(
+                    f"no device registry at {registry_root / REGISTRY_FILE}: register devices with "
+                    "`tendril device add` first"
+                )
+            self.reload_if_changed(strict=True)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._from_file or item in self._added
+
+    def __len__(self) -> int:
+        return len(self._from_file | self._added)
+
+    def register(self, site: str, device: str) -> None:
+        wire.check_id(site, "site")
+        wire.check_id(device, "device")
+        if (site, device) not in self._added:
+            self._added.add((site, device))
+            self.version += 1
+
+    def reload_if_changed(self, strict: bool = False) -> bool:
+        """Re-read devices.json if it changed; True if the set changed. After the first read a
+        broken file is logged and the previous set kept: a typo must not reject a fleet."""
+        if self.registry_root is None:
+            return False
+        path = self.registry_root / REGISTRY_FILE
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            log.error("device registry %s: %s; keeping %d devices", path, exc, len(self._from_file))
+            return False
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            devices = {(r.site, r.device) for r in Registry(self.registry_root).devices}
+        except RegistryError as exc:
+            if strict:
+                raise
+            log.error("device registry not reloaded: %s; keeping %d devices", exc, len(self._from_file))
+            return False
+        if devices == self._from_file:
+            return False
+        log.info("device registry %s: %d devices (was %d)", path, len(devices), len(self._from_file))
+        self._from_file = devices
+        self.version += 1
+        return True
