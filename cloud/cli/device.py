@@ -12,7 +12,7 @@ from pathlib import Path
 from cloud.devices import deploy as device_deploy
 from cloud.devices import ha_discovery
 from cloud.devices.mosquitto import ServiceUser, acl_text, mosquitto_conf, password_text
-from cloud.devices.registry import Registry, RegistryError
+from cloud.devices.registry import DEFAULT_AGENT, DEFAULT_FEEDER, RELAY_LOADS, Registry, RegistryError, SiteRecord
 from cloud.settings import ENV_MQTT_PASSWORD, UsageError, parse_broker_url, registry_dir
 from edge.firmware_process import MpyCrossNotFound
 
@@ -35,7 +35,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("--site", required=True, help="site id ([a-z0-9_-], at most 32 characters)")
     add.add_argument("--device", required=True, help="device id, unique within the site")
     add.add_argument("--type", required=True, choices=("meter", "relay"), help="device type")
+    add.add_argument("--load", choices=RELAY_LOADS,
+                     help="relays: what it switches (the agent plans it with that device model)")
+    add.add_argument("--rating-w", type=float, help="the largest power in W the device can report")
     add.set_defaults(func=_add)
+
+    site = dsub.add_parser("site", help="set a site's feeder, agent and load settings",
+                           description="Add or replace a site's record: the feeder it hangs off (its tenders' "
+                                       "distribution adder), the agent that answers its tenders and commands its "
+                                       "relays, and the settings of its loads for the agent's optimizer, a JSON "
+                                       "object with sections hvac, pump, ev, battery, pv (see deploy/README.md).")
+    site.add_argument("--site", required=True, help="site id")
+    site.add_argument("--feeder", default=DEFAULT_FEEDER, help=f"feeder id (default {DEFAULT_FEEDER})")
+    site.add_argument("--agent", default=DEFAULT_AGENT, help=f"agent MQTT user (default {DEFAULT_AGENT})")
+    site.add_argument("--settings", type=Path, help="JSON file of the site's load settings")
+    site.set_defaults(func=_site)
 
     ls = dsub.add_parser("list", help="list registered devices (no secrets)", description="List devices.")
     ls.set_defaults(func=_list)
@@ -95,12 +109,28 @@ def _fail(message: str) -> int:
 
 def _add(args: argparse.Namespace) -> int:
     try:
-        made = Registry(args.registry).add(args.site, args.device, args.type)
+        made = Registry(args.registry).add(args.site, args.device, args.type, args.load, args.rating_w)
     except RegistryError as exc:
         return _fail(str(exc))
     # Printed once, for the device's config.json; afterwards only in the 0600 file.
     print(json.dumps({"site": args.site, "device": args.device, "type": args.type, "key_hex": made.key_hex,
                       "username": f"{args.site}.{args.device}", "password": made.mqtt_password}, indent=2))
+    return 0
+
+
+def _site(args: argparse.Namespace) -> int:
+    settings: object = {}
+    if args.settings is not None:
+        try:
+            settings = json.loads(args.settings.read_text())
+        except (OSError, ValueError) as exc:
+            return _fail(f"{args.settings}: not a readable JSON file ({exc})")
+    try:
+        record = SiteRecord(args.site, args.feeder, args.agent, settings)  # type: ignore[arg-type]
+        Registry(args.registry).set_site(record)
+    except RegistryError as exc:
+        return _fail(str(exc))
+    print(json.dumps(record.to_json(), indent=2))
     return 0
 
 
@@ -110,7 +140,7 @@ def _list(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         return _fail(str(exc))
     for d in devices:
-        print(f"{d.site:<20} {d.device:<20} {d.type}")
+        print(f"{d.site:<20} {d.device:<20} {d.type:<6} {d.load or ''}")
     print(f"{len(devices)} device(s) in {args.registry}", file=sys.stderr)
     return 0
 

@@ -1,6 +1,8 @@
 """The device registry: which devices exist, and each one's own secrets.
 
-`devices.json` lists devices (site, device, type) and is safe to show; every device's
+`devices.json` lists sites (feeder, the agent that serves them, their devices' settings for the
+optimizer) and devices (site, device, type, the load a relay switches) and is safe to show; every
+device's
 secrets (HMAC command key, MQTT password) live in their own file under `secrets/`,
 created with mode 0600 and never printed unless asked for. Nothing here is a default
 secret: every key is drawn from `secrets` when the device is added.
@@ -9,15 +11,25 @@ secret: every key is drawn from `secrets` when the device is added.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tendril_wire as wire
 
 REGISTRY_FILE = "devices.json"
 SECRETS_DIR = "secrets"
+VERSION = 2  # 2 added sites and relay loads; version 1 files (devices only) are still read
+DEFAULT_FEEDER = "feeder-a"
+DEFAULT_AGENT = "tendril-agent"
+# What a relay switches; the agent plans each with its device model (cloud.optimizer.devices).
+RELAY_LOADS = ("pump", "hvac", "ev", "battery")
+# Sections of a site's settings: one per optimizer device model. Each holds that model's spec
+# fields (numbers or booleans); the agent builds and checks the specs from them.
+SETTING_SECTIONS = ("hvac", "pump", "ev", "battery", "pv")
 
 
 class RegistryError(ValueError):
@@ -29,6 +41,8 @@ class DeviceRecord:
     site: str
     device: str
     type: str
+    load: str | None = None  # relays only: what it switches (RELAY_LOADS)
+    rating_w: float | None = None  # the largest power the device can plausibly report
 
     def __post_init__(self) -> None:
         try:
@@ -38,11 +52,58 @@ class DeviceRecord:
             raise RegistryError(f"invalid id: {exc}") from None
         if self.type not in wire.DEVICE_TYPES:
             raise RegistryError(f"device type must be one of {', '.join(wire.DEVICE_TYPES)}, got {self.type!r}")
+        if self.load is not None and (self.type != wire.DEVICE_RELAY or self.load not in RELAY_LOADS):
+            raise RegistryError(f"load is for relays and one of {', '.join(RELAY_LOADS)}, got {self.load!r} "
+                                f"on a {self.type}")
+        if self.rating_w is not None and not (_finite(self.rating_w) and self.rating_w > 0):
+            raise RegistryError(f"rating_w must be a number > 0, got {self.rating_w!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @property
     def username(self) -> str:
         """The device's MQTT user name: unique, and readable in broker logs."""
         return f"{self.site}.{self.device}"
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    """A site: the feeder it hangs off (its tenders' distribution adder), the agent that answers
+    its tenders (an MQTT user allowed to transact for it and command its devices), and the
+    settings of its flexible loads for the agent's optimizer."""
+
+    site: str
+    feeder: str = DEFAULT_FEEDER
+    agent: str = DEFAULT_AGENT
+    settings: dict[str, dict[str, float | bool]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            wire.check_id(self.site, "site")
+            wire.check_id(self.feeder, "feeder")
+            wire.check_id(self.agent, "agent")
+        except wire.ContractError as exc:
+            raise RegistryError(f"site {self.site!r}: invalid id: {exc}") from None
+        if not isinstance(self.settings, dict):
+            raise RegistryError(f"site {self.site}: settings must be an object of sections")
+        for section, values in self.settings.items():
+            if section not in SETTING_SECTIONS:
+                raise RegistryError(f"site {self.site}: unknown settings section {section!r} "
+                                    f"(known: {', '.join(SETTING_SECTIONS)})")
+            if not isinstance(values, dict):
+                raise RegistryError(f"site {self.site}: settings.{section} must be an object")
+            for key, value in values.items():
+                if not (isinstance(value, bool) or _finite(value)):
+                    raise RegistryError(f"site {self.site}: settings.{section}.{key} must be a finite number "
+                                        f"or a boolean, got {value!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -66,19 +127,40 @@ class Registry:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._devices: dict[tuple[str, str], DeviceRecord] = {}
+        self._sites: dict[str, SiteRecord] = {}
         path = root / REGISTRY_FILE
         if path.exists():
-            self._devices = {(r.site, r.device): r for r in _read_records(path)}
+            sites, devices = _read_registry(path)
+            self._sites = {s.site: s for s in sites}
+            self._devices = {(r.site, r.device): r for r in devices}
 
     @property
     def devices(self) -> list[DeviceRecord]:
         return sorted(self._devices.values())
 
+    @property
+    def sites(self) -> list[SiteRecord]:
+        """Every site with a device, with its record (a default one if it was never set)."""
+        names = {d.site for d in self._devices.values()} | set(self._sites)
+        return [self.site(name) for name in sorted(names)]
+
+    def site(self, name: str) -> SiteRecord:
+        return self._sites.get(name) or SiteRecord(name)
+
+    def site_devices(self, name: str) -> list[DeviceRecord]:
+        return [d for d in self.devices if d.site == name]
+
+    def set_site(self, record: SiteRecord) -> None:
+        """Add or replace a site's record (feeder, agent, settings)."""
+        self._sites[record.site] = record
+        self._save()
+
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._devices
 
-    def add(self, site: str, device: str, type_: str) -> DeviceSecrets:
-        record = DeviceRecord(site, device, type_)
+    def add(self, site: str, device: str, type_: str, load: str | None = None,
+            rating_w: float | None = None) -> DeviceSecrets:
+        record = DeviceRecord(site, device, type_, load, rating_w)
         if (site, device) in self._devices:
             raise RegistryError(f"device {device!r} at site {site!r} is already registered")
         made = new_secrets()
@@ -119,23 +201,38 @@ class Registry:
     def _save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / (REGISTRY_FILE + ".tmp")
-        tmp.write_text(json.dumps({"version": 1, "devices": [asdict(r) for r in self.devices]}, indent=2) + "\n")
+        body = {"version": VERSION, "sites": [s.to_json() for s in sorted(self._sites.values(), key=lambda s: s.site)],
+                "devices": [r.to_json() for r in self.devices]}
+        tmp.write_text(json.dumps(body, indent=2) + "\n")
         tmp.replace(self.root / REGISTRY_FILE)
 
 
-def _read_records(path: Path) -> list[DeviceRecord]:
+def _read_registry(path: Path) -> tuple[list[SiteRecord], list[DeviceRecord]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise RegistryError(f"{path}: not a readable JSON registry ({exc})") from None
-    if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("devices"), list):
-        raise RegistryError(f"{path}: expected {{'version': 1, 'devices': [...]}}")
+    if not isinstance(data, dict) or data.get("version") not in (1, VERSION) \
+            or not isinstance(data.get("devices"), list) or not isinstance(data.get("sites", []), list):
+        raise RegistryError(f"{path}: expected {{'version': {VERSION}, 'sites': [...], 'devices': [...]}}")
     records = []
     for i, item in enumerate(data["devices"]):
-        if not isinstance(item, dict) or set(item) != {"site", "device", "type"}:
-            raise RegistryError(f"{path}: device #{i} must have exactly site, device and type")
+        if not isinstance(item, dict) or not {"site", "device", "type"} <= set(item) \
+                or not set(item) <= {"site", "device", "type", "load", "rating_w"}:
+            raise RegistryError(f"{path}: device #{i} must have site, device and type (and may have load, rating_w)")
         try:
-            records.append(DeviceRecord(str(item["site"]), str(item["device"]), str(item["type"])))
+            records.append(DeviceRecord(str(item["site"]), str(item["device"]), str(item["type"]),
+                                        item.get("load"), item.get("rating_w")))
         except RegistryError as exc:
             raise RegistryError(f"{path}: device #{i}: {exc}") from None
-    return records
+    sites = []
+    for i, item in enumerate(data.get("sites", [])):
+        if not isinstance(item, dict) or "site" not in item \
+                or not set(item) <= {"site", "feeder", "agent", "settings"}:
+            raise RegistryError(f"{path}: site #{i} must have site (and may have feeder, agent, settings)")
+        try:
+            sites.append(SiteRecord(str(item["site"]), str(item.get("feeder", DEFAULT_FEEDER)),
+                                    str(item.get("agent", DEFAULT_AGENT)), item.get("settings", {})))
+        except RegistryError as exc:
+            raise RegistryError(f"{path}: site #{i}: {exc}") from None
+    return sites, records

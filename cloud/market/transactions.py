@@ -21,11 +21,12 @@ import tendril_wire as wire
 
 from cloud.sources.greenbutton import UsageInterval
 
-REFUSE_UNKNOWN = "unknown_tender"
-REFUSE_WRONG_PARTY = "wrong_party"
-REFUSE_EXPIRED = "tender_expired"
-REFUSE_OVER_QUANTITY = "over_quantity"
-REFUSE_BAD_QUANTITY = "bad_quantity"
+# The refusal codes are the wire contract's: a confirm carries them to the agent.
+REFUSE_UNKNOWN = wire.TX_REFUSE_UNKNOWN
+REFUSE_WRONG_PARTY = wire.TX_REFUSE_WRONG_PARTY
+REFUSE_EXPIRED = wire.TX_REFUSE_EXPIRED
+REFUSE_OVER_QUANTITY = wire.TX_REFUSE_OVER_QUANTITY
+REFUSE_BAD_QUANTITY = wire.TX_REFUSE_BAD_QUANTITY
 # Shares of a tender may be taken in several transactions; floating sums get this slack.
 QUANTITY_EPS_KWH = 1e-9
 

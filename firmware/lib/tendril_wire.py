@@ -11,7 +11,12 @@
 #                                          (the offline payload is the MQTT last will)
 #   tendril/v1/{site}/{device}/cmd         cloud -> device, QoS 1, signed, expiring
 #   tendril/v1/{site}/{device}/ack         device -> cloud, QoS 1, accept/refuse a command
-#   tendril/v1/{site}/tender               cloud -> site,   QoS 1, priced offers
+#   tendril/v1/{site}/tender               market -> agent, QoS 1, priced offers
+#   tendril/v1/{site}/transaction          agent -> market, QoS 1, take (part of) a tender
+#   tendril/v1/{site}/confirm              market -> agent, QoS 1, the recorded transaction or
+#                                          its refusal, answering one transactionId
+#   tendril/v1/_agent/{worker}             agent workers,   QoS 1, RETAINED presence (LWT
+#                                          clears it); workers share sites by it
 #   tendril/v1/_dead/{reason}              cloud,           invalid messages, with reason
 
 import json
@@ -35,7 +40,11 @@ CMD = "cmd"
 ACK = "ack"
 DEVICE_KINDS = (TELEMETRY, STATE, STATUS, CMD, ACK)
 TENDER = "tender"
+TRANSACTION = "transaction"
+CONFIRM = "confirm"
+SITE_KINDS = (TENDER, TRANSACTION, CONFIRM)
 DEAD = "_dead"
+AGENT = "_agent"
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -91,9 +100,37 @@ def device_topic(site, device, kind):
     return ROOT + "/" + check_id(site, "site") + "/" + check_id(device, "device") + "/" + kind
 
 
+def site_topic(site, kind):
+    # type: (str, str) -> str
+    """A site-level topic (tender, transaction, confirm): between market and agent."""
+    if kind not in SITE_KINDS:
+        raise ContractError("bad_kind", kind)
+    return ROOT + "/" + check_id(site, "site") + "/" + kind
+
+
 def tender_topic(site):
     # type: (str) -> str
-    return ROOT + "/" + check_id(site, "site") + "/" + TENDER
+    return site_topic(site, TENDER)
+
+
+def site_filter(kind, site="+"):
+    # type: (str, str) -> str
+    if kind not in SITE_KINDS:
+        raise ContractError("bad_kind", kind)
+    if site != "+":
+        check_id(site, "site")
+    return ROOT + "/" + site + "/" + kind
+
+
+def agent_topic(worker):
+    # type: (str) -> str
+    """Retained presence of one agent worker; empty (deleted) when it is gone."""
+    return ROOT + "/" + AGENT + "/" + check_id(worker, "worker")
+
+
+def agent_filter():
+    # type: () -> str
+    return ROOT + "/" + AGENT + "/+"
 
 
 def dead_letter_topic(reason):
@@ -115,9 +152,7 @@ def device_filter(kind, site="+", device="+"):
 
 def tender_filter(site="+"):
     # type: (str) -> str
-    if site != "+":
-        check_id(site, "site")
-    return ROOT + "/" + site + "/" + TENDER
+    return site_filter(TENDER, site)
 
 
 # Home Assistant MQTT discovery (cloud -> HA, retained): an entity config for one reading of
@@ -138,12 +173,13 @@ def ha_filter():
 
 def parse_topic(topic):
     # type: (str) -> tuple[str, str, str]
-    """Split a device topic into (site, device, kind); a tender topic gives device ''."""
+    """Split a device topic into (site, device, kind); a site topic (tender, transaction,
+    confirm) gives device ''."""
     parts = topic.split("/")
     if len(parts) < 4 or parts[0] + "/" + parts[1] != ROOT:
         raise ContractError("bad_topic", topic[:120])
-    if len(parts) == 4 and parts[3] == TENDER:
-        return check_id(parts[2], "site"), "", TENDER
+    if len(parts) == 4 and parts[3] in SITE_KINDS:
+        return check_id(parts[2], "site"), "", parts[3]
     if len(parts) != 5 or parts[4] not in DEVICE_KINDS:
         raise ContractError("bad_topic", topic[:120])
     return check_id(parts[2], "site"), check_id(parts[3], "device"), parts[4]
@@ -229,6 +265,38 @@ TENDER_FIELDS = {
     "resourceDesignator": (_STR, True),
 }
 
+# The agent takes `quantity` kWh of a tender. transactionId is the agent's own: a retry with
+# the same id (after a lost confirm, a restart, a moved site) is answered with the same confirm
+# and recorded once. partyId names the agent (worker) that sent it, for the ledger.
+TRANSACTION_FIELDS = {
+    "v": (_INT, True),
+    "transactionId": (_STR, True),
+    "tenderId": (_STR, True),
+    "quantity": (_NUM, True),  # kWh
+    "partyId": (_STR, True),
+    "ts": (_NUM, True),
+}
+
+# ok: the transaction as recorded (side .. acceptedAt present, reason ACCEPTED); not ok: the
+# refusal, reason one of the TX_REFUSE_* codes and a human detail.
+CONFIRM_FIELDS = {
+    "v": (_INT, True),
+    "transactionId": (_STR, True),
+    "tenderId": (_STR, True),
+    "ok": (_BOOL, True),
+    "reason": (_STR, True),
+    "detail": (_STR, False),
+    "side": (_STR, False),
+    "intervalStart": (_NUM, False),
+    "durationS": (_INT, False),
+    "quantity": (_NUM, False),
+    "price": (_NUM, False),
+    "marketId": (_STR, False),
+    "acceptedAt": (_NUM, False),
+}
+_CONFIRMED = ("side", "intervalStart", "durationS", "quantity", "price", "marketId", "acceptedAt")
+MAX_TX_ID_LEN = 64
+
 SCHEMAS = {
     TELEMETRY: TELEMETRY_FIELDS,
     STATE: STATE_FIELDS,
@@ -236,6 +304,8 @@ SCHEMAS = {
     CMD: CMD_FIELDS,
     ACK: ACK_FIELDS,
     TENDER: TENDER_FIELDS,
+    TRANSACTION: TRANSACTION_FIELDS,
+    CONFIRM: CONFIRM_FIELDS,
 }
 
 
@@ -323,6 +393,23 @@ def validate(kind, msg):
             raise ContractError("out_of_range", "side")
         if msg["durationS"] <= 0:
             raise ContractError("out_of_range", "durationS")
+    elif kind == TRANSACTION:
+        if not msg["transactionId"] or len(msg["transactionId"]) > MAX_TX_ID_LEN:
+            raise ContractError("bad_id", "transactionId")
+        if not msg["tenderId"] or len(msg["tenderId"]) > MAX_TX_ID_LEN:
+            raise ContractError("bad_id", "tenderId")
+        _check_ts(msg, "ts")
+    elif kind == CONFIRM:
+        if len(msg["transactionId"]) > MAX_TX_ID_LEN or len(msg["tenderId"]) > MAX_TX_ID_LEN:
+            raise ContractError("bad_id")
+        if msg["ok"]:
+            if msg["reason"] != ACCEPTED:
+                raise ContractError("out_of_range", "reason")
+            for name in _CONFIRMED:
+                if name not in msg:
+                    raise ContractError("missing_field", name)
+        elif msg["reason"] == ACCEPTED:
+            raise ContractError("out_of_range", "reason")
     return msg
 
 
@@ -433,6 +520,17 @@ ACCEPTED = "accepted"
 OVERRIDE_ACK_ID = "override"
 OVERRIDE_ON = "local_override"
 OVERRIDE_OFF = "override_released"
+
+
+# ------------------------------------------------------------ transaction refusal reasons
+# What a confirm with ok false says; the market records the refusal with the same code.
+TX_REFUSE_UNKNOWN = "unknown_tender"
+TX_REFUSE_WRONG_PARTY = "wrong_party"
+TX_REFUSE_EXPIRED = "tender_expired"
+TX_REFUSE_OVER_QUANTITY = "over_quantity"
+TX_REFUSE_BAD_QUANTITY = "bad_quantity"
+TX_REFUSE_MALFORMED = "malformed"  # the transaction broke this contract (detail says how)
+TX_REFUSE_CONFLICT = "id_conflict"  # a transactionId reused for different terms
 
 
 # --------------------------------------------------------------------- time

@@ -60,7 +60,7 @@ def test_duplicates_and_unknown_devices_are_errors(tmp_path: Path) -> None:
 
 def test_a_corrupt_registry_file_names_the_problem(tmp_path: Path) -> None:
     (tmp_path / "devices.json").write_text(json.dumps({"version": 1, "devices": [{"site": "s"}]}))
-    with pytest.raises(RegistryError, match="device #0 must have exactly"):
+    with pytest.raises(RegistryError, match="device #0 must have site, device and type"):
         Registry(tmp_path)
     (tmp_path / "devices.json").write_text("{")
     with pytest.raises(RegistryError, match="not a readable JSON"):
