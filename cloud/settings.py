@@ -12,6 +12,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.clock import Clock, SimClock, WallClock
+
 ENV_MQTT_PASSWORD = "TENDRIL_MQTT_PASSWORD"
 ENV_BROKER = "TENDRIL_BROKER"
 ENV_INFLUX_URL = "TENDRIL_INFLUX_URL"
@@ -20,6 +22,9 @@ ENV_INFLUX_ORG = "TENDRIL_INFLUX_ORG"
 ENV_INFLUX_BUCKET = "TENDRIL_INFLUX_BUCKET"
 ENV_REGISTRY = "TENDRIL_REGISTRY"
 ENV_LEDGER_URL = "TENDRIL_LEDGER_URL"
+# A simulated clock shared by every process of a run: "real_origin,sim_origin,speed" (as the
+# firmware reads it, edge.clock.SimClock.env_value); unset = wall time.
+ENV_CLOCK = "TENDRIL_CLOCK"
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 DEFAULT_REGISTRY = Path("tendril-registry")
@@ -93,3 +98,19 @@ class BrokerSettings:
     def from_args(cls, url: str, username: str | None, password: str | None = None) -> BrokerSettings:
         host, port = parse_broker_url(url)
         return cls(host, port, username, password if password is not None else env(ENV_MQTT_PASSWORD))
+
+
+def parse_clock(text: str | None) -> Clock:
+    """`real_origin,sim_origin,speed` -> the SimClock every process of a run shares; None -> wall time."""
+    if not text:
+        return WallClock()
+    try:
+        real, sim, speed = (float(x) for x in text.split(","))
+        return SimClock(sim_origin=sim, speed=speed, real_origin=real)
+    except ValueError:
+        raise UsageError(f"${ENV_CLOCK} must be real_origin,sim_origin,speed (numbers, speed > 0), "
+                         f"got {text!r}") from None
+
+
+def clock_from_env() -> Clock:
+    return parse_clock(env(ENV_CLOCK))

@@ -22,6 +22,10 @@ class Clock(Protocol):
         """Sleep `seconds` of this clock's time."""
         ...
 
+    async def sleep_until(self, when: float) -> None:
+        """Sleep until this clock reads `when` (unix seconds)."""
+        ...
+
 
 @dataclass(frozen=True)
 class WallClock:
@@ -30,6 +34,9 @@ class WallClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    async def sleep_until(self, when: float) -> None:
+        await self.sleep(when - self.now())
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,15 @@ class SiteRecord:
     feeder: str = DEFAULT_FEEDER
     agent: str = DEFAULT_AGENT
     settings: dict[str, dict[str, float | bool]] = field(default_factory=dict)
+    # The site's subscription: kWh per local clock hour 0..23, the same every day (a RATES
+    # subscription shaped from the site's history); empty = no subscription, every kWh is
+    # bought forward or ex post. Market (settlement, bills) and agent (position) both read it.
+    subscription_kwh_by_hour: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        sub = self.subscription_kwh_by_hour
+        if sub and (len(sub) != 24 or not all(_finite(v) and v >= 0 for v in sub)):
+            raise RegistryError(f"site {self.site}: subscription_kwh_by_hour needs 24 numbers >= 0")
         try:
             wire.check_id(self.site, "site")
             wire.check_id(self.feeder, "feeder")
@@ -103,7 +110,9 @@ class SiteRecord:
                                         f"or a boolean, got {value!r}")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        body = asdict(self)
+        body["subscription_kwh_by_hour"] = list(self.subscription_kwh_by_hour)
+        return body
 
 
 @dataclass(frozen=True)
@@ -228,11 +237,12 @@ def _read_registry(path: Path) -> tuple[list[SiteRecord], list[DeviceRecord]]:
     sites = []
     for i, item in enumerate(data.get("sites", [])):
         if not isinstance(item, dict) or "site" not in item \
-                or not set(item) <= {"site", "feeder", "agent", "settings"}:
+                or not set(item) <= {"site", "feeder", "agent", "settings", "subscription_kwh_by_hour"}:
             raise RegistryError(f"{path}: site #{i} must have site (and may have feeder, agent, settings)")
         try:
             sites.append(SiteRecord(str(item["site"]), str(item.get("feeder", DEFAULT_FEEDER)),
-                                    str(item.get("agent", DEFAULT_AGENT)), item.get("settings", {})))
+                                    str(item.get("agent", DEFAULT_AGENT)), item.get("settings", {}),
+                                    tuple(item.get("subscription_kwh_by_hour", ()))))
         except RegistryError as exc:
             raise RegistryError(f"{path}: site #{i}: {exc}") from None
     return sites, records
