@@ -1,4 +1,4 @@
-"""A built wheel (`pip install tendril-*.whl`, not an editable checkout) works on its own: it
+"""A built wheel (`pip install tendril_transactive-*.whl`, not an editable checkout) works on its own: it
 carries the wire contract, the firmware tree and the bundled data, and the CLI finds them.
 The wheel is unpacked and put first on the path, so nothing can come from the checkout."""
 
@@ -22,7 +22,7 @@ def test_the_wheel_carries_contract_firmware_and_data(tmp_path: Path, mpy_cross:
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
          str(REPO)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-    (wheel,) = (tmp_path / "dist").glob("tendril-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("tendril_transactive-*.whl")
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(site)
