@@ -4,6 +4,7 @@
 import asyncio
 import json
 
+import fw_flash
 import tendril_wire as tw
 from tendril_fw import config
 from tendril_fw.node import Node, backoff_delay, next_due
@@ -198,3 +199,46 @@ def test_records_before_clock_sync_are_stamped_unsynced_and_corrected_at_sync():
     # the register integrated 1800 W over real uptime, not over the 24-year clock step
     assert [round(r["energy_wh"], 6) for r in records] == [5.0 * (k + 1) for k in range(10)]
     assert any("clock synced" in line for line in board.lines)
+
+
+class RelayBoard(VirtualBoard):
+    def __init__(self):
+        VirtualBoard.__init__(self, end=T0 + 100)
+        self.outputs = []
+
+    def set_relay(self, state):
+        self.outputs.append(state)
+
+
+def relay_node(state_dir):
+    board = RelayBoard()
+    cfg = config.parse(raw_config(device="r1", type="relay", state_dir=state_dir))
+    node = Node(board, cfg)
+    node.boot(board.now())
+    node._arm_fallback = lambda: None  # no event loop here; expiry is tested in test_fw_relay
+    return board, node
+
+
+def command(node, seq, state):
+    cmd = tw.make_command(node.cfg["key"], node.site, node.device, f"c{seq}", seq, T0, T0 + 4200, state)
+    node._on_message(tw.device_topic(node.site, node.device, tw.CMD), tw.encode(tw.CMD, cmd), 1, False)
+    return cmd, tw.decode(tw.ACK, node.uplink._acks[-1])
+
+
+def test_relay_node_refuses_a_replay_after_reboot_and_writes_flash_only_on_accept():
+    path, _dev = fw_flash.fresh_dir()
+    board, node = relay_node(path)
+    old_on, ack = command(node, 1, 1)
+    assert ack["ok"] and board.outputs == [1]
+    _, ack = command(node, 2, 0)
+    assert ack["ok"] and board.outputs == [1, 0]
+    node._on_message(tw.device_topic(node.site, node.device, tw.CMD), tw.encode(tw.CMD, old_on), 1, False)
+    assert node.accepted.writes == 2  # the refused replay wrote nothing
+    board, node = relay_node(path)  # reboot with the same flash
+    topic = tw.device_topic(node.site, node.device, tw.CMD)
+    node._on_message(topic, tw.encode(tw.CMD, old_on), 1, False)
+    ack = tw.decode(tw.ACK, node.uplink._acks[-1])
+    assert not ack["ok"] and ack["reason"] == tw.REFUSE_OUT_OF_ORDER and ack["relay"] == 0
+    assert board.outputs == [] and node.relay.relay == 0 and node.accepted.writes == 0
+    _, ack = command(node, 3, 1)  # the next legitimate command still works
+    assert ack["ok"] and board.outputs == [1]

@@ -240,3 +240,20 @@ def test_releasing_the_override_restores_the_command_in_force():
     r2.handle_command(NOW, SITE, DEV, cmd("c1", 1, 0, expires=NOW + 60))
     r2.set_override(NOW + 10, 0)
     assert r2.set_override(NOW + 100, None)["relay"] == 1 and r2.expires is None
+
+
+def test_a_relay_booted_with_the_saved_seq_refuses_every_earlier_command():
+    # the node restores last_seq from flash (seqstore.AcceptedSeq) when it boots the relay
+    old_on = cmd("c7", 7, 1, expires=NOW + 4200)
+    off = cmd("c8", 8, 0, expires=NOW + 4200)
+    r = relay()
+    assert r.handle_command(NOW + 1, SITE, DEV, old_on)["ok"] is True
+    assert r.handle_command(NOW + 2, SITE, DEV, off)["ok"] is True
+    rebooted = RelayNode(KEY, NOW + 10, 0, 0.0, 0.0, 1500.0, 0, r.last_seq)
+    refused(rebooted, NOW + 11, old_on, tw.REFUSE_OUT_OF_ORDER)
+    refused(rebooted, NOW + 11, off, tw.REFUSE_REPLAYED)
+    assert rebooted.relay == 0
+    assert rebooted.handle_command(NOW + 12, SITE, DEV, cmd("c9", 9, 1))["ok"] is True
+    # without the saved seq (the old RAM-only relay) the old ON switched the relay on
+    forgetful = RelayNode(KEY, NOW + 10, 0, 0.0, 0.0, 1500.0, 0)
+    assert forgetful.handle_command(NOW + 11, SITE, DEV, old_on)["ok"] is True

@@ -1,14 +1,15 @@
-# Flash tier of the outbox and the persistent seq counter. Under MicroPython these run
-# on LittleFS (vfs.VfsLfs2 on a RAM block device) and the power-cut test cuts the block
-# device mid-write; under CPython on a host directory, with torn files made by hand.
+# Flash tier of the outbox, the persistent seq counter and the relay's replay guard.
+# Under MicroPython these run on LittleFS (vfs.VfsLfs2 on a RAM block device) and the
+# power-cut tests cut the block device mid-write; under CPython on a host directory,
+# with torn files made by hand.
 
 import os
 
 import fw_flash
-from tendril_fw import flashlog
+from tendril_fw import flashlog, seqstore
 from tendril_fw.flashlog import FlashLog, frame
 from tendril_fw.outbox import Outbox
-from tendril_fw.seqstore import SeqCounter
+from tendril_fw.seqstore import AcceptedSeq, SeqCounter
 
 
 def rec(i):
@@ -226,3 +227,81 @@ def test_a_full_flash_drops_oldest_counted_and_the_queue_keeps_working():
     q.push(rec(6))
     q.push(rec(7))
     assert len(q.flash) == 2 and drain(q) == [rec(5), rec(6), rec(7)]
+
+
+def test_accepted_command_seq_survives_reboot():
+    path, _dev = fw_flash.fresh_dir()
+    first = AcceptedSeq(path + "/cmd_seq")
+    assert first.seq is None and not first.damaged  # first boot: nothing accepted yet
+    assert first.save(7) and first.save(12)
+    assert first.writes == 2 and first.seq == 12
+    again = AcceptedSeq(path + "/cmd_seq")  # reboot
+    assert again.seq == 12 and again.writes == 0 and not again.damaged
+
+
+def test_accepted_command_seq_damaged_file_is_never_read_as_a_number():
+    path, _dev = fw_flash.fresh_dir()
+    store = AcceptedSeq(path + "/cmd_seq")
+    store.save(1234)
+    with open(path + "/cmd_seq", "rb") as f:
+        good = f.read()
+    # a flipped bit in the value ("1234" -> "1034") fails the CRC instead of lowering the seq
+    bad = bytearray(good)
+    bad[-3] ^= 0x02
+    with open(path + "/cmd_seq", "wb") as f:
+        f.write(bad)
+    damaged = AcceptedSeq(path + "/cmd_seq")
+    assert damaged.seq is None and damaged.damaged
+    # a whole tmp copy (a write cut before its rename) is used when the file is bad
+    with open(path + "/cmd_seq.tmp", "wb") as f:
+        f.write(frame(b"1240"))
+    assert AcceptedSeq(path + "/cmd_seq").seq == 1240
+
+
+def test_power_cut_while_saving_the_accepted_seq_keeps_the_old_or_the_new_value():
+    # MicroPython: LittleFS whose power fails after N block writes (the last one torn).
+    # CPython: the tmp file's write is cut after N bytes, so the rename never happens.
+    path, dev = fw_flash.fresh_dir()
+    AcceptedSeq(path + "/cmd_seq").save(41)
+    image = bytes(dev.data) if dev is not None else None
+    new_bytes = len(frame(b"42"))
+    cuts = range(0, 12) if dev is not None else range(0, new_bytes)
+    failed = completed = 0
+    real_open = open
+    for cut in cuts:
+        if dev is not None:
+            dev.data[:] = image
+            dev = fw_flash.remount(path, dev)
+            dev.cut_after = cut
+        else:
+            budget = [cut]
+
+            def torn_open(p, mode="r", budget=budget):
+                f = real_open(p, mode)
+                return _TornFile(f, budget) if mode == "wb" else f
+
+            seqstore.open = torn_open
+        try:
+            saved = AcceptedSeq(path + "/cmd_seq").save(42)
+        finally:
+            if dev is None:
+                del seqstore.open
+        if dev is not None:
+            dev = fw_flash.remount(path, dev)  # power back on
+        after = AcceptedSeq(path + "/cmd_seq")
+        # a finished save is on flash; a cut one left the old value or, cut after the
+        # rename, the new one: never a torn or missing value
+        assert after.seq == 42 if saved else after.seq in (41, 42), (cut, saved, after.seq)
+        assert not after.damaged, cut
+        if saved:
+            completed += 1
+        else:
+            failed += 1
+            if dev is None:
+                assert after.seq == 41, cut  # the torn tmp is ignored, the file is untouched
+        if dev is None:  # back to 41 for the next cut
+            for name in os.listdir(path):
+                os.remove(path + "/" + name)
+            AcceptedSeq(path + "/cmd_seq").save(41)
+    assert failed >= 2, failed  # the cuts really hit the write
+    assert dev is None or completed >= 1  # and a late enough cut lets it finish

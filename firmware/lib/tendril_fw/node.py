@@ -30,7 +30,7 @@ from tendril_fw.health import Liveness
 from tendril_fw.meter import MeterNode
 from tendril_fw.outbox import Outbox
 from tendril_fw.relay import RelayNode
-from tendril_fw.seqstore import SeqCounter
+from tendril_fw.seqstore import AcceptedSeq, SeqCounter
 from tendril_fw.uplink import Uplink, backoff_delay
 
 TYPE_CHECKING = False
@@ -66,6 +66,10 @@ class Node:
         self.outbox = outbox
         self.seqs = SeqCounter(state_dir + "/seq" if state_dir else None)
         self.state_seqs = SeqCounter(state_dir + "/state_seq" if state_dir else None)
+        # relay: the last accepted command's seq, so a replay is refused after a reboot too
+        self.accepted = AcceptedSeq(state_dir + "/cmd_seq") if self.is_relay and state_dir else None
+        if self.accepted is not None and self.accepted.seq is None and self.accepted.damaged:
+            board.log("cmd_seq on flash is damaged: replays refused from RAM only until the next command")
         self.speed = getattr(board, "speed", 1.0)
         self.boot_mono = board.monotonic()
         reason = getattr(board, "boot_reason", None)
@@ -147,7 +151,8 @@ class Node:
         if self.is_relay and self.relay is None:
             cfg = self.cfg
             self.relay = RelayNode(cfg["key"], now, cfg["safe_default"], cfg["min_on_s"], cfg["min_off_s"],
-                                   cfg["relay_load_w"], cfg["max_switches_per_hour"])
+                                   cfg["relay_load_w"], cfg["max_switches_per_hour"],
+                                   self.accepted.seq if self.accepted is not None else None)
 
     # ------------------------------------------------------------ producer
 
@@ -265,6 +270,10 @@ class Node:
         before = self.relay.relay
         ack = self.relay.handle_payload(now, self.site, self.device, payload)
         self.board.log("cmd %s seq=%d: %s" % (ack["id"], ack["seq"], ack["reason"]))
+        if ack["ok"] and self.accepted is not None and not self.accepted.save(ack["seq"]):
+            # Before the output moves: a power cut after this write cannot let the command
+            # be replayed. If the flash refuses, RAM still refuses replays until a reboot.
+            self.board.log("cmd seq not saved to flash (%d failures)" % self.accepted.errors)
         if self.relay.relay != before:
             self._output_changed(now)
         if ack["ok"]:

@@ -17,8 +17,8 @@ HOUR_S = 3600.0
 
 class RelayNode:
     def __init__(self, key, now, safe_default=0, min_on_s=0.0, min_off_s=0.0, rated_load_w=0.0,
-                 max_switches_per_hour=0):
-        # type: (bytes, float, int, float, float, float, int) -> None
+                 max_switches_per_hour=0, last_seq=None):
+        # type: (bytes, float, int, float, float, float, int, int | None) -> None
         if safe_default not in (0, 1):
             raise ValueError("safe_default must be 0 or 1")
         self.key = key
@@ -35,7 +35,9 @@ class RelayNode:
         # anti-short-cycle timers protect the load (e.g. a compressor) too.
         self.last_change = now
         self.switches = 0
-        self.last_seq = None  # type: int | None
+        # The last accepted command's seq, kept on flash by the node (seqstore.AcceptedSeq):
+        # every command accepted before a reboot has a seq <= it, so none can be replayed.
+        self.last_seq = last_seq  # type: int | None
         self.seen_ids = []  # type: list[str]
         self.expires = None  # type: float | None  # expiry of the command in force
         self.seq = 0
