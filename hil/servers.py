@@ -348,3 +348,16 @@ def _create_database(bindir: Path, port: int, server: Postgres, timeout: float =
         if time.monotonic() > deadline:
             raise RuntimeError(f"createdb failed: {done.stderr.strip()[-300:]}\n{server.log_tail()}")
         time.sleep(0.1)
+
+
+# ------------------------------------------------------------------ Mosquitto with a generated config
+
+
+def start_mosquitto_generated(conf: Path, port: int, workdir: Path) -> Mosquitto:
+    """Mosquitto started with a config written by `tendril device mosquitto-config` (its
+    listener on `port`); the log goes to `workdir`. Started as root, the broker drops to the
+    config's `user` (mosquitto), which must be able to reach and read every file it names."""
+    binary = find_binary("mosquitto", "mosquitto")
+    server = Mosquitto("mosquitto", port, workdir, [binary, "-c", str(conf)], port)
+    server.start()
+    return server

@@ -9,16 +9,26 @@ import secrets
 import sys
 from pathlib import Path
 
+from cloud.devices import broker_conf, ha_discovery
 from cloud.devices import deploy as device_deploy
-from cloud.devices import ha_discovery
-from cloud.devices.mosquitto import ServiceUser, acl_text, mosquitto_conf, password_text
+from cloud.devices.dynsec import dynsec_json
+from cloud.devices.mosquitto import (
+    AGENT_ROLE,
+    SERVICE_ROLES,
+    ServiceUser,
+    acl_text,
+    agent_sites,
+    check_identities,
+    ingest_users,
+    password_text,
+)
 from cloud.devices.registry import DEFAULT_AGENT, DEFAULT_FEEDER, RELAY_LOADS, Registry, RegistryError, SiteRecord
 from cloud.settings import ENV_MQTT_PASSWORD, UsageError, parse_broker_url, registry_dir
 from edge.firmware_process import MpyCrossNotFound
 
 DEFAULT_ROOT = registry_dir()
 SERVICES_FILE = "secrets/_services.json"
-SERVICE_ROLES = ("dispatch", "homeassistant", "ingest")
+DEFAULT_INGEST_WORKERS = 8
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -80,13 +90,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dep.add_argument("--timeout", type=float, default=300.0, help="seconds each mpremote command may take")
     dep.set_defaults(func=_deploy)
 
-    conf = dsub.add_parser("mosquitto-config", help="write Mosquitto password_file, acl_file and listener conf",
-                           description="Write passwd, acl and mosquitto.conf for every registered device "
-                                       "plus the cloud's ingest, dispatch and homeassistant users (created on "
-                                       "first use; passwords in the registry's secrets/_services.json).")
+    conf = dsub.add_parser("mosquitto-config", help="write the broker's users, rights and mosquitto.conf",
+                           description="Write dynamic-security.json (the default: rights checked on subscribe, "
+                                       "client ids bound to users), passwd and acl (for --auth file) and "
+                                       "mosquitto.conf for every registered device, every site's agent user and "
+                                       "the cloud's ingest, market, dispatch and homeassistant users (created on "
+                                       "first use; passwords in the registry's secrets/_services.json). The files "
+                                       "are made readable by the broker's group (0640); see docs/security.md.")
     conf.add_argument("--out", type=Path, required=True, help="folder for the generated files")
     conf.add_argument("--port", type=int, default=1883, help="listener port (default 1883)")
     conf.add_argument("--bind", default="127.0.0.1", help="listener address (default 127.0.0.1)")
+    conf.add_argument("--auth", choices=("dynsec", "file"), default="dynsec",
+                      help="dynsec: the dynamic-security plugin (default); file: password_file + acl_file, which "
+                           "cannot refuse a subscription (docs/security.md)")
+    conf.add_argument("--persistence-dir", type=Path, default=Path("/var/lib/mosquitto"),
+                      help="where the broker saves sessions and queued messages (default %(default)s)")
+    conf.add_argument("--outage-minutes", type=float, default=broker_conf.DEFAULT_OUTAGE_MINUTES,
+                      help="ingestion outage the broker's queues must bridge for the whole fleet "
+                           "(default %(default)s)")
+    conf.add_argument("--ingest-workers", type=int, default=DEFAULT_INGEST_WORKERS,
+                      help="ingest worker users tendril-ingest-0..N-1, one per `tendril ingest --workers` "
+                           "process (default %(default)s)")
+    conf.add_argument("--broker-user", default=broker_conf.BROKER_USER,
+                      help="the user the broker runs as, whose group reads the files (default %(default)s)")
+    conf.add_argument("--dynsec-plugin", default="", help="path of mosquitto_dynamic_security.so (default: found)")
     conf.set_defaults(func=_mosquitto_config)
 
     ha = dsub.add_parser("ha-discovery", help="publish Home Assistant MQTT discovery configs for every device",
@@ -208,37 +235,54 @@ def _ha_discovery(args: argparse.Namespace) -> int:
 
 
 def service_users(root: Path) -> list[ServiceUser]:
-    """The cloud's own MQTT users, created with fresh passwords the first time they are needed."""
+    """The cloud's own MQTT users, created with fresh passwords the first time they are needed:
+    one per service role, and one per agent named by a site (SiteRecord.agent), with its sites."""
     path = root / SERVICES_FILE
     data = json.loads(path.read_text()) if path.exists() else {}
-    missing = [role for role in SERVICE_ROLES if role not in data]
-    if missing:  # a registry made before a role existed gets it now
-        data.update({role: secrets.token_urlsafe(24) for role in missing})
+    agents = agent_sites({s.site: s.agent for s in Registry(root).sites})
+    keys = list(SERVICE_ROLES) + [f"{AGENT_ROLE}:{name}" for name in agents]
+    missing = [key for key in keys if key not in data]
+    if missing:  # a registry made before a role (or a site's agent) existed gets it now
+        data.update({key: secrets.token_urlsafe(24) for key in missing})
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh)
-    return [ServiceUser(f"tendril-{role}", str(pw), role) for role, pw in sorted(data.items())]
+    users = [ServiceUser(f"tendril-{role}", str(data[role]), role) for role in sorted(SERVICE_ROLES)]
+    users += [ServiceUser(name, str(data[f"{AGENT_ROLE}:{name}"]), AGENT_ROLE, sites)
+              for name, sites in sorted(agents.items())]
+    return users
 
 
 def _mosquitto_config(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         return _fail(f"--port must be 1..65535, got {args.port}")
+    if not 0 <= args.ingest_workers <= 64 or not args.outage_minutes > 0:
+        return _fail("--ingest-workers must be 0..64 and --outage-minutes > 0")
     try:
         registry = Registry(args.registry)
         devices = [(d, registry.secrets_for(d.site, d.device).mqtt_password) for d in registry.devices]
-    except RegistryError as exc:
+        services: list[ServiceUser] = []
+        for user in service_users(args.registry):
+            services += ingest_users(user, args.ingest_workers) if user.role == "ingest" else [user]
+        check_identities([d for d, _ in devices], services)
+    except (RegistryError, ValueError) as exc:
         return _fail(str(exc))
-    services = service_users(args.registry)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("passwd", password_text(devices, services)),
-                       ("acl", acl_text([d for d, _ in devices], services))):
-        fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-    (out / "mosquitto.conf").write_text(
-        mosquitto_conf(args.port, str((out / "passwd").resolve()), str((out / "acl").resolve()), args.bind))
-    print(f"wrote {out}/passwd, {out}/acl, {out}/mosquitto.conf for {len(devices)} device(s) "
-          f"and {len(services)} service user(s)")
+    out.mkdir(parents=True, exist_ok=True, mode=broker_conf.SECRET_DIR_MODE)
+    files = {"passwd": password_text(devices, services), "acl": acl_text([d for d, _ in devices], services),
+             "dynamic-security.json": dynsec_json(devices, services)}
+    queued = broker_conf.queue_size(len(devices), args.outage_minutes)
+    files["mosquitto.conf"] = broker_conf.mosquitto_conf(
+        args.port, str((out / "passwd").resolve()), str((out / "acl").resolve()), args.bind, auth=args.auth,
+        dynsec_file=str((out / "dynamic-security.json").resolve()), plugin=args.dynsec_plugin,
+        persistence_dir=str(args.persistence_dir.resolve()), max_queued_messages=queued, user=args.broker_user)
+    for name, text in files.items():
+        broker_conf.write_private(out / name, text)
+    notes = broker_conf.secure(out, [out / name for name in files], args.persistence_dir.resolve(), args.broker_user)
+    for note in notes:
+        print(f"tendril device: note: {note}", file=sys.stderr)
+    print(f"wrote {', '.join(f'{out}/{name}' for name in files)} for {len(devices)} device(s) and "
+          f"{len(services)} service user(s); auth {args.auth}; queues hold {queued} messages per ingest "
+          f"session = {broker_conf.fleet_minutes(len(devices), queued):.0f} fleet-minutes")
     return 0

@@ -39,11 +39,9 @@ def secured_broker(tmp_path: Path, mosquitto_binary: str) -> Iterator[tuple[int,
     port = free_port()
     conf_dir = tmp_path / "conf"
     assert tendril(["device", "--registry", str(root), "mosquitto-config", "--out", str(conf_dir),
-                    "--port", str(port)]) == 0
-    # The harness runs as root in private temp folders; Mosquitto would drop to its own user
-    # and lose access to the 0600 files (in production they are chowned to that user).
-    with (conf_dir / "mosquitto.conf").open("a") as conf:
-        conf.write("user root\n")
+                    "--port", str(port), "--persistence-dir", str(tmp_path / "data"),
+                    # pytest's 0700 temp folders are root's; the packaged user is tested in test_security_broker
+                    "--broker-user", "root"]) == 0
     workdir = Path(tempfile.mkdtemp(prefix="tendril-mosq-acl-"))
     server = Server("mosquitto", port, workdir,
                     [mosquitto_binary, "-c", str(conf_dir / "mosquitto.conf")], port)
@@ -64,15 +62,21 @@ def _client(port: int, username: str | None, password: str | None, name: str) ->
     return client, result.get(timeout=15)
 
 
+def _bound_id(user: str) -> str:
+    """The client id the broker binds a user to: a device's is the firmware's, a service's its name."""
+    return "tendril-" + user.replace(".", "-") if "." in user else user
+
+
 def _device(port: int, reg: Registry, site: str, device: str) -> paho.Client:
-    client, rc = _client(port, f"{site}.{device}", reg.secrets_for(site, device).mqtt_password, f"{site}-{device}")
+    user = f"{site}.{device}"
+    client, rc = _client(port, user, reg.secrets_for(site, device).mqtt_password, _bound_id(user))
     assert rc == 0, f"{site}.{device} refused: rc={rc}"
     return client
 
 
 def _listener(port: int, user: str, password: str, topic: str, name: str = "") -> tuple[paho.Client, queue.Queue[str]]:
     got: queue.Queue[str] = queue.Queue()
-    client, rc = _client(port, user, password, name or f"listen-{user}")
+    client, rc = _client(port, user, password, name or _bound_id(user))
     assert rc == 0
     client.on_message = lambda _c, _u, m: got.put(m.topic)
     subscribed: queue.Queue[object] = queue.Queue()
@@ -136,7 +140,7 @@ def test_generated_files_hold_no_plaintext_password(secured_broker: tuple[int, R
     passwd = (tmp_path / "conf" / "passwd").read_text()
     for d in reg.devices:
         assert reg.secrets_for(d.site, d.device).mqtt_password not in passwd
-    assert (tmp_path / "conf" / "passwd").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "conf" / "passwd").stat().st_mode & 0o007 == 0  # the broker's group reads it (0640)
     out = subprocess.run(["ls", "-l", str(reg.root / "secrets")], capture_output=True, text=True, check=True).stdout
     assert "-rw-------" in out
 
