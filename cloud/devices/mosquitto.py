@@ -148,7 +148,8 @@ def check_identities(devices: Iterable[DeviceRecord], services: Iterable[Service
     """A user name or a bound client id used twice would let one identity pass as another."""
     users: dict[str, str] = {}
     ids: dict[str, str] = {}
-    for subject in list(devices) + list(services):
+    subjects: list[DeviceRecord | ServiceUser] = [*devices, *services]
+    for subject in subjects:
         name = subject.username
         what = f"device {name}" if isinstance(subject, DeviceRecord) else f"service user {name}"
         if name in users:
@@ -165,7 +166,8 @@ def acl_text(devices: Iterable[DeviceRecord], services: Iterable[ServiceUser]) -
     """A Mosquitto acl_file: nothing is allowed that is not listed. (Mosquitto 2.0 applies it when
     delivering, not when subscribing: see the module docstring.)"""
     blocks = []
-    for subject in [*devices, *services]:
+    subjects: list[DeviceRecord | ServiceUser] = [*devices, *services]
+    for subject in subjects:
         grants = grants_for(subject)
         blocks.append([f"user {subject.username}"] + [f"topic {g.access} {g.topic}" for g in grants])
     return "\n\n".join("\n".join(b) for b in blocks) + "\n"
