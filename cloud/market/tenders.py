@@ -115,12 +115,18 @@ def build_tenders(
     expires_after_s: float,
     party_id: str = "tendril-utility",
     feeder_load_ratio: float = 0.0,
+    quantity_kwh: float | None = None,
+    expire_by_start: bool = False,
 ) -> list[dict[str, Any]]:
     """A BUY and a SELL tender per price interval, each validated against the wire contract.
 
     An offer expires `expires_after_s` after `now`, and never after its interval ends (energy
-    cannot be traded for the past). Intervals already over at `now` get no tender.
+    cannot be traded for the past); with `expire_by_start`, never after it starts (a forward
+    transaction, as the market service offers them). Intervals already over at `now` get no
+    tender. `quantity_kwh` caps what may be taken of each tender (absent: unlimited).
     """
+    if quantity_kwh is not None and not (math.isfinite(quantity_kwh) and quantity_kwh > 0):
+        raise ValueError(f"quantity_kwh must be > 0, got {quantity_kwh}")
     wire.check_id(site, "site")
     if not feeder or not isinstance(feeder, str):
         raise ValueError(f"feeder must be a non-empty string, got {feeder!r}")
@@ -135,7 +141,7 @@ def build_tenders(
         if p.end <= now:
             continue
         buy, sell = tender_prices(p.lmp_usd_per_mwh, p.start, config, feeder_load_ratio)
-        expiration = min(now + expires_after_s, p.end)
+        expiration = min(now + expires_after_s, p.start if expire_by_start else p.end)
         for side, price in ((wire.SIDE_BUY, buy), (wire.SIDE_SELL, sell)):
             fields: dict[str, Any] = {
                 "v": wire.VERSION,
@@ -149,6 +155,8 @@ def build_tenders(
                 "marketId": market_id,
                 "resourceDesignator": feeder,
             }
+            if quantity_kwh is not None:
+                fields["quantity"] = quantity_kwh
             fields["tenderId"] = tender_id(fields)
             tenders.append(wire.validate(wire.TENDER, fields))
     return tenders

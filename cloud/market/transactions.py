@@ -27,6 +27,8 @@ REFUSE_WRONG_PARTY = wire.TX_REFUSE_WRONG_PARTY
 REFUSE_EXPIRED = wire.TX_REFUSE_EXPIRED
 REFUSE_OVER_QUANTITY = wire.TX_REFUSE_OVER_QUANTITY
 REFUSE_BAD_QUANTITY = wire.TX_REFUSE_BAD_QUANTITY
+REFUSE_MALFORMED = wire.TX_REFUSE_MALFORMED
+REFUSE_CONFLICT = wire.TX_REFUSE_CONFLICT
 # Shares of a tender may be taken in several transactions; floating sums get this slack.
 QUANTITY_EPS_KWH = 1e-9
 
@@ -60,6 +62,8 @@ class Transaction:
     price_usd_per_kwh: float
     market_id: str
     accepted_at: float
+    # The agent (worker) that sent the transaction; "" for in-process callers (simulation).
+    party_id: str = ""
 
     @property
     def signed_kwh(self) -> float:
@@ -137,16 +141,35 @@ class TenderBook:
                                      f"{left:g} of {tender['quantity']:g} kWh left")
         return tender
 
-    def accept(self, tender_id: str, site: str, quantity_kwh: float, now: float) -> Transaction:
+    def accept(self, tender_id: str, site: str, quantity_kwh: float, now: float,
+               transaction_id: str | None = None, party_id: str = "") -> Transaction:
+        """Take `quantity_kwh` of a tender. `transaction_id` is the agent's own id (the market
+        service passes it so the ledger, the confirm and the agent's retries all name one
+        transaction); without one the book numbers the tender's transactions (simulation)."""
+        tx = self.propose(tender_id, site, quantity_kwh, now, transaction_id, party_id)
+        self._apply(tx)
+        return tx
+
+    def propose(self, tender_id: str, site: str, quantity_kwh: float, now: float,
+                transaction_id: str | None = None, party_id: str = "") -> Transaction:
+        """The transaction `accept` would make, without taking it: the market service writes it to
+        the ledger first and applies it (`apply`) only once it is durable."""
         tender = self.check(tender_id, site, quantity_kwh, now)
         n = self._count.get(tender_id, 0) + 1
         tx = Transaction(
-            transaction_id=f"{tender_id}-T{n}", tender_id=tender_id, site=site, side=tender["side"],
-            interval_start=int(tender["intervalStart"]), duration_s=tender["durationS"],
+            transaction_id=transaction_id or f"{tender_id}-T{n}", tender_id=tender_id, site=site,
+            side=tender["side"], interval_start=int(tender["intervalStart"]), duration_s=tender["durationS"],
             quantity_kwh=float(quantity_kwh), price_usd_per_kwh=float(tender["price"]),
-            market_id=tender["marketId"], accepted_at=now)
-        self._apply(tx)
+            market_id=tender["marketId"], accepted_at=now, party_id=party_id)
         return tx
+
+    def apply(self, tx: Transaction) -> None:
+        """Count an already-recorded transaction against its tender (ledger replay, two-phase accept)."""
+        self._apply(tx)
+
+    def tenders(self) -> list[dict[str, Any]]:
+        """Every tender on the book, in the order offered."""
+        return [dict(t) for t in self._tenders.values()]
 
     def _apply(self, tx: Transaction) -> None:
         self._taken[tx.tender_id] = self._taken.get(tx.tender_id, 0.0) + tx.quantity_kwh

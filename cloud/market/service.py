@@ -1,0 +1,352 @@
+"""`MarketService`: the utility side of the transactive loop as a long-running asyncio service.
+
+I/O only; every decision is MarketCore's (core.py). One loop, one MQTT connection:
+
+  start    rebuild the book, known transactionIds + confirms, published batches and settled
+           intervals from the ledger; connect (stable client id, persistent session, QoS 1);
+           subscribe tendril/v1/+/transaction; republish still-open tenders (same ids, not
+           recorded again); `ready` is set
+  tick     publish the due day-ahead / real-time batches (ledger first, then MQTT); settle the
+           intervals whose close + delay has passed and whose meter data is in the store
+  message  answer every transaction with one confirm on tendril/v1/{site}/confirm (ledger
+           first, then apply, then publish)
+
+Ledger writes come before state changes and publications, so a crash at any point leaves
+either nothing or a durable record that the restart replays; what a crash loses is only a
+publication, which the restart's republish or the agent's retry (same transactionId -> same
+confirm) makes good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiomqtt
+import tendril_wire as wire
+
+from cloud.devices.registry import REGISTRY_FILE, Registry, SiteRecord
+from cloud.market.core import ACCEPTED, REPLAYED, MarketCore
+from cloud.market.meters import MeterReader, MeterReadError
+from cloud.market.pricing import DistributionPricing, StaticFeederRatios
+from cloud.market.schedule import DAM, RT_STEP_S, RTM, Batch, MarketConfig, due_batches, next_publication, rt_price
+from cloud.market.sources import PriceSource, PriceSourceError, ReplayPrices
+from cloud.settings import BrokerSettings
+from edge.clock import Clock, WallClock
+
+log = logging.getLogger("tendril.market")
+
+DEFAULT_CLIENT_ID = "tendril-market"
+STATS_FILE = "market-stats.json"
+
+
+class LedgerLike(Protocol):
+    def append_many(self, items: Any, now: float) -> Any: ...
+
+    def records(self, kind: str | None = None, site: str | None = None) -> Any: ...
+
+
+@dataclass
+class MarketStats:
+    started_at: float = 0.0
+    now: float = 0.0
+    sites: int = 0
+    tenders_published: int = 0
+    tenders_recorded: int = 0
+    transactions_accepted: int = 0
+    transactions_refused: int = 0
+    transactions_replayed: int = 0
+    refusals_by_reason: dict[str, int] = field(default_factory=dict)
+    intervals_settled: int = 0
+    intervals_given_up: int = 0
+    settle_waiting: int = 0
+    price_misses: int = 0
+    connects: int = 0
+    rebuilt_records: int = 0
+
+
+def registry_sites(root: Path) -> Callable[[], list[SiteRecord]]:
+    """The registry's sites, re-read whenever devices.json changes."""
+    state: dict[str, Any] = {"mtime": None, "sites": []}
+
+    def sites() -> list[SiteRecord]:
+        path = root / REGISTRY_FILE
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if mtime != state["mtime"]:
+            state["sites"] = Registry(root).sites
+            state["mtime"] = mtime
+        return list(state["sites"])
+
+    return sites
+
+
+class MarketService:
+    def __init__(
+        self,
+        sites: Callable[[], Sequence[SiteRecord]],
+        broker: BrokerSettings,
+        ledger: LedgerLike,
+        meters: MeterReader | None = None,
+        prices: PriceSource | None = None,
+        pricing: DistributionPricing | None = None,
+        clock: Clock | None = None,
+        config: MarketConfig | None = None,
+        *,
+        client_id: str = DEFAULT_CLIENT_ID,
+        state_dir: Path | None = None,
+        health_s: float = 30.0,
+        max_sleep_s: float = 60.0,
+    ) -> None:
+        self.sites = sites
+        self.broker = broker
+        self.ledger = ledger
+        self.meters = meters
+        self.prices = prices or ReplayPrices()
+        self.clock: Clock = clock or WallClock()
+        self.config = config or MarketConfig()
+        self.core = MarketCore(self.config, pricing or StaticFeederRatios())
+        self.client_id = client_id
+        self.state_dir = state_dir
+        self.health_s = health_s
+        self.max_sleep_s = max_sleep_s  # clock seconds between ticks at most (settlement, registry)
+        self.ready = asyncio.Event()
+        self.stats = MarketStats()
+        self._warned: set[tuple[str, int]] = set()
+        self._last_health = 0.0
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set; reconnects to the broker by itself."""
+        now = self.clock.now()
+        self.stats.started_at = now
+        records = await asyncio.to_thread(lambda: [(r.kind, r.site, r.body) for r in self.ledger.records()])
+        rebuilt = self.core.rebuild(records)
+        self.stats.rebuilt_records = len(records)
+        log.info("market: rebuilt from the ledger: %d tenders, %d transactions, %d refusals, %d settlements",
+                 rebuilt.tenders, rebuilt.transactions, rebuilt.refusals, rebuilt.settlements)
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                async with aiomqtt.Client(
+                    self.broker.host, self.broker.port, identifier=self.client_id,
+                    username=self.broker.username, password=self.broker.password,
+                    clean_session=False, protocol=aiomqtt.ProtocolVersion.V311, keepalive=30,
+                ) as client:
+                    self.stats.connects += 1
+                    backoff = 0.5
+                    await self._session(client, stop)
+            except aiomqtt.MqttError as exc:
+                if stop.is_set():
+                    break
+                log.warning("market: broker %s:%d: %s; reconnecting in %.1f s", self.broker.host,
+                            self.broker.port, exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 10.0)
+        self._write_stats()
+        log.info("market: stopped (%s)", self._summary())
+
+    async def _session(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        await client.subscribe(wire.site_filter(wire.TRANSACTION), qos=1)
+        live = self.core.live_tenders(self.clock.now())
+        for tender in live:
+            await client.publish(wire.tender_topic(tender["counterPartyId"]), json.dumps(tender), qos=1)
+        if live:
+            log.info("market: republished %d open tenders after connecting", len(live))
+        await self._tick(client)
+        self.ready.set()
+        receiver = asyncio.create_task(self._receive(client))
+        ticker = asyncio.create_task(self._tick_loop(client, stop))
+        stopper = asyncio.create_task(stop.wait())
+        done, pending = await asyncio.wait({receiver, ticker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for task in done:
+            task.result()  # re-raise a broker error: run() reconnects
+
+    # ------------------------------------------------------------------------ transactions
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            await self.handle(client, message.topic.value, payload)
+
+    async def handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        try:
+            site, _, kind = wire.parse_topic(topic)
+        except wire.ContractError:
+            log.warning("market: ignoring message on %s (not a site transaction topic)", topic[:120])
+            return
+        if kind != wire.TRANSACTION:
+            return
+        now = self.clock.now()
+        decision = self.core.decide(site, payload, now)
+        if decision.records:
+            self.ledger.append_many(decision.records, now)  # durable before anything is said
+        self.core.apply(decision)
+        await client.publish(decision.topic, json.dumps(decision.confirm), qos=1)
+        c = decision.confirm
+        if decision.outcome == ACCEPTED:
+            self.stats.transactions_accepted += 1
+            log.info("market: confirmed %s %s: %s %g kWh of %s at %.4f $/kWh", site, c["transactionId"],
+                     c["side"], c["quantity"], c["tenderId"], c["price"])
+        elif decision.outcome == REPLAYED:
+            self.stats.transactions_replayed += 1
+            log.info("market: %s %s seen before: same confirm again (ok=%s)", site, c["transactionId"], c["ok"])
+        else:
+            self.stats.transactions_refused += 1
+            reasons = self.stats.refusals_by_reason
+            reasons[c["reason"]] = reasons.get(c["reason"], 0) + 1
+            log.info("market: refused %s %r: %s: %s", site, c["transactionId"], c["reason"], c.get("detail", ""))
+
+    # ------------------------------------------------------------------------ tick
+
+    async def _tick_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            now = self.clock.now()
+            wake = min(next_publication(now, self.config), self._next_settle(now), now + self.max_sleep_s)
+            await self.clock.sleep_until(wake)
+            await self._tick(client)
+
+    def _next_settle(self, now: float) -> float:
+        """When the oldest waiting interval becomes due (or in a step when all are due and waiting
+        for meter data)."""
+        if not self.core.pending_settle:
+            return now + self.max_sleep_s
+        first = min(start for _, start in self.core.pending_settle) + RT_STEP_S + self.config.settle_delay_s
+        return max(first, now + RT_STEP_S / 5)
+
+    async def _tick(self, client: aiomqtt.Client) -> None:
+        sites = list(self.sites())
+        self.stats.sites = len(sites)
+        await self._publish_due(client, sites)
+        await self._settle_due({s.site: s for s in sites})
+        self._health()
+
+    async def _publish_due(self, client: aiomqtt.Client, sites: Sequence[SiteRecord]) -> None:
+        now = self.clock.now()
+        for batch, waiting in self.core.due(due_batches(now, self.config), sites):
+            prices = await self._batch_prices(batch)
+            if prices is None:
+                continue
+            now = self.clock.now()
+            for site in waiting:
+                tenders, items = self.core.plan_offers(batch, site, prices, now)
+                if items:
+                    self.ledger.append_many(items, now)
+                self.core.apply_offers(batch, site.site, tenders)
+                for tender in tenders:
+                    await client.publish(wire.tender_topic(site.site), json.dumps(tender), qos=1)
+                self.stats.tenders_published += len(tenders)
+                self.stats.tenders_recorded += len(items)
+            log.info("market: published %s tenders for %s to %d site(s)", batch.market,
+                     _window(batch), len(waiting))
+
+    async def _batch_prices(self, batch: Batch) -> list[Any] | None:
+        try:
+            if batch.market == DAM:
+                got = await asyncio.to_thread(self.prices.prices, DAM, batch.start, batch.end)
+                found = got or None
+            else:
+                rtm = await asyncio.to_thread(self.prices.prices, RTM, batch.start - 3600, batch.end)
+                dam = await asyncio.to_thread(self.prices.prices, DAM, batch.start - 3600, batch.end)
+                one = rt_price(batch.start, rtm, dam)
+                found = [one] if one is not None else None
+        except (PriceSourceError, ValueError, OSError) as exc:
+            found, why = None, str(exc)
+        else:
+            why = f"{self.prices.name} has no {batch.market} price for it"
+        if found is None and (batch.market, batch.start) not in self._warned:
+            self._warned.add((batch.market, batch.start))
+            self.stats.price_misses += 1
+            log.warning("market: no %s tenders for %s: %s", batch.market, _window(batch), why)
+        return found
+
+    async def _settle_due(self, sites: dict[str, SiteRecord]) -> None:
+        if self.meters is None:
+            return
+        now = self.clock.now()
+        ready, given_up = self.core.due_settlements(now)
+        for site, start in given_up:
+            self.stats.intervals_given_up += 1
+            log.warning("market: %s interval %s left unsettled: no complete meter data %.0f s after it",
+                        site, _utc(start), self.config.settle_give_up_s)
+        waiting = 0
+        for name, starts in ready.items():
+            record = sites.get(name)
+            if record is None:
+                continue  # removed from the registry: its intervals wait in case it comes back
+            lo, hi = starts[0] - 3 * RT_STEP_S, starts[-1] + RT_STEP_S + self.config.settle_delay_s + RT_STEP_S
+            try:
+                if self.meters.blocking:
+                    readings = await asyncio.to_thread(self.meters.readings, name, lo, hi)
+                else:
+                    readings = self.meters.readings(name, lo, hi)
+            except MeterReadError as exc:
+                log.warning("market: meter data for %s unreadable now: %s", name, exc)
+                continue
+            items, done = [], []
+            for start in starts:
+                item = self.core.plan_settlement(record, start, readings)
+                if item is None:
+                    waiting += 1
+                    continue
+                items.append(item)
+                done.append(start)
+            if items:
+                self.ledger.append_many(items, now)
+                for start in done:
+                    self.core.apply_settled(name, start)
+                self.stats.intervals_settled += len(items)
+                net = sum(body["amountUsd"] for _, _, body in items)
+                log.info("market: settled %d interval(s) of %s up to %s: %+.4f $", len(items), name,
+                         _utc(done[-1]), net)
+        self.stats.settle_waiting = waiting
+
+    # ------------------------------------------------------------------------ health
+
+    def _summary(self) -> str:
+        s = self.stats
+        return (f"{s.sites} sites, {s.tenders_published} tenders published ({s.tenders_recorded} recorded), "
+                f"{s.transactions_accepted} accepted, {s.transactions_refused} refused, "
+                f"{s.transactions_replayed} replayed, {s.intervals_settled} intervals settled, "
+                f"{s.settle_waiting} waiting for meter data")
+
+    def _health(self) -> None:
+        self.stats.now = self.clock.now()
+        if time.monotonic() - self._last_health < self.health_s:
+            return
+        self._last_health = time.monotonic()
+        log.info("market: health at %s: %s", _utc(self.stats.now), self._summary())
+        self._write_stats()
+
+    def _write_stats(self) -> None:
+        if self.state_dir is None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / (STATS_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(self.stats), indent=2) + "\n")
+        os.replace(tmp, self.state_dir / STATS_FILE)
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _window(batch: Batch) -> str:
+    return f"{_utc(batch.start)}..{_utc(batch.end)}"
