@@ -1,9 +1,17 @@
 """`tendril bill`: one site's monthly OAT bill, shadow bill and rebate; printed, and written as CSV and JSON.
 
-The site's Green Button file is both its history (shaping the subscription) and, when it does
-not cover the billed month itself, the stand-in meter: its real days are laid onto the billed
-month by day type (see cloud.billing.subscription.replay_history). Forward transactions come from the
-ledger when one is given; `--record` appends the settlement intervals and the bill to it.
+Two sources of a site's data:
+
+* Green Button (default): the site's Green Button file is both its history (shaping the
+  subscription) and, when it does not cover the billed month itself, the stand-in meter: its real
+  days are laid onto the billed month by day type (see cloud.billing.subscription.replay_history).
+* A registered site (`--registry`): the subscription is the registry's kWh per local hour, the
+  metered usage is the meter's energy register in the store (`--store-file` or `--influx-url`),
+  forward transactions and the market service's settlements come from the ledger.
+
+Forward transactions come from the ledger when one is given, and the ledger's hash chain is
+verified first: a ledger that fails verification is refused (exit 1), never billed from.
+`--record` appends the settlement intervals and the bill to it.
 """
 
 from __future__ import annotations
@@ -22,12 +30,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloud.billing import energy_grid
 from cloud.billing.bill import MonthlyBill, monthly_bill
-from cloud.billing.subscription import replay_history, subscribe
-from cloud.billing.tariff import DEFAULT_TARIFF, load_tariff
+from cloud.billing.subscription import Profile, Subscription, replay_history, subscribe
+from cloud.billing.tariff import DAY_TYPES, DEFAULT_TARIFF, Tariff, load_tariff
+from cloud.devices.registry import Registry, RegistryError
 from cloud.ledger.chain import Ledger
+from cloud.market.meters import LineProtocolFileReader, MeterReader, VictoriaMeterReader
+from cloud.market.settle import register_at
 from cloud.market.tenders import TenderConfig
 from cloud.market.transactions import KIND_TRANSACTION, Transaction
-from cloud.settings import ENV_LEDGER_URL
+from cloud.settings import ENV_INFLUX_URL, ENV_LEDGER_URL, check_http_url
 from cloud.sources.greenbutton import UsageInterval, load_feed
 from cloud.sources.prices import PriceInterval, default_prices, load_caiso_csv
 from edge.resources import DATA_DIR
@@ -79,6 +90,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "transactions (env TENDRIL_LEDGER_URL; default: none, no forward transactions)")
     p.add_argument("--record", action="store_true",
                    help="append the settlement intervals and the bill to --ledger (once per site and month)")
+    p.add_argument("--registry", type=Path, default=None,
+                   help="bill a REGISTERED site: its subscription from this registry, its metered usage from "
+                        "the store (--store-file or --influx-url), its transactions and settlements from --ledger")
+    store = p.add_mutually_exclusive_group()
+    store.add_argument("--store-file", type=Path, default=None,
+                       help="line-protocol file written by `tendril ingest --store-file` (with --registry)")
+    store.add_argument("--influx-url", default=None,
+                       help="telemetry store read through the VictoriaMetrics export API (with --registry; "
+                            f"env {ENV_INFLUX_URL})")
     p.add_argument("--out", type=Path, default=Path("out/bills"),
                    help="folder for SITE_MONTH.csv and SITE_MONTH.json (default out/bills)")
     p.set_defaults(func=main)
@@ -131,6 +151,109 @@ def _record(ledger: Ledger, bill: MonthlyBill, now: float) -> str:
     return f"recorded {len(written)} ledger records ({len(bill.settled)} settlement intervals + the bill)"
 
 
+HOUR = 3600
+
+
+def registry_subscription(site: str, by_hour: tuple[float, ...], tariff: Tariff) -> Subscription:
+    """A registered site's subscription (kWh per local hour, every day) as a billing Subscription."""
+    if not by_hour:
+        by_hour = (0.0,) * 24
+    keys = [(m, d, h) for m in range(1, 13) for d in DAY_TYPES for h in range(24)]
+    return Subscription(site, tariff, Profile({k: by_hour[k[2]] for k in keys}, {k: 1 for k in keys}))
+
+
+def store_usage(reader: MeterReader, site: str, start: int, end: int) -> tuple[list[UsageInterval], int]:
+    """Hourly kWh from the site's meters' energy registers; (intervals, hours without data)."""
+    readings = reader.readings(site, start - HOUR, end + HOUR)
+    out, missing = [], 0
+    for t in range(start, end, HOUR):
+        total: float | None = 0.0 if readings else None
+        for series in readings.values():
+            a, b = register_at(series, t), register_at(series, t + HOUR)
+            if a is None or b is None or b < a or total is None:
+                total = None
+                continue
+            total += (b - a) / 1000.0
+        if total is None:
+            missing += 1
+        else:
+            out.append(UsageInterval(t, HOUR, total))
+    return out, missing
+
+
+def verified_ledger(url: str) -> Ledger:
+    """The ledger, once its hash chain verifies; LedgerTampered otherwise."""
+    ledger = Ledger(url)
+    report = ledger.verify()
+    if not report.ok:
+        ledger.close()
+        raise LedgerTampered(f"the ledger at {url} fails verification ({len(report.problems)} problem(s): "
+                             f"{report.problems[0]}); refusing to bill from it "
+                             "(see `tendril ledger verify`)")
+    return ledger
+
+
+class LedgerTampered(RuntimeError):
+    """The ledger's hash chain does not verify."""
+
+
+def registered_bill(args: argparse.Namespace, ledger: Ledger | None) -> MonthlyBill:
+    year, month = args.month
+    registry = Registry(args.registry)
+    names = [s.site for s in registry.sites]
+    if args.site not in names:
+        raise ValueError(f"site {args.site!r} is not in the registry at {args.registry} "
+                         f"(have {', '.join(names) or 'none'})")
+    record = registry.site(args.site)
+    tariff = load_tariff(args.tariff)
+    start, end = tariff.month_window(year, month)
+    influx_url = args.influx_url or (None if args.store_file else os.environ.get(ENV_INFLUX_URL))
+    reader: MeterReader
+    if args.store_file:
+        reader = LineProtocolFileReader(args.store_file)
+    elif influx_url:
+        reader = VictoriaMeterReader(check_http_url(influx_url))
+    else:
+        raise ValueError("a registered site's metered usage comes from the store: pass --store-file or "
+                         "--influx-url")
+    metered, missing = store_usage(reader, args.site, start, end)
+    transactions: list[Transaction] = []
+    settled_usd, settled_n = 0.0, 0
+    if ledger is not None:
+        transactions = [Transaction.from_record(r.body)
+                        for r in ledger.records(kind=KIND_TRANSACTION, site=args.site)]
+        for r in ledger.records(kind=KIND_SETTLEMENT, site=args.site):
+            if "intervalStart" in r.body and start <= r.body["intervalStart"] < end:
+                settled_usd += float(r.body["amountUsd"])
+                settled_n += 1
+    layers = [_prices(args.rt_prices, "RTM"), _prices(args.da_prices, "DAM")]
+    bill = monthly_bill(args.site, year, month, tariff, metered,
+                        registry_subscription(args.site, record.subscription_kwh_by_hour, tariff),
+                        transactions, layers, TenderConfig(), args.feeder_load)
+    bill.notes.append(f"metered: site {args.site}'s meter energy register in the store, {len(metered)} hours "
+                      f"with data, {missing} without (those count as no usage)")
+    bill.notes.append(f"subscription: the registry's kWh per local hour for {args.site}; "
+                      f"{len(transactions)} forward transactions in the ledger" if ledger is not None
+                      else f"subscription: the registry's kWh per local hour for {args.site}; no ledger given")
+    if ledger is not None:
+        bill.notes.append(f"market service settlements in the ledger for the month: {settled_n} intervals, "
+                          f"{settled_usd:+.2f} $ (5-minute, as they happened; the ex-post lines above are "
+                          "re-settled from the month's meter data)")
+    return bill
+
+
+def _finish(args: argparse.Namespace, bill: MonthlyBill, ledger: Ledger | None) -> int:
+    print(bill.render())
+    csv_path, json_path = write_outputs(bill, args.out)
+    print()
+    for note in bill.notes:
+        print(note)
+    print(f"written: {csv_path}, {json_path}")
+    if args.record and ledger is not None:
+        print(_record(ledger, bill, time.time()))
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     year, month = args.month
     if args.record and not args.ledger:
@@ -138,6 +261,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     ledger: Ledger | None = None
     try:
+        if args.ledger:
+            ledger = verified_ledger(args.ledger)
+        if args.registry is not None:
+            bill = registered_bill(args, ledger)
+            return _finish(args, bill, ledger)
         tariff = load_tariff(args.tariff)
         gb_path = _greenbutton_file(args.site, args.greenbutton)
         feed = load_feed(gb_path)
@@ -152,8 +280,7 @@ def main(args: argparse.Namespace) -> int:
         metered, replayed = _metered(history, start, end, replay)
         layers = [_prices(args.rt_prices, "RTM"), _prices(args.da_prices, "DAM")]
         transactions: list[Transaction] = []
-        if args.ledger:
-            ledger = Ledger(args.ledger)
+        if ledger is not None:
             transactions = [Transaction.from_record(r.body)
                             for r in ledger.records(kind=KIND_TRANSACTION, site=args.site)]
         bill = monthly_bill(args.site, year, month, tariff, metered, subscription, transactions, layers,
@@ -167,16 +294,11 @@ def main(args: argparse.Namespace) -> int:
         bill.notes.append(f"subscription: mean by month x day type x hour of {len(history)} readings "
                           f"in {gb_path.name}; {trades}")
         bill.notes.extend(f"data warning: {w.replace(str(gb_path), gb_path.name)}" for w in feed.warnings)
-        print(bill.render())
-        csv_path, json_path = write_outputs(bill, args.out)
-        print()
-        for note in bill.notes:
-            print(note)
-        print(f"written: {csv_path}, {json_path}")
-        if args.record and ledger is not None:
-            print(_record(ledger, bill, time.time()))
-        return 0
-    except (ValueError, OSError) as exc:  # every data error of the modules used is a ValueError
+        return _finish(args, bill, ledger)
+    except LedgerTampered as exc:
+        print(f"tendril bill: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, RegistryError) as exc:  # every data error of the modules used is a ValueError
         print(f"tendril bill: {exc}", file=sys.stderr)
         return 2
     except SQLAlchemyError as exc:
