@@ -72,6 +72,7 @@ class DispatchStats:
     duplicate_acks: int = 0  # ack for a command already settled (QoS 1 redelivery)
     unmatched_acks: int = 0  # ack naming no command we sent to that device (or a wrong seq)
     invalid_acks: int = 0  # ack that breaks the wire contract
+    silent_relays: int = 0  # times a device reached `silent_after` given-up commands in a row
 
 
 class Dispatcher:
@@ -105,6 +106,17 @@ class Dispatcher:
         self._pending: dict[tuple[str, str, str], OutgoingCommand] = {}
         self._done: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self.stats = DispatchStats()
+        # Consecutive commands given up without any ack, per device; reset by any ack from it.
+        self.unanswered: Counter[DeviceKey] = Counter()
+        self.silent_after = 1  # given-up commands (each sent max_attempts times) that make a device "silent"
+        self.silent: set[DeviceKey] = set()  # devices at or past silent_after (report them)
+
+    def learn_seq(self, site: str, device: str, seq: int) -> None:
+        """The device is known to have seen `seq` (from its ack, or a saved state): later commands
+        are numbered above it."""
+        dev = (site, device)
+        if seq > self._seq.get(dev, 0):
+            self._seq[dev] = seq
 
     def last_seq(self, site: str, device: str) -> int:
         return self._seq.get((site, device), 0)
@@ -139,8 +151,13 @@ class Dispatcher:
             self._changed_at[dev] = at
         self._relay[dev] = relay
 
-    def command(self, site: str, device: str, relay: int, valid_until: float, now: float) -> OutgoingCommand:
+    def command(self, site: str, device: str, relay: int, valid_until: float, now: float,
+                seq_floor: int | None = None) -> OutgoingCommand:
         """Sign a command setting `relay` (0/1), valid until `valid_until` (+ grace).
+
+        `seq_floor`: the lowest seq this command may carry. An agent that may lose its memory or
+        hand a site to another process passes a clock-derived floor (int(now * 1000)), so its
+        seq stays above whatever the device accepted from an earlier owner.
 
         If switching now would break the device's safety limits the command holds the current
         state instead; the returned command says so (`requested`, `clamp_reason`).
@@ -161,6 +178,8 @@ class Dispatcher:
             )
         topic = wire.device_topic(site, device, wire.CMD)
         seq = self._seq.get((site, device), 0) + 1
+        if seq_floor is not None:
+            seq = max(seq, seq_floor)
         expires = valid_until + self._grace_s
         # Unique per device because seq is; issued and relay make ids from a restarted dispatcher
         # (same seq) differ as well.
@@ -188,6 +207,11 @@ class Dispatcher:
         except wire.ContractError:
             self.stats.invalid_acks += 1
             return None
+        if ack["seq"] >= 0:
+            self.unanswered.pop((site, device), None)  # it is alive and answering
+            self.silent.discard((site, device))
+            if ack["ok"]:  # even for a command an earlier process sent: the device holds this seq
+                self.learn_seq(site, device, ack["seq"])
         ref = (site, device, ack["id"])
         out = self._pending.get(ref)
         if out is None:
@@ -242,6 +266,11 @@ class Dispatcher:
                 why = "expired" if now >= cmd.cmd["expires"] else f"no ack after {sends} sends"
                 self.flagged[cmd.site] = f"{cmd.device}: command {cmd.cmd['id']} {why}"
                 self.stats.given_up += 1
+                dev = (cmd.site, cmd.device)
+                self.unanswered[dev] += 1
+                if self.unanswered[dev] >= self.silent_after and dev not in self.silent:
+                    self.silent.add(dev)
+                    self.stats.silent_relays += 1
                 if cmd.cmd["seq"] == self._seq.get((cmd.site, cmd.device)):
                     # the device may or may not have it: its state is unknown until it acks again
                     self._relay.pop((cmd.site, cmd.device), None)

@@ -1,0 +1,37 @@
+"""A schedule as a small JSON object (the agent's state file keeps its last plans), and back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cloud.optimizer.schedule import SiteSchedule
+
+_ARRAYS = ("buy_kwh", "sell_kwh", "hvac_heat", "hvac_cool", "temp_c", "pump_on", "ev_kw", "battery_kw", "soc_kwh")
+
+
+def schedule_to_json(s: SiteSchedule | None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    out: dict[str, Any] = {"start": s.start, "step_s": s.step_s, "objective_usd": s.objective_usd}
+    for name in _ARRAYS:
+        out[name] = [round(float(v), 5) for v in getattr(s, name)]
+    return out
+
+
+def schedule_from_json(site: str, data: dict[str, Any] | None) -> SiteSchedule | None:
+    """None for a missing or unusable record: the agent then plans afresh."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        arrays = {name: np.asarray(data[name], dtype=float) for name in _ARRAYS}
+        n = len(arrays["buy_kwh"])
+        if n == 0 or any(len(a) != n for a in arrays.values()):
+            return None
+        return SiteSchedule(site=site, start=float(data["start"]), step_s=float(data["step_s"]),
+                            objective_usd=float(data["objective_usd"]), comfort_violation_ch=0.0,
+                            ev_short_kwh=0.0, pump_short_h=0.0, solve_s=0.0, warm=False,
+                            notes=("restored",), **arrays)
+    except (KeyError, TypeError, ValueError):
+        return None

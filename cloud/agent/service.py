@@ -1,0 +1,473 @@
+"""`AgentService`: the agent as a long-running MQTT service (one worker).
+
+Subscribes (QoS 1, persistent session under a stable client id) to every site's tender and
+confirm topics, every device's telemetry, status and ack topics, and the workers' presence
+topic; acts only for the sites it owns (cloud.agent.ownership over the live workers); publishes
+transactions on the site's transaction topic and signed commands on the devices' cmd topics.
+
+I/O only: decisions are cloud.agent.core's, solves the Planner's (run in a thread so acks and
+tenders keep flowing meanwhile), command signing and retries cloud.agent.dispatch's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import tendril_wire as wire
+
+from cloud.agent.book import Rejected
+from cloud.agent.config import SiteConfig
+from cloud.agent.core import AgentOptions, Decision, Outdoor, SiteAgent
+from cloud.agent.dispatch import DeviceKey, Dispatcher
+from cloud.agent.ownership import owned
+from cloud.agent.planner import InProcessPlanner, Job, Planner
+from cloud.agent.store import StateStore
+from cloud.settings import BrokerSettings
+from edge.clock import Clock
+
+log = logging.getLogger("tendril.agent")
+
+DEAD_LETTER_PAYLOAD_BYTES = 1024
+RECONNECT_MAX_S = 10.0
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    worker_id: str = "w0"
+    client_id: str | None = None  # default tendril-agent-{worker_id}: stable, so the session persists
+    state_dir: Path | None = None
+    agent: AgentOptions = field(default_factory=AgentOptions)
+    tick_s: float = 0.1  # real seconds between housekeeping passes (retries, intervals without tender)
+    progress_s: float = 10.0  # real seconds between progress log lines
+    stats_file: Path | None = None  # rewritten with the counters every progress interval
+    presence_settle_s: float = 0.5  # real seconds to collect the other workers' presence at start
+
+    def __post_init__(self) -> None:
+        wire.check_id(self.worker_id, "worker")
+
+
+@dataclass
+class ServiceStats:
+    tenders: int = 0
+    tenders_answered: int = 0  # real-time intervals decided from a tender (plan or last plan)
+    no_tender: int = 0  # intervals run subscription-only
+    solve_failures: int = 0
+    transactions_sent: int = 0
+    transactions_resent: int = 0
+    confirmed: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    commands_sent: int = 0
+    commands_retried: int = 0
+    command_errors: int = 0
+    connects: int = 0
+    ownership_changes: int = 0
+
+
+def _notes(site: str, notes: tuple[str, ...] | list[str], seen: dict[tuple[str, str], float], now: float) -> None:
+    """Log a site's degradation notes, each kind at most once an hour (they repeat every interval)."""
+    for note in notes:
+        key = (site, note.split(":")[0])
+        if now - seen.get(key, -1e18) >= 3600:
+            seen[key] = now
+            log.warning("%s: %s", site, note)
+
+
+class AgentService:
+    def __init__(self, sites: Mapping[str, SiteConfig], keys: Mapping[DeviceKey, bytes], broker: BrokerSettings,
+                 clock: Clock, planner: Planner | None = None, options: ServiceOptions | None = None,
+                 outdoor: Outdoor | None = None) -> None:
+        """`sites`: every site any worker may serve (this one serves its share); `keys`: HMAC
+        command key per (site, relay device); `planner`: default an InProcessPlanner with the
+        agent's time limit; `outdoor`: weather forecast (default the bundled TMY3 year)."""
+        self.sites = dict(sites)
+        self.broker = broker
+        self.clock = clock
+        self.options = options or ServiceOptions()
+        self.planner: Planner = planner or InProcessPlanner(
+            {s: c.spec for s, c in self.sites.items()}, self.options.agent.time_limit_s)
+        if outdoor is None:
+            from cloud.sources.weather import load_weather
+            outdoor = load_weather()
+        self.outdoor = outdoor
+        limits = {(c.site, d): lim for c in self.sites.values() for d, lim in c.limits.items()}
+        self.dispatcher = Dispatcher(keys, limits=limits)
+        self.store = StateStore(self.options.state_dir)
+        self.me = self.options.worker_id
+        self.live: set[str] = set()
+        self.agents: dict[str, SiteAgent] = {}
+        self.stats = ServiceStats()
+        self.ready = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._ready_rt: dict[str, float] = {}  # site -> interval start with both RT tenders in
+        self._planning: set[str] = set()
+        self._wake = asyncio.Event()
+        self._seen_notes: dict[tuple[str, str], float] = {}
+        self._silent_reported: set[DeviceKey] = set()
+        # One thread for every solve: HiGHS keeps per-thread scheduler state, and the event loop
+        # keeps serving acks and tenders while a round is solved.
+        self._solver_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tendril-plan")
+
+    @classmethod
+    def from_registry(cls, root: Path, broker: BrokerSettings, clock: Clock, planner: Planner | None = None,
+                      options: ServiceOptions | None = None, outdoor: Outdoor | None = None) -> AgentService:
+        """Sites and command keys from a registry folder; ConfigError/RegistryError naming what is wrong."""
+        from cloud.agent.config import site_config
+        from cloud.devices.registry import Registry
+
+        reg = Registry(root)
+        sites = {r.site: site_config(r, reg.site_devices(r.site)) for r in reg.sites}
+        keys = {(d.site, d.device): reg.secrets_for(d.site, d.device).key
+                for d in reg.devices if d.type == wire.DEVICE_RELAY}
+        return cls(sites, keys, broker, clock, planner, options, outdoor)
+
+    @property
+    def owned(self) -> set[str]:
+        return set(self.agents)
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set; reconnects after broker outages."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+                delay = 0.5
+            except aiomqtt.MqttError as exc:
+                self.ready.clear()
+                log.warning("worker %s: broker connection lost (%s); reconnecting in %.1f s", self.me, exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+        for site in list(self.agents):
+            self._save(site)
+        self.planner.close()
+        self._solver_thread.shutdown(wait=False)
+        self._write_stats()
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        b = self.broker
+        presence = wire.agent_topic(self.me)
+        client_id = self.options.client_id or f"tendril-agent-{self.me}"
+        will = aiomqtt.Will(presence, b"", qos=1, retain=True)  # kill -9: the broker clears us at once
+        async with aiomqtt.Client(b.host, b.port, username=b.username, password=b.password, identifier=client_id,
+                                  clean_session=False, will=will, keepalive=15) as client:
+            self._client = client
+            self.stats.connects += 1
+            for flt in (wire.agent_filter(), wire.site_filter(wire.TENDER), wire.site_filter(wire.CONFIRM),
+                        wire.device_filter(wire.TELEMETRY), wire.device_filter(wire.STATUS),
+                        wire.device_filter(wire.ACK)):
+                await client.subscribe(flt, qos=1)
+            await client.publish(presence, self._presence(), qos=1, retain=True)
+            reader = asyncio.create_task(self._read(client))
+            await asyncio.sleep(self.options.presence_settle_s)  # the retained presences arrive first
+            self.live.add(self.me)
+            self._rebalance()
+            log.info("worker %s connected to mqtt://%s:%d as %s; %d live workers, owning %d of %d sites",
+                     self.me, b.host, b.port, client_id, len(self.live), len(self.agents), len(self.sites))
+            self.ready.set()
+            tasks = [reader, asyncio.create_task(self._plan_loop()), asyncio.create_task(self._tick_loop()),
+                     asyncio.create_task(self._progress_loop())]
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not stopper and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+            finally:
+                for task in [*tasks, stopper]:
+                    task.cancel()
+                for task in [*tasks, stopper]:
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await task
+            if stop.is_set():
+                await client.publish(presence, b"", qos=1, retain=True)  # a clean stop clears itself
+                log.info("worker %s stopped; presence cleared", self.me)
+            self._client = None
+
+    def _presence(self) -> bytes:
+        return json.dumps({"worker": self.me, "pid": os.getpid(), "since": self.clock.now()}).encode()
+
+    # ------------------------------------------------------------------ ownership
+
+    def _rebalance(self) -> None:
+        if self.me not in self.live:
+            return  # not settled yet
+        want = owned(self.sites, self.live, self.me)
+        now = self.clock.now()
+        gained, lost = want - set(self.agents), set(self.agents) - want
+        for site in sorted(lost):
+            self._save(site)
+            del self.agents[site]
+            self._ready_rt.pop(site, None)
+            forget = getattr(self.planner, "forget", None)
+            if forget is not None:
+                forget(site)
+        for site in sorted(gained):
+            agent = SiteAgent(self.sites[site], self.options.agent, self.outdoor)
+            data = self.store.load(site)
+            if data is not None:
+                try:
+                    agent.load_json(data, now)
+                    for device, seq in data.get("seq", {}).items():
+                        self.dispatcher.learn_seq(site, device, int(seq))
+                except (ValueError, TypeError, KeyError) as exc:
+                    log.error("%s: agent state not usable (%s); starting afresh", site, exc)
+                    agent = SiteAgent(self.sites[site], self.options.agent, self.outdoor)
+            self.agents[site] = agent
+        if gained or lost:
+            self.stats.ownership_changes += 1
+            log.info("worker %s: live workers %s; owns %d sites (+%s -%s)", self.me, sorted(self.live),
+                     len(self.agents), sorted(gained), sorted(lost))
+            self._write_stats()
+
+    def _on_presence(self, worker: str, payload: bytes) -> None:
+        if payload:
+            self.live.add(worker)
+        else:
+            self.live.discard(worker)
+            if worker == self.me and self._client is not None:
+                # an old session's will (e.g. after a takeover of our client id): we are alive
+                asyncio.get_running_loop().create_task(
+                    self._publish(wire.agent_topic(self.me), self._presence(), retain=True))
+                self.live.add(worker)
+        self._rebalance()
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
+            await self._handle(str(message.topic), payload)
+
+    async def _handle(self, topic: str, payload: bytes) -> None:
+        now = self.clock.now()
+        prefix = wire.agent_filter()[:-1]
+        if topic.startswith(prefix):
+            self._on_presence(topic[len(prefix):], payload)
+            return
+        try:
+            site, device, kind = wire.parse_topic(topic)
+        except wire.ContractError:
+            return  # not ours to judge: only subscribed filters arrive here
+        if kind in (wire.TENDER, wire.CONFIRM):
+            if site in self.agents:
+                await self._site_message(self.agents[site], kind, topic, payload, now)
+            elif site not in self.sites and self.me in self.live and \
+                    owned([site], self.live, self.me):  # exactly one worker reports a stranger
+                await self._dead_letter("unknown_site", f"site {site} is not in the registry", topic, payload, now)
+            return
+        agent = self.agents.get(site)
+        if agent is None:
+            return
+        try:
+            msg = wire.decode(kind, payload)
+        except wire.ContractError:
+            return  # ingestion dead-letters device messages; the agent just does not use them
+        if kind == wire.ACK:
+            out = self.dispatcher.on_ack(site, device, msg)
+            if out is not None and not msg["ok"] and msg["reason"] != wire.REFUSE_REPLAYED:
+                log.warning("%s/%s refused command %s: %s", site, device, msg["id"], msg["reason"])
+        else:
+            agent.observe(device, kind, msg, now)
+
+    async def _site_message(self, agent: SiteAgent, kind: str, topic: str, payload: bytes, now: float) -> None:
+        try:
+            msg = wire.decode(kind, payload)
+            if kind == wire.TENDER:
+                self.stats.tenders += 1
+                start = agent.on_tender(msg, now)
+                if start is not None:
+                    self._ready_rt[agent.site] = start
+                    self._wake.set()
+                elif agent.da_dirty:
+                    self._wake.set()
+                return
+            outcome = agent.on_confirm(msg)
+        except wire.ContractError as exc:
+            await self._dead_letter(exc.reason, exc.detail, topic, payload, now)
+            return
+        except Rejected as exc:
+            await self._dead_letter(exc.reason, exc.detail, topic, payload, now)
+            return
+        if outcome == "accepted":
+            self.stats.confirmed += 1
+        elif outcome == "refused":
+            self.stats.refused[msg["reason"]] += 1
+            log.warning("%s: transaction %s refused: %s %s", agent.site, msg["transactionId"], msg["reason"],
+                        msg.get("detail", ""))
+        self._save(agent.site)
+
+    async def _dead_letter(self, reason: str, detail: str, topic: str, payload: bytes, now: float) -> None:
+        self.stats.dead_letters[reason] += 1
+        log.warning("dead letter %s on %s: %s", reason, topic, detail[:120])
+        body = json.dumps({"reason": reason, "detail": detail, "topic": topic, "size": len(payload),
+                           "payload": payload[:DEAD_LETTER_PAYLOAD_BYTES].decode("utf-8", errors="replace"),
+                           "received": now}).encode()
+        await self._publish(wire.dead_letter_topic(reason), body, qos=0)
+
+    # ------------------------------------------------------------------ sending
+
+    async def _publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        client = self._client
+        if client is None:
+            return
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(topic, payload, qos=qos, retain=retain)
+
+    async def _send_transactions(self, site: str, txs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> None:
+        for tx in txs:
+            await self._publish(wire.site_topic(site, wire.TRANSACTION), wire.encode(wire.TRANSACTION, tx))
+            self.stats.transactions_sent += 1
+
+    async def _execute(self, agent: SiteAgent, d: Decision, now: float) -> None:
+        _notes(agent.site, d.notes, self._seen_notes, now)
+        await self._send_transactions(agent.site, d.transactions)
+        for device, relay in d.relays.items():
+            try:
+                # seq from the clock: above anything an earlier owner of this site sent (docs/agent.md)
+                out = self.dispatcher.command(agent.site, device, relay, d.valid_until, now, seq_floor=int(now * 1000))
+            except (KeyError, ValueError) as exc:
+                self.stats.command_errors += 1
+                log.error("%s/%s: no command sent: %s", agent.site, device, exc)
+                continue
+            agent.settle(device, int(out.cmd["relay"]))
+            await self._publish(out.topic, out.payload)
+            self.stats.commands_sent += 1
+        self._save(agent.site)
+
+    def _save(self, site: str) -> None:
+        agent = self.agents.get(site)
+        if agent is None:
+            return
+        data = agent.to_json()
+        data["seq"] = {d: self.dispatcher.last_seq(site, d) for d in agent.cfg.relays}
+        try:
+            self.store.save(site, data)
+        except OSError as exc:
+            log.error("%s: could not save agent state: %s", site, exc)
+
+    # ------------------------------------------------------------------ loops
+
+    async def _plan_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._plan_round()
+
+    async def _solve(self, jobs: list[Job]) -> dict[tuple[str, str], Any]:
+        if not jobs:
+            return {}
+        results = await asyncio.get_running_loop().run_in_executor(self._solver_thread, self.planner.plan, jobs)
+        return {(r.site, r.mode): r for r in results}
+
+    async def _plan_round(self) -> None:
+        now = self.clock.now()
+        da_jobs = [j for j in (a.da_job(now) for a in list(self.agents.values())) if j is not None]
+        for (site, _), result in (await self._solve(da_jobs)).items():
+            agent = self.agents.get(site)
+            if agent is None:
+                continue
+            txs, note = agent.apply_da(self.clock.now(), result)
+            if note:
+                _notes(site, [note], self._seen_notes, now)
+            await self._send_transactions(site, txs)
+            self._save(site)
+        ready, self._ready_rt = self._ready_rt, {}
+        jobs, notes = [], {}
+        for site, start in ready.items():
+            agent = self.agents.get(site)
+            if agent is None or start in agent.decided:
+                continue
+            job, notes[site] = agent.rt_job(now, start)
+            jobs.append(job)
+        self._planning = {j.site for j in jobs}
+        try:
+            results = await self._solve(jobs)
+            for job in jobs:
+                agent = self.agents.get(job.site)
+                if agent is None:
+                    continue
+                result = results.get((job.site, "rt"))
+                if result is None or result.schedule is None:
+                    self.stats.solve_failures += 1
+                d = agent.decide(self.clock.now(), ready[job.site], result, notes[job.site])
+                self.stats.tenders_answered += 1
+                await self._execute(agent, d, self.clock.now())
+        finally:
+            self._planning = set()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.tick_s)
+            now = self.clock.now()
+            for site, agent in list(self.agents.items()):
+                if site in self._planning or site in self._ready_rt:
+                    continue
+                start = agent.due_without_tender(now)
+                if start is not None:
+                    self.stats.no_tender += 1
+                    await self._execute(agent, agent.decide_without_tender(now, start), now)
+                resend = agent.book.resend(now, self.options.agent.tx_resend_s)
+                if resend:
+                    self.stats.transactions_resent += len(resend)
+                    for tx in resend:
+                        await self._publish(wire.site_topic(site, wire.TRANSACTION), wire.encode(wire.TRANSACTION, tx))
+                    self._save(site)
+                agent.book.prune(now)
+            for out in self.dispatcher.retries(now, self.options.agent.cmd_retry_s):
+                if out.site in self.agents:
+                    await self._publish(out.topic, out.payload)
+                    self.stats.commands_retried += 1
+            for dev in self.dispatcher.silent - self._silent_reported:
+                log.error("%s/%s: relay silent: no ack after %d sends of a command (%s)", dev[0], dev[1],
+                          self.dispatcher._max_attempts, self.dispatcher.flagged.get(dev[0], ""))
+            self._silent_reported = set(self.dispatcher.silent)
+
+    async def _progress_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.progress_s)
+            log.info("worker %s: %s", self.me, self.progress_line())
+            self._write_stats()
+
+    def progress_line(self) -> str:
+        s, d = self.stats, self.dispatcher.stats
+        return (f"sites owned {len(self.agents)}; tenders {s.tenders}, answered {s.tenders_answered}, "
+                f"no tender {s.no_tender}, solve failures {s.solve_failures}; transactions sent "
+                f"{s.transactions_sent} (resent {s.transactions_resent}), confirmed {s.confirmed}, "
+                f"refused {sum(s.refused.values())}; commands sent {d.sent}, acked {d.acked_ok}, refused "
+                f"{sum(d.refused.values())}, retried {d.retried}, given up {d.given_up}, silent relays "
+                f"{len(self.dispatcher.silent)}; dead letters {sum(s.dead_letters.values())}")
+
+    def stats_json(self) -> dict[str, Any]:
+        s, d = self.stats, self.dispatcher.stats
+        return {"worker": self.me, "pid": os.getpid(), "written_at": time.time(), "owned": sorted(self.agents),
+                "live": sorted(self.live), "tenders": s.tenders, "tenders_answered": s.tenders_answered,
+                "no_tender": s.no_tender, "solve_failures": s.solve_failures,
+                "transactions_sent": s.transactions_sent, "transactions_resent": s.transactions_resent,
+                "confirmed": s.confirmed, "refused": dict(s.refused), "dead_letters": dict(s.dead_letters),
+                "commands_sent": d.sent, "commands_acked": d.acked_ok, "commands_refused": dict(d.refused),
+                "commands_retried": d.retried, "commands_given_up": d.given_up,
+                "silent_relays": sorted(f"{a}/{b}" for a, b in self.dispatcher.silent)}
+
+    def _write_stats(self) -> None:
+        path = self.options.stats_file
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.stats_json()))
+        os.replace(tmp, path)
