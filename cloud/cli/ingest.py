@@ -133,6 +133,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     scale.add_argument("--share-group", type=check_share_group,
                        help=f"MQTT shared-subscription group (default {DEFAULT_SHARE_GROUP} with --workers > 1)")
     scale.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    checks = p.add_argument_group("plausibility (docs/security.md)")
+    checks.add_argument("--max-age", type=_non_negative_float, default=0.0, metavar="SECONDS",
+                        help="refuse readings older than this; the firmware holds ~20480 s offline "
+                             "(0: off, default)")
+    checks.add_argument("--max-skew", type=_non_negative_float, default=300.0, metavar="SECONDS",
+                        help="refuse readings this far ahead of our clock (at most 172800, what the store "
+                             "accepts; default %(default)s)")
     tuning = p.add_argument_group("tuning")
     tuning.add_argument("--batch-max", type=_positive_int, default=1000,
                         help="write as soon as this many points wait (default %(default)s)")

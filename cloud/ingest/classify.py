@@ -13,7 +13,7 @@ from typing import Any
 
 import tendril_wire as wire
 
-from cloud.ingest import fast_decode
+from cloud.ingest import fast_decode, validation
 from cloud.ingest.known_devices import UNKNOWN_DEVICE, KnownDevices
 from cloud.store.line_protocol import STORED_KINDS, contract_error, message_to_line, seconds_to_ns
 
@@ -114,8 +114,9 @@ TopicDecision = tuple[str, str, str] | tuple[str, str]  # (site, device, kind) o
 class Classifier:
     """`classify` plus the fast path, a topic cache and the device registry check."""
 
-    def __init__(self, devices: KnownDevices | None = None) -> None:
+    def __init__(self, devices: KnownDevices | None = None, limits: validation.Limits | None = None) -> None:
         self.devices = devices
+        self.limits = limits if limits is not None else validation.Limits()
         self._topics: dict[str, TopicDecision] = {}
         self._version = devices.version if devices is not None else 0
 
@@ -146,8 +147,27 @@ class Classifier:
             return Rejected(topic, decision[0], decision[1], payload)
         site, device, kind = decision
         raw = fast_decode.decode(kind, payload)
+        result: Accepted | Rejected | None = None
         if raw is not None:
             got = fast_decode.line(site, device, kind, raw, received_at)
             if got is not None:
-                return Accepted(site, device, kind, None, got[0], raw, got[1])
-        return classify(topic, payload, received_at)  # the contract decides, and names the reason
+                result = Accepted(site, device, kind, None, got[0], raw, got[1])
+        if result is None:
+            result = classify(topic, payload, received_at)  # the contract decides, and names the reason
+        if isinstance(result, Rejected):
+            return result
+        return self._plausible(result, topic, payload, received_at)
+
+    def _plausible(self, accepted: Accepted, topic: str, payload: bytes, now: float) -> Accepted | Rejected:
+        raw, msg = accepted._raw, accepted._msg
+        if msg is not None:
+            get: Any = msg.get
+            present = len(msg)
+        else:
+            fields = fast_decode.as_dict(accepted.kind, raw)
+            get, present = fields.get, len(fields)
+        profile = self.devices.profile(accepted.site, accepted.device) if self.devices is not None else (None, None)
+        refused = validation.check(accepted.kind, get, present, payload, profile, self.limits, now)
+        if refused is None:
+            return accepted
+        return Rejected(topic, refused[0], refused[1], payload)

@@ -110,6 +110,8 @@ class IngestStats:
     write_failures: int = 0  # store writes that failed and were retried or spooled
     lost: int = 0  # lines the store refused as malformed (HTTP 400/422): never retried
     connects: int = 0
+    session_takeovers: int = 0  # the broker said another client took our client id (ALARM)
+    sessions_lost: int = 0  # reconnected and the broker had no session for us (ALARM)
     last_error: str | None = None
     first_received_at: float | None = None  # injected clock
     last_written_at: float | None = None
@@ -137,6 +139,11 @@ def health_lines(
         lp.FIELD_SPOOL_LINES: spool_lines,
         lp.FIELD_SPOOL_BYTES: spool_bytes,
         lp.FIELD_WRITE_FAILURES: stats.write_failures,
+        # Every way a message can be lost or dropped is a field, so an alert can watch each.
+        "dead_letters_dropped": stats.dead_letters_dropped,
+        "lost": stats.lost,
+        "session_takeovers": stats.session_takeovers,
+        "sessions_lost": stats.sessions_lost,
     }
     for name, q in ((lp.FIELD_LAG_P50, 0.5), (lp.FIELD_LAG_P99, 0.99)):
         value = interval_lag.quantile(q)

@@ -47,6 +47,7 @@ from cloud.ingest.health import IngestStats, LagHistogram, ThrottledLog, health_
 from cloud.ingest.known_devices import KnownDevices
 from cloud.ingest.link import BrokerLink, wait_event
 from cloud.ingest.spool import DEFAULT_MAX_BYTES, Spool
+from cloud.ingest.validation import Limits
 from cloud.mqtt.codec import Received
 from cloud.mqtt.session import SessionOptions
 from cloud.store.sinks import Sink
@@ -124,6 +125,7 @@ class Ingestor:
         monotonic: Callable[[], float] = time.monotonic,
         cpu: Callable[[], float] = time.process_time,
         retire: bool = False,
+        limits: Limits | None = None,
     ) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
@@ -164,7 +166,7 @@ class Ingestor:
         self.ready = self._link.ready
         self.lag_total = LagHistogram()
         self._lag_interval = LagHistogram()
-        self._classify = Classifier(devices)
+        self._classify = Classifier(devices, limits)
         self._dedup = DedupWindow(dedup_window)
         self._journal: DedupJournal | None = None
         self._lock: IO[bytes] | None = None

@@ -30,6 +30,8 @@ class KnownDevices:
     def __init__(self, devices: Iterable[Device] = (), *, registry_root: Path | None = None) -> None:
         self._added: set[Device] = set()  # registered in-process
         self._from_file: set[Device] = set()
+        # (type, rating_w) as registered, for ingest's plausibility checks (cloud/ingest/validation.py)
+        self._profiles: dict[Device, tuple[str | None, float | None]] = {}
         self.registry_root = registry_root
         self.version = 0
         self._stamp: tuple[int, int] | None = None
@@ -49,11 +51,17 @@ class KnownDevices:
     def __len__(self) -> int:
         return len(self._from_file | self._added)
 
-    def register(self, site: str, device: str) -> None:
+    def profile(self, site: str, device: str) -> tuple[str | None, float | None]:
+        """The device's registered (type, rating_w); (None, None) where not known."""
+        return self._profiles.get((site, device), (None, None))
+
+    def register(self, site: str, device: str, type_: str | None = None, rating_w: float | None = None) -> None:
         wire.check_id(site, "site")
         wire.check_id(device, "device")
-        if (site, device) not in self._added:
+        if (site, device) not in self._added or self._profiles.get((site, device)) != (type_, rating_w):
             self._added.add((site, device))
+            if type_ is not None or rating_w is not None:
+                self._profiles[(site, device)] = (type_, rating_w)
             self.version += 1
 
     def reload_if_changed(self, strict: bool = False) -> bool:
@@ -72,14 +80,17 @@ class KnownDevices:
             return False
         self._stamp = stamp
         try:
-            devices = {(r.site, r.device) for r in Registry(self.registry_root).devices}
+            records = Registry(self.registry_root).devices
         except RegistryError as exc:
             if strict:
                 raise
             log.error("device registry not reloaded: %s; keeping %d devices", exc, len(self._from_file))
             return False
-        if devices == self._from_file:
+        devices = {(r.site, r.device) for r in records}
+        profiles = {(r.site, r.device): (r.type, r.rating_w) for r in records}
+        if devices == self._from_file and all(self._profiles.get(k) == v for k, v in profiles.items()):
             return False
+        self._profiles.update(profiles)
         log.info("device registry %s: %d devices (was %d)", path, len(devices), len(self._from_file))
         self._from_file = devices
         self.version += 1

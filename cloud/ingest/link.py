@@ -17,6 +17,10 @@ from cloud.mqtt.session import MqttError, MqttSession, PublishHandler, SessionOp
 
 log = logging.getLogger("tendril.ingest")
 
+# MQTT 5 DISCONNECT reason 0x8E "Session taken over": another connection used our client id
+# (cloud/mqtt/session.py reports the reason in its error text).
+TAKEN_OVER = "reason 0x8e"
+
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     """Sleep `seconds` of real time unless `event` fires first; True if it fired."""
@@ -92,6 +96,12 @@ class BrokerLink:
                 session = await open_session(self.host, self.port, self.options, self._on_publishes)
                 self.conn += 1
                 self.session = session
+                if self.conn > 1 and not session.session_present and not self.options.clean_start:
+                    # The broker forgot us (restarted without persistence, expired, or another
+                    # client's clean start took our id): whatever it queued for us is gone.
+                    self._stats.sessions_lost += 1
+                    log.error("ALARM: broker %s:%d has no session for %s any more: messages queued for it "
+                              "while it was away are lost", self.host, self.port, self.options.client_id)
                 keepalive = asyncio.create_task(session.keepalive())
                 if self.retire:
                     await session.unsubscribe(self.filters)
@@ -117,6 +127,10 @@ class BrokerLink:
                 self.ready.clear()
                 self.unsubscribed.clear()
                 self._stats.last_error = f"mqtt: {exc}"[:300]
+                if TAKEN_OVER in str(exc):
+                    self._stats.session_takeovers += 1
+                    log.error("ALARM: another client connected with our client id %s and took over the session "
+                              "(check the broker's client-id binding, docs/security.md)", self.options.client_id)
                 if session is not None:
                     session.close()
                 self.session = None

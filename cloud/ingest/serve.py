@@ -18,6 +18,7 @@ from cloud.ingest.dedup import write_atomic
 from cloud.ingest.ingestor import Ingestor, StateDirInUse
 from cloud.ingest.known_devices import KnownDevices
 from cloud.ingest.retire import Identity, existing, plan, retire, wanted, write_identity
+from cloud.ingest.validation import Limits
 from cloud.ingest.workers import Supervisor, worker_env
 from cloud.mqtt.codec import V5, V311
 from cloud.settings import DEFAULT_SHARE_GROUP, ENV_INFLUX_TOKEN, ENV_MQTT_PASSWORD
@@ -44,6 +45,7 @@ def worker_argv(args: argparse.Namespace, index: int) -> list[str]:
         "--batch-max", str(args.batch_max), "--flush-interval", repr(args.flush_interval),
         "--receive-maximum", str(args.receive_maximum), "--stats-interval", repr(args.stats_interval),
         "--health-interval", repr(args.health_interval),
+        "--max-age", repr(args.max_age), "--max-skew", repr(args.max_skew),
     ]  # fmt: skip
     optional = {
         "--username": args.username, "--influx-url": args.influx_url, "--share-group": args.share_group,
@@ -173,6 +175,7 @@ def _ingestor(
         spool_max_bytes=args.spool_max_mb * _MIB,
         spool_fsync=not args.no_fsync,
         retire=retire,
+        limits=Limits(args.max_age or None, args.max_skew),
     )
 
 
@@ -224,6 +227,9 @@ def stats_json(ingestor: Ingestor) -> dict[str, object]:
         "write_failures": stats.write_failures,
         "lost": stats.lost,
         "dead_letters": stats.dead_letters,
+        "dead_letters_dropped": stats.dead_letters_dropped,
+        "session_takeovers": stats.session_takeovers,
+        "sessions_lost": stats.sessions_lost,
         "connects": stats.connects,
         "pending": ingestor.pending,
         "first_received_at": stats.first_received_at,
