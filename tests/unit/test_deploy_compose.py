@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
+from cloud.cli import device as device_cli
 from dashboards import cli as dashboards_cli
 from dashboards.checks import JSON_DIR
 
@@ -86,16 +87,99 @@ def test_the_stack_has_broker_store_grafana_and_tendril(compose: dict[str, Any])
     assert images["influxdb"].startswith("influxdb:2.")
     assert images["grafana"].startswith("grafana/grafana-oss:")
     assert "ingest" in compose["services"]["tendril-ingest"]["command"]
+    assert _pinned(images["postgres"]) and images["postgres"].startswith("postgres:")
+
+
+def _flag(command: list[str], flag: str) -> str:
+    assert flag in command, f"{flag} missing from {command}"
+    return command[command.index(flag) + 1]
+
+
+def test_postgres_holds_the_ledger_unpublished_with_a_volume(compose: dict[str, Any]) -> None:
+    pg = compose["services"]["postgres"]
+    assert all(port.startswith("127.0.0.1:") for port in pg.get("ports", []))
+    assert pg["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert any(v.split(":")[0] in compose["volumes"] and v.endswith(":/var/lib/postgresql/data")
+               for v in pg["volumes"]), "the ledger database must live on a named volume"
+    assert "pg_isready" in pg["healthcheck"]["test"]
+
+
+def test_market_runs_against_broker_registry_and_postgres_ledger(compose: dict[str, Any]) -> None:
+    market = compose["services"]["tendril-market"]
+    cmd = market["command"]
+    assert cmd[:2] == ["tendril", "market"]
+    assert _flag(cmd, "--registry") == "/registry"
+    assert _flag(cmd, "--broker") == "mqtt://mosquitto:1883"
+    assert _flag(cmd, "--username") == "tendril-market"
+    state = _flag(cmd, "--state-dir")
+    assert any(v.split(":")[0] in compose["volumes"] and v.split(":")[1] == state for v in market["volumes"])
+    # the ledger URL holds the database password: from the environment only, never in argv or here
+    assert "--ledger" not in cmd
+    assert market["environment"]["TENDRIL_LEDGER_URL"].startswith("${TENDRIL_LEDGER_URL:?")
+    assert compose["services"]["tendril-market"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    # the market needs the sites, never the device keys
+    assert not any("secrets" in v for v in market["volumes"]), "the market must not see the registry's secrets"
+
+
+def test_agent_gets_the_device_keys_read_only(compose: dict[str, Any]) -> None:
+    agent = compose["services"]["tendril-agent"]
+    cmd = agent["command"]
+    assert cmd[:2] == ["tendril", "agent"]
+    assert _flag(cmd, "--registry") == "/registry"
+    assert _flag(cmd, "--broker") == "mqtt://mosquitto:1883"
+    assert _flag(cmd, "--username") == "tendril-agent"
+    assert int(_flag(cmd, "--workers")) >= 1
+    state = _flag(cmd, "--state-dir")
+    assert any(v.split(":")[0] in compose["volumes"] and v.split(":")[1] == state for v in agent["volumes"])
+    assert "./registry/secrets:/registry/secrets:ro" in agent["volumes"]
+    assert agent["environment"]["TENDRIL_MQTT_PASSWORD"].startswith("${TENDRIL_AGENT_MQTT_PASSWORD:?")
+
+
+def test_only_the_agent_sees_the_registry_secrets(compose: dict[str, Any]) -> None:
+    seeing = {name for name, svc in compose["services"].items()
+              if any("secrets" in v.split(":")[0] for v in svc.get("volumes", []))}
+    assert seeing == {"tendril-agent"}
+    for name, svc in compose["services"].items():
+        for mount in svc.get("volumes", []):
+            if mount.startswith("./registry") or "/generated/" in mount:
+                assert mount.endswith(":ro"), f"{name}: {mount} must be mounted read-only"
+
+
+def test_each_service_has_its_own_broker_password(compose: dict[str, Any]) -> None:
+    env_vars = {name: svc["environment"]["TENDRIL_MQTT_PASSWORD"] for name, svc in compose["services"].items()
+                if "TENDRIL_MQTT_PASSWORD" in svc.get("environment", {})}
+    assert set(env_vars) == {"tendril-ingest", "tendril-market", "tendril-agent"}
+    assert len(set(env_vars.values())) == 3, "ingest, market and agent are distinct broker users"
 
 
 PINNED = re.compile(r"^[\w./-]+:\d+\.\d+\.\d+(-[\w.-]+)?$")
+# PostgreSQL numbers releases major.minor since 10 (15.10 is a full version); pin the OS too
+PINNED_POSTGRES = re.compile(r"^postgres:\d+\.\d+-[a-z]+$")
+
+
+def _pinned(image: str) -> bool:
+    return bool(PINNED.match(image) or PINNED_POSTGRES.match(image))
 
 
 def test_every_image_is_pinned_to_a_full_version(compose: dict[str, Any]) -> None:
     for name, svc in compose["services"].items():
-        assert PINNED.match(svc["image"]), f"{name}: image {svc['image']!r} is not pinned to x.y.z"
+        assert _pinned(svc["image"]), f"{name}: image {svc['image']!r} is not pinned to x.y.z"
     base = re.search(r"^FROM (\S+)", (DEPLOY / "Dockerfile").read_text(), re.M)
     assert base and re.match(r"python:\d+\.\d+\.\d+-", base.group(1)), "Dockerfile base image not pinned"
+
+
+def test_the_pin_rule_refuses_floating_tags() -> None:
+    # floating versions, and a PostgreSQL tag without its OS (the base image would move)
+    for floating in ("postgres:15", "postgres:latest", "postgres:15.10", "influxdb:2.7", "grafana/grafana-oss"):
+        assert not _pinned(floating), floating
+
+
+def test_dockerfile_copies_what_the_install_needs() -> None:
+    copied = {word for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")
+              for word in line.split()[1:-1]}
+    # pyproject's build hook (hatch_build.py) is loaded even by `pip install -e .`
+    for needed in ("pyproject.toml", "hatch_build.py", "cloud", "edge", "hil", "dashboards", "firmware", "data"):
+        assert needed in copied, f"Dockerfile does not COPY {needed}"
 
 
 def test_published_ports_listen_on_loopback_only(compose: dict[str, Any]) -> None:
@@ -104,15 +188,42 @@ def test_published_ports_listen_on_loopback_only(compose: dict[str, Any]) -> Non
             assert port.startswith("127.0.0.1:"), f"{name}: {port} publishes on every interface"
 
 
+def _conf(text: str) -> dict[str, str]:
+    return dict(line.split(None, 1) for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
 def test_mosquitto_requires_authentication(compose: dict[str, Any]) -> None:
-    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
-    settings = dict(line.split(None, 1) for line in conf.splitlines() if line.strip() and not line.startswith("#"))
+    settings = _conf((DEPLOY / "mosquitto" / "mosquitto.conf").read_text())
     assert settings["allow_anonymous"].strip() == "false"
-    assert settings["password_file"].strip() == "/mosquitto/config/passwd"
+    # rights from the dynamic-security plugin: acl_file grants every SUBSCRIBE (docs/security.md)
+    assert settings["plugin"].strip() == "/usr/lib/mosquitto_dynamic_security.so"  # eclipse-mosquitto image
+    assert settings["plugin_opt_config_file"].strip() == "/mosquitto/config/dynamic-security.json"
+    assert "acl_file" not in settings and "password_file" not in settings
     mounts = compose["services"]["mosquitto"]["volumes"]
-    assert "./mosquitto/generated/passwd:/mosquitto/config/passwd:ro" in mounts
-    assert "./mosquitto/generated/acl:/mosquitto/config/acl:ro" in mounts
-    assert not (DEPLOY / "mosquitto" / "passwd").exists(), "a password file must never be committed"
+    assert "./mosquitto/generated/dynamic-security.json:/mosquitto/config/dynamic-security.json:ro" in mounts
+    for name in ("passwd", "dynamic-security.json"):
+        assert not (DEPLOY / "mosquitto" / name).exists(), f"a {name} must never be committed"
+
+
+def test_mosquitto_conf_follows_what_the_generator_writes(tmp_path: Path) -> None:
+    """The compose broker config is the generated one with the container's paths: same directives."""
+    from cloud.devices.registry import Registry
+
+    reg = Registry(tmp_path / "reg")
+    reg.add("site-1", "meter", "meter")
+    parser = argparse.ArgumentParser()
+    device_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["device", "--registry", str(tmp_path / "reg"), "mosquitto-config",
+                              "--out", str(tmp_path / "gen"), "--broker-user", "root",
+                              "--persistence-dir", str(tmp_path / "data"),
+                              "--dynsec-plugin", "/usr/lib/mosquitto_dynamic_security.so"])
+    assert args.func(args) == 0
+    generated = _conf((tmp_path / "gen" / "mosquitto.conf").read_text())
+    ours = _conf((DEPLOY / "mosquitto" / "mosquitto.conf").read_text())
+    # host-specific: listener address, paths, the user to drop to (the image runs as mosquitto)
+    host_only = {"listener", "plugin_opt_config_file", "persistence_location", "user"}
+    for key in set(generated) - host_only:
+        assert ours.get(key, "").strip() == generated[key].strip(), f"deploy mosquitto.conf: {key} differs"
 
 
 def test_secrets_come_from_the_environment(compose: dict[str, Any]) -> None:
