@@ -18,6 +18,8 @@ import asyncio  # noqa: E402
 gc.collect()
 import board  # noqa: E402
 
+# The contract's market, agent and Home Assistant parts (~2 KB of heap) go before the rest loads.
+__import__("tendril_wire").trim_for_device()
 gc.collect()
 from tendril_fw.node import Node  # noqa: E402
 

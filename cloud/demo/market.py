@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cloud.billing.tariff import Tariff, default_tariff
-from cloud.demo.fleet import DemoSite
+from cloud.demo.fleet import PUMP_KW, DemoSite
 from cloud.market.tenders import TenderConfig
 from cloud.reports.market_lines import (
     SitePlan,
@@ -20,15 +20,25 @@ from cloud.reports.market_lines import (
     tender_lines,
 )
 from cloud.sources.prices import PriceInterval
-from cloud.store.line_protocol import FIELD_ENERGY_WH, MEASUREMENT_METER
+from cloud.store.line_protocol import FIELD_ENERGY_WH, MEASUREMENT_METER, MEASUREMENT_RELAY, TAG_DEVICE
 from cloud.store.sinks import EmbeddedStore
 
 HOUR = 3600
+PUMP = "pump"
 
 
-def site_plan(site: DemoSite) -> SitePlan:
-    return SitePlan(site.site, site.feeder, site.feeder_load_ratio, site.relay_device,
-                    site.model.relay_load_w / 1000.0, list(site.schedule))
+def site_plan(site: DemoSite, store: EmbeddedStore | None, start: float, end: float) -> SitePlan:
+    """The pool pump as the agent ran it: its relay per hour from the stored relay telemetry (the
+    state held longest in the hour), so the report can set it against a fixed timer."""
+    hours = max(0, int((end - start) // HOUR))
+    schedule = [0] * hours
+    if store is not None:
+        points = sorted((p.ts_ns / 1e9, int(p.fields.get("relay", 0)))
+                        for p in store.points(MEASUREMENT_RELAY, site=site.site) if p.tags.get(TAG_DEVICE) == PUMP)
+        for h in range(hours):
+            inside = [r for t, r in points if start + h * HOUR <= t < start + (h + 1) * HOUR]
+            schedule[h] = 1 if inside and 2 * sum(inside) >= len(inside) else 0
+    return SitePlan(site.site, site.feeder, site.feeder_load_ratio, PUMP, PUMP_KW, schedule)
 
 
 def demo_market_lines(
@@ -41,7 +51,7 @@ def demo_market_lines(
     they are left out and the rest is still returned.
     """
     tariff = tariff if tariff is not None else default_tariff()
-    plans = [site_plan(s) for s in sites]
+    plans = [site_plan(s, store, start, end) for s in sites]
     lines = lmp_lines([*da, *rt])
     for plan in plans:
         lines += tender_lines(plan, [*da, *rt], tconf)

@@ -95,6 +95,11 @@ def _require(store: EmbeddedStore, measurement: str) -> list[StoredPoint]:
     return points
 
 
+def _pump(store: EmbeddedStore, site: str) -> list[StoredPoint]:
+    """The pool pump's relay telemetry: the relay the report sets against a fixed timer."""
+    return [p for p in store.points(MEASUREMENT_RELAY, site=site) if p.tags.get("device") == "pump"]
+
+
 def prices_figure(store: EmbeddedStore, site: str) -> Figure:
     fig, ax = plt.subplots(figsize=(10, 3.6))
     for market in ("RTM", "DAM"):
@@ -130,7 +135,7 @@ def fleet_load(store: EmbeddedStore, sites: Sequence[str], times: Sequence[float
     baseline = [0.0] * len(times)
     for site in sites:
         meter = _step_at(_series(store.points(MEASUREMENT_METER, site=site), FIELD_POWER_W), times)
-        relay = _step_at(_series(store.points(MEASUREMENT_RELAY, site=site), FIELD_LOAD_W), times)
+        relay = _step_at(_series(_pump(store, site), FIELD_LOAD_W), times)
         base_plan = [p for p in store.points(mk.MEASUREMENT_SCHEDULE, site=site)
                      if p.tags.get(mk.TAG_PLAN) == mk.PLAN_BASELINE]
         timer_kw = _step_at(_series(base_plan, mk.FIELD_PLANNED_KW), times)
@@ -164,8 +169,8 @@ def site_figure(store: EmbeddedStore, site: str, start: float, end: float) -> Fi
     top.plot(x, [v / 1000.0 for v in _step_at(meter, times)], color="tab:blue", lw=1.0, label="meter kW")
     top.set_ylabel("kW")
     top.legend(fontsize=8, loc="upper left")
-    top.set_title(f"{site}: meter and relay")
-    relay = _series(store.points(MEASUREMENT_RELAY, site=site), FIELD_RELAY)
+    top.set_title(f"{site}: meter and pool pump relay")
+    relay = _series(_pump(store, site), FIELD_RELAY)
     planned = _series([p for p in store.points(mk.MEASUREMENT_SCHEDULE, site=site)
                        if p.tags.get(mk.TAG_PLAN) == mk.PLAN_OPTIMIZED], mk.FIELD_PLANNED_RELAY)
     bottom.step(x, _step_at(planned, times), where="post", color="tab:orange", lw=2.5, alpha=0.5,

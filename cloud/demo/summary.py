@@ -11,6 +11,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from cloud.demo.ledger_summary import SiteMarket
+
 
 @dataclass(frozen=True)
 class PricePoint:
@@ -44,9 +46,15 @@ class DemoSummary:
     relay_switches: int
     firmware_nodes: int
     sites: list[SiteResult] = field(default_factory=list)
+    market: list[SiteMarket] = field(default_factory=list)  # read from the ledger
+    ledger_ok: bool | None = None  # the ledger's hash chain verified at the end of the run
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        body = asdict(self)
+        for entry, site in zip(body["market"], self.market, strict=True):
+            entry["shadow_usd"] = round(site.shadow_usd, 4)
+            entry["rebate_usd"] = round(site.rebate_usd, 4)
+        return json.dumps(body, indent=2)
 
     def render(self) -> str:
         lines = [
@@ -60,7 +68,7 @@ class DemoSummary:
             f"relay switches       {self.relay_switches}",
             "",
             f"{'site':<10}{'readings':>10}{'energy kWh':>12}{'cost $':>10}{'$/kWh':>8}"
-            f"{'relay on h':>12}{'switches':>10}",
+            f"{'pump on h':>12}{'switches':>10}",
         ]
         for s in self.sites:
             per_kwh = s.cost_usd / s.energy_kwh if s.energy_kwh else 0.0
@@ -68,7 +76,26 @@ class DemoSummary:
                 f"{s.site:<10}{s.meter_readings:>10}{s.energy_kwh:>12.2f}{s.cost_usd:>10.2f}{per_kwh:>8.3f}"
                 f"{s.relay_on_hours:>12.2f}{s.relay_switches:>10}"
             )
+        if self.market:
+            lines += self._market_lines()
         return "\n".join(lines)
+
+    def _market_lines(self) -> list[str]:
+        accepted = sum(m.accepted for m in self.market)
+        refused = sum(m.refused for m in self.market)
+        verified = {True: "verified", False: "FAILED verification", None: "not verified"}[self.ledger_ok]
+        lines = [
+            "",
+            f"ledger               {verified}; transactions {accepted} accepted, {refused} refused",
+            "",
+            f"{'site':<10}{'fwd buy kWh':>12}{'fwd sell':>10}{'ex-post':>9}{'settled':>9}"
+            f"{'OAT $':>9}{'shadow $':>10}{'rebate $':>10}",
+        ]
+        for m in self.market:
+            lines.append(f"{m.site:<10}{m.forward_buy_kwh:>12.2f}{m.forward_sell_kwh:>10.2f}{m.ex_post_kwh:>9.2f}"
+                         f"{m.intervals_settled:>9}{m.oat_usd:>9.2f}{m.shadow_usd:>10.2f}{m.rebate_usd:>10.2f}")
+        lines.append("(energy charges over the settled 5-minute intervals; the monthly fixed charge is on both sides)")
+        return lines
 
 
 class _PriceLookup:

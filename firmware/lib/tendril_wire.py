@@ -194,105 +194,115 @@ _NUM = (int, float)
 _STR = (str,)
 _INT = (int,)
 _BOOL = (bool,)
+# One tuple per (types, required) pair, shared by every schema: a literal per field would make a
+# tuple object per field on the device's heap.
+_NUM_R = (_NUM, True)
+_NUM_O = (_NUM, False)
+_STR_R = (_STR, True)
+_STR_O = (_STR, False)
+_INT_R = (_INT, True)
+_INT_O = (_INT, False)
+_BOOL_R = (_BOOL, True)
+_BOOL_O = (_BOOL, False)
 
 TELEMETRY_FIELDS = {
-    "v": (_INT, True),
-    "seq": (_INT, True),
-    "ts": (_NUM, True),
-    "type": (_STR, True),
+    "v": _INT_R,
+    "seq": _INT_R,
+    "ts": _NUM_R,
+    "type": _STR_R,
     # meter readings
-    "power_w": (_NUM, False),
-    "energy_wh": (_NUM, False),
+    "power_w": _NUM_O,
+    "energy_wh": _NUM_O,
     # relay readings
-    "relay": (_INT, False),
-    "load_w": (_NUM, False),
+    "relay": _INT_O,
+    "load_w": _NUM_O,
     # set when the device stamped the record before its clock was synced
-    "unsynced": (_BOOL, False),
+    "unsynced": _BOOL_O,
 }
 
 STATE_FIELDS = {
-    "v": (_INT, True),
-    "seq": (_INT, True),
-    "ts": (_NUM, True),
-    "fw": (_STR, True),
-    "uptime_s": (_NUM, True),
-    "free_heap": (_INT, False),
-    "queue": (_INT, False),
-    "dropped": (_INT, False),
-    "reconnects": (_INT, False),
-    "relay": (_INT, False),
-    "boot": (_STR, False),
+    "v": _INT_R,
+    "seq": _INT_R,
+    "ts": _NUM_R,
+    "fw": _STR_R,
+    "uptime_s": _NUM_R,
+    "free_heap": _INT_O,
+    "queue": _INT_O,
+    "dropped": _INT_O,
+    "reconnects": _INT_O,
+    "relay": _INT_O,
+    "boot": _STR_O,
 }
 
 STATUS_FIELDS = {
-    "v": (_INT, True),
-    "state": (_STR, True),
+    "v": _INT_R,
+    "state": _STR_R,
 }
 
 CMD_FIELDS = {
-    "v": (_INT, True),
-    "id": (_STR, True),
-    "seq": (_INT, True),
-    "issued": (_NUM, True),
-    "expires": (_NUM, True),
-    "relay": (_INT, True),
-    "sig": (_STR, True),
+    "v": _INT_R,
+    "id": _STR_R,
+    "seq": _INT_R,
+    "issued": _NUM_R,
+    "expires": _NUM_R,
+    "relay": _INT_R,
+    "sig": _STR_R,
 }
 
 ACK_FIELDS = {
-    "v": (_INT, True),
-    "id": (_STR, True),
-    "seq": (_INT, True),
-    "ts": (_NUM, True),
-    "ok": (_BOOL, True),
-    "reason": (_STR, True),
-    "relay": (_INT, True),
+    "v": _INT_R,
+    "id": _STR_R,
+    "seq": _INT_R,
+    "ts": _NUM_R,
+    "ok": _BOOL_R,
+    "reason": _STR_R,
+    "relay": _INT_R,
 }
 
 # TeMIX / OASIS Energy Interoperation tender fields, spelled as in the standard.
 TENDER_FIELDS = {
-    "v": (_INT, True),
-    "tenderId": (_STR, True),
-    "side": (_STR, True),
-    "intervalStart": (_NUM, True),
-    "durationS": (_INT, True),
-    "price": (_NUM, True),  # USD per kWh
-    "quantity": (_NUM, False),  # kWh limit; absent = unlimited
-    "expirationTime": (_NUM, True),
-    "partyId": (_STR, True),
-    "counterPartyId": (_STR, True),
-    "marketId": (_STR, True),
-    "resourceDesignator": (_STR, True),
+    "v": _INT_R,
+    "tenderId": _STR_R,
+    "side": _STR_R,
+    "intervalStart": _NUM_R,
+    "durationS": _INT_R,
+    "price": _NUM_R,  # USD per kWh
+    "quantity": _NUM_O,  # kWh limit; absent = unlimited
+    "expirationTime": _NUM_R,
+    "partyId": _STR_R,
+    "counterPartyId": _STR_R,
+    "marketId": _STR_R,
+    "resourceDesignator": _STR_R,
 }
 
 # The agent takes `quantity` kWh of a tender. transactionId is the agent's own: a retry with
 # the same id (after a lost confirm, a restart, a moved site) is answered with the same confirm
 # and recorded once. partyId names the agent (worker) that sent it, for the ledger.
 TRANSACTION_FIELDS = {
-    "v": (_INT, True),
-    "transactionId": (_STR, True),
-    "tenderId": (_STR, True),
-    "quantity": (_NUM, True),  # kWh
-    "partyId": (_STR, True),
-    "ts": (_NUM, True),
+    "v": _INT_R,
+    "transactionId": _STR_R,
+    "tenderId": _STR_R,
+    "quantity": _NUM_R,  # kWh
+    "partyId": _STR_R,
+    "ts": _NUM_R,
 }
 
 # ok: the transaction as recorded (side .. acceptedAt present, reason ACCEPTED); not ok: the
 # refusal, reason one of the TX_REFUSE_* codes and a human detail.
 CONFIRM_FIELDS = {
-    "v": (_INT, True),
-    "transactionId": (_STR, True),
-    "tenderId": (_STR, True),
-    "ok": (_BOOL, True),
-    "reason": (_STR, True),
-    "detail": (_STR, False),
-    "side": (_STR, False),
-    "intervalStart": (_NUM, False),
-    "durationS": (_INT, False),
-    "quantity": (_NUM, False),
-    "price": (_NUM, False),
-    "marketId": (_STR, False),
-    "acceptedAt": (_NUM, False),
+    "v": _INT_R,
+    "transactionId": _STR_R,
+    "tenderId": _STR_R,
+    "ok": _BOOL_R,
+    "reason": _STR_R,
+    "detail": _STR_O,
+    "side": _STR_O,
+    "intervalStart": _NUM_O,
+    "durationS": _INT_O,
+    "quantity": _NUM_O,
+    "price": _NUM_O,
+    "marketId": _STR_O,
+    "acceptedAt": _NUM_O,
 }
 _CONFIRMED = ("side", "intervalStart", "durationS", "quantity", "price", "marketId", "acceptedAt")
 MAX_TX_ID_LEN = 64
@@ -359,6 +369,8 @@ def decode(kind, payload):
 def validate(kind, msg):
     # type: (str, dict[str, Any]) -> dict[str, Any]
     """Validate an already-parsed message (see decode) and return it."""
+    if kind not in SCHEMAS:
+        raise ContractError("bad_kind", kind)
     _check_fields(msg, SCHEMAS[kind])
     if kind == TELEMETRY:
         _check_ts(msg, "ts")
@@ -531,6 +543,29 @@ TX_REFUSE_OVER_QUANTITY = "over_quantity"
 TX_REFUSE_BAD_QUANTITY = "bad_quantity"
 TX_REFUSE_MALFORMED = "malformed"  # the transaction broke this contract (detail says how)
 TX_REFUSE_CONFLICT = "id_conflict"  # a transactionId reused for different terms
+
+
+# ------------------------------------------------------------------ device heap
+# Market, agent and Home Assistant speak parts of this contract a device never does. A device
+# drops them once it has booted, so an ESP32-sized heap gets their schemas and code back; the
+# module stays the one contract everything imports, and the cloud never calls this.
+_CLOUD_ONLY = ("TRANSACTION_FIELDS", "CONFIRM_FIELDS", "TENDER_FIELDS", "_CONFIRMED", "site_filter", "agent_topic",
+               "site_topic", "tender_topic", "tender_filter", "parse_topic", "make_command", "decode", "HA_PREFIX",
+               "agent_filter", "ha_config_topic", "ha_filter", "dead_letter_topic", "device_filter",
+               "TX_REFUSE_UNKNOWN", "TX_REFUSE_WRONG_PARTY", "TX_REFUSE_EXPIRED", "TX_REFUSE_OVER_QUANTITY",
+               "TX_REFUSE_BAD_QUANTITY", "TX_REFUSE_MALFORMED", "TX_REFUSE_CONFLICT", "_CLOUD_ONLY",
+               "trim_for_device")
+
+
+def trim_for_device():
+    # type: () -> None
+    """Drop the cloud-only parts (see above); validate() then refuses the site kinds (tender,
+    transaction, confirm), which no device receives or sends."""
+    for kind in SITE_KINDS:
+        SCHEMAS.pop(kind, None)
+    names = globals()
+    for name in _CLOUD_ONLY:
+        names.pop(name, None)
 
 
 # --------------------------------------------------------------------- time

@@ -9,7 +9,8 @@ import pytest
 
 from cloud.billing.tariff import default_tariff
 from cloud.demo.fleet import make_sites
-from cloud.demo.market import demo_market_lines
+from cloud.demo.market import demo_market_lines, site_plan
+from cloud.devices.registry import Registry
 from cloud.market.tenders import TenderConfig, tender_prices
 from cloud.reports import market_lines as mk
 from cloud.sources.prices import PriceInterval
@@ -95,12 +96,13 @@ def test_lmp_and_feeder_points() -> None:
 
 
 def test_demo_market_lines_from_demo_sites(tmp_path: Path) -> None:
-    sites = make_sites(2, tmp_path, START, 1500.0)
-    for site in sites:
-        site.schedule = [1, 0]
+    sites = make_sites(2, tmp_path, START, Registry(tmp_path / "registry"))
     store = EmbeddedStore()
     store.add_lines([f"meter,device=meter,site=site-1 energy_wh={e}.0 {(START + i * 600) * 10**9}"
                      for i, e in enumerate((0, 500, 1000))])
+    # the pump as it ran: on in the first hour, off in the second (the demo's plan lines read it back)
+    store.add_lines([f"relay,device=pump,site=site-1 relay={r}i,load_w={1500 * r}.0 {(START + h * 3600) * 10**9}"
+                     for h, r in enumerate((1, 0))])
     da = [PriceInterval(START, 3600, 30.0, "DAM"), PriceInterval(START + 3600, 3600, 31.0, "DAM")]
     with_store = {parse_line(x).measurement for x in demo_market_lines(sites, da, RT, TenderConfig(), store,
                                                                          START, START + 7200)}
@@ -108,3 +110,4 @@ def test_demo_market_lines_from_demo_sites(tmp_path: Path) -> None:
     without = {parse_line(x).measurement for x in demo_market_lines(sites, da, RT, TenderConfig(), None,
                                                                       START, START + 7200)}
     assert without == {"lmp", "tender", "schedule", "feeder"}
+    assert list(site_plan(sites[0], store, START, START + 7200).schedule) == [1, 0]
