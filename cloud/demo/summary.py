@@ -6,10 +6,12 @@ Pure: takes stored readings and tender prices, returns numbers. The demo prints 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from cloud.demo.ledger_summary import SiteMarket
 
@@ -48,6 +50,14 @@ class DemoSummary:
     sites: list[SiteResult] = field(default_factory=list)
     market: list[SiteMarket] = field(default_factory=list)  # read from the ledger
     ledger_ok: bool | None = None  # the ledger's hash chain verified at the end of the run
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> DemoSummary:
+        """The summary.json of a run back as a DemoSummary (computed bill figures are recomputed)."""
+        fields = {f.name for f in dataclasses.fields(SiteMarket)}
+        return cls(**{**raw, "sites": [SiteResult(**s) for s in raw.get("sites", [])],
+                      "market": [SiteMarket(**{k: v for k, v in m.items() if k in fields})
+                                 for m in raw.get("market", [])]})
 
     def to_json(self) -> str:
         body = asdict(self)

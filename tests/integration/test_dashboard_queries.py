@@ -25,9 +25,11 @@ from PIL import Image
 from cloud.demo.fleet import make_sites
 from cloud.demo.market import demo_market_lines
 from cloud.demo.report import write_report
-from cloud.demo.run import HOUR, Counters, DemoConfig, _bundled_prices, _plan, run_demo
-from cloud.demo.summary import DemoSummary, SiteResult
+from cloud.demo.run import HOUR, DemoConfig, run_demo
+from cloud.demo.summary import DemoSummary
+from cloud.devices.registry import Registry
 from cloud.market.tenders import TenderConfig
+from cloud.sources.prices import default_prices, prices_between
 from cloud.store.line_protocol import FIELD_POWER_W, MEASUREMENT_METER, LinePoint, format_line, parse_line
 from cloud.store.sinks import EmbeddedStore
 from dashboards.checks import ALL, load_dir
@@ -55,11 +57,11 @@ def stored(tmp_path_factory: pytest.TempPathFactory, micropython: str) -> Stored
     device_lines = (out / "telemetry.lp").read_text().splitlines()
     start = cfg.sim_start()
     end = start + cfg.hours * HOUR
-    # The market side as the demo planned it (same inputs, same optimizer). If the demo already
-    # stored these points, writing them again is a no-op: InfluxDB keys a point by series and time.
-    da, rt = _bundled_prices("DAM", start, end), _bundled_prices("RTM", start, end)
-    sites = make_sites(cfg.sites, tmp_path_factory.mktemp("plan"), start, cfg.pump_kw * 1000.0)
-    _plan(sites, da, TenderConfig(), cfg, Counters())
+    # The market side as the demo wrote it (same sites, prices and stored telemetry). If the demo
+    # already stored these points, writing them again is a no-op: InfluxDB keys a point by series and time.
+    da, rt = prices_between(default_prices("DAM"), start, end), prices_between(default_prices("RTM"), start, end)
+    plan_dir = tmp_path_factory.mktemp("plan")
+    sites = make_sites(cfg.sites, plan_dir, start, Registry(plan_dir / "registry"))
     store = EmbeddedStore()
     store.add_lines(device_lines)
     market = demo_market_lines(sites, da, rt, TenderConfig(), store, start, end)
@@ -136,7 +138,7 @@ def test_report_from_the_demo_run_embeds_pngs_with_curves(stored: Stored, tmp_pa
     store = EmbeddedStore()
     store.add_lines(stored.lines)
     raw = json.loads((stored.out / "summary.json").read_text())
-    summary = DemoSummary(**{**raw, "sites": [SiteResult(**s) for s in raw["sites"]]})
+    summary = DemoSummary.from_json(raw)
     path = write_report(tmp_path, store, summary, start=stored.start + 1800, end=stored.end - 600)
     encoded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', path.read_text())
     assert len(encoded) == 4
