@@ -164,7 +164,7 @@ class AgentService:
         client_id = self.options.client_id or f"tendril-agent-{self.me}"
         will = aiomqtt.Will(presence, b"", qos=1, retain=True)  # kill -9: the broker clears us at once
         async with aiomqtt.Client(b.host, b.port, username=b.username, password=b.password, identifier=client_id,
-                                  clean_session=False, will=will, keepalive=15) as client:
+                                  clean_session=False, will=will, keepalive=15, tls_context=b.tls) as client:
             self._client = client
             self.stats.connects += 1
             for flt in (wire.agent_filter(), wire.site_filter(wire.TENDER), wire.site_filter(wire.CONFIRM),

@@ -21,8 +21,11 @@ from cloud.settings import (
     ENV_MQTT_PASSWORD,
     ENV_REGISTRY,
     UsageError,
+    add_tls_options,
+    broker_tls,
     check_http_url,
-    parse_broker_url,
+    parse_broker,
+    tls_args,
 )
 
 log = logging.getLogger("tendril.ingest")
@@ -97,7 +100,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     mqtt = p.add_argument_group("MQTT")
     mqtt.add_argument("--broker", default=DEFAULT_BROKER, metavar="URL",
-                      help=f"broker as mqtt://host:port (default {DEFAULT_BROKER})")
+                      help=f"broker as mqtt://host:port or mqtts://host:port (TLS) (default {DEFAULT_BROKER})")
+    add_tls_options(mqtt)
     mqtt.add_argument("--username", help="MQTT user name")
     mqtt.add_argument("--password", help=f"MQTT password (prefer ${ENV_MQTT_PASSWORD})")
     mqtt.add_argument("--client-id", default="tendril-ingest",
@@ -159,7 +163,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def check_options(args: argparse.Namespace) -> tuple[str, int, str | None]:
     """Everything that can be wrong with the options, before anything starts."""
-    host, port = parse_broker_url(args.broker)
+    address = parse_broker(args.broker)
+    host, port = address.host, address.port
+    if address.tls:
+        broker_tls(address, **tls_args(args))  # a bad CA or key is said now, not by each reconnect
     influx_url = args.influx_url or os.environ.get(ENV_INFLUX_URL)
     if influx_url:
         check_http_url(influx_url)

@@ -25,11 +25,13 @@ from cloud.settings import (
     ENV_MQTT_PASSWORD,
     BrokerSettings,
     UsageError,
+    add_tls_options,
     check_http_url,
     clock_from_env,
     env,
     ledger_url,
     registry_dir,
+    tls_args,
 )
 
 log = logging.getLogger("tendril.market")
@@ -66,6 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"MQTT broker mqtt://host:port (env {ENV_BROKER})")
     p.add_argument("--username", default=None,
                    help=f"MQTT user name; the password comes from ${ENV_MQTT_PASSWORD}")
+    add_tls_options(p)
     p.add_argument("--client-id", default="tendril-market",
                    help="stable MQTT client id: the broker keeps this session's queued transactions "
                         "while the service is down")
@@ -110,7 +113,7 @@ def run_market(args: argparse.Namespace) -> int:
     from cloud.market.sources import make_source
 
     try:
-        broker = BrokerSettings.from_args(args.broker, args.username)
+        broker = BrokerSettings.from_args(args.broker, args.username, **tls_args(args))
         influx_url = args.influx_url or (None if args.store_file else env(ENV_INFLUX_URL))
         if influx_url:
             check_http_url(influx_url)

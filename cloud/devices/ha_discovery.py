@@ -9,6 +9,7 @@ Message building is pure (`discovery_messages`); publishing them is `publish`.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -77,8 +78,10 @@ def discovery_messages(devices: Iterable[DeviceRecord]) -> list[tuple[str, bytes
 
 
 def publish(host: str, port: int, messages: list[tuple[str, bytes]], username: str | None = None,
-            password: str | None = None, client_id: str = "tendril-ha-discovery") -> None:
-    """Publish each message retained at QoS 1 and return once the broker acknowledged all."""
+            password: str | None = None, client_id: str = "tendril-ha-discovery",
+            tls: ssl.SSLContext | None = None) -> None:
+    """Publish each message retained at QoS 1 and return once the broker acknowledged all;
+    `tls` (settings.broker_tls): over TLS, the broker's certificate and name verified."""
     connected = threading.Event()
     refused: list[str] = []
 
@@ -90,10 +93,12 @@ def publish(host: str, port: int, messages: list[tuple[str, bytes]], username: s
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
     if username is not None:
         client.username_pw_set(username, password)
+    if tls is not None:
+        client.tls_set_context(tls)
     client.on_connect = on_connect
     try:
         client.connect(host, port)
-    except OSError as exc:
+    except (OSError, ssl.SSLError) as exc:
         raise ConnectionError(f"cannot connect to {host}:{port}: {exc}") from None
     client.loop_start()
     try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -126,6 +127,7 @@ class Ingestor:
         cpu: Callable[[], float] = time.process_time,
         retire: bool = False,
         limits: Limits | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
@@ -157,6 +159,7 @@ class Ingestor:
             password=password,
             receive_maximum=receive_maximum,
             protocol=protocol,
+            tls=tls,  # mqtts:// (cloud.settings.broker_tls)
         )
         self._link = BrokerLink(
             broker_host, broker_port, options, self.filters, self._on_publishes, self.stats,

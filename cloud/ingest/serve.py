@@ -21,7 +21,15 @@ from cloud.ingest.retire import Identity, existing, plan, retire, wanted, write_
 from cloud.ingest.validation import Limits
 from cloud.ingest.workers import Supervisor, worker_env
 from cloud.mqtt.codec import V5, V311
-from cloud.settings import DEFAULT_SHARE_GROUP, ENV_INFLUX_TOKEN, ENV_MQTT_PASSWORD
+from cloud.settings import (
+    DEFAULT_SHARE_GROUP,
+    ENV_INFLUX_TOKEN,
+    ENV_MQTT_PASSWORD,
+    broker_tls,
+    parse_broker,
+    tls_args,
+    tls_argv,
+)
 from cloud.store.sinks import EmbeddedStore, InfluxSink, Sink
 
 log = logging.getLogger("tendril.ingest")
@@ -54,6 +62,7 @@ def worker_argv(args: argparse.Namespace, index: int) -> list[str]:
     for flag, value in optional.items():
         if value:
             argv += [flag, value]
+    argv += tls_argv(args)
     for flag, on in (("--accept-any-device", args.accept_any_device), ("--no-fsync", args.no_fsync)):
         if on:
             argv.append(flag)
@@ -176,6 +185,7 @@ def _ingestor(
         spool_fsync=not args.no_fsync,
         retire=retire,
         limits=Limits(args.max_age or None, args.max_skew),
+        tls=broker_tls(parse_broker(args.broker), **tls_args(args)),
     )
 
 

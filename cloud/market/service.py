@@ -143,6 +143,7 @@ class MarketService:
                     self.broker.host, self.broker.port, identifier=self.client_id,
                     username=self.broker.username, password=self.broker.password,
                     clean_session=False, protocol=aiomqtt.ProtocolVersion.V311, keepalive=30,
+                    tls_context=self.broker.tls,  # mqtts:// (cloud.settings.broker_tls)
                 ) as client:
                     self.stats.connects += 1
                     backoff = 0.5

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ class SessionOptions:
     # of latency. 0 disables it.
     coalesce_s: float = 0.020
     coalesce_below: int = 1000
+    # mqtts://: the context that verifies the broker (cloud.settings.broker_tls); None = cleartext.
+    tls: ssl.SSLContext | None = None
 
 
 class MqttSession(asyncio.Protocol):
@@ -272,12 +275,16 @@ async def _connect_once(
     loop = asyncio.get_running_loop()
     try:
         _transport, session = await asyncio.wait_for(
-            loop.create_connection(lambda: MqttSession(options, protocol, on_publishes), host, port),
+            loop.create_connection(lambda: MqttSession(options, protocol, on_publishes), host, port,
+                                   ssl=options.tls, server_hostname=host if options.tls is not None else None),
             options.connect_timeout_s,
         )
     except TimeoutError:
         raise MqttError(f"no TCP connection to {host}:{port} within {options.connect_timeout_s} s") from None
-    except OSError as exc:
+    except ssl.SSLCertVerificationError as exc:
+        # Not a ProtocolRefused: falling back to 3.1.1 would not make the broker trustworthy.
+        raise MqttError(f"{host}:{port} failed TLS verification: {exc.verify_message}") from None
+    except OSError as exc:  # ssl.SSLError is one
         raise MqttError(f"cannot connect to {host}:{port}: {exc}") from None
     sock = _transport.get_extra_info("socket")
     if sock is not None:

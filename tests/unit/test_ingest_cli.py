@@ -11,10 +11,10 @@ from cloud.cli.ingest import (
     DEFAULT_STORE_FILE,
     UsageError,
     check_http_url,
-    parse_broker_url,
     register,
     run_ingest,
 )
+from cloud.settings import parse_broker_url
 
 pytestmark = pytest.mark.unit
 
