@@ -14,6 +14,7 @@ Retrying and spooling belong to the caller (cloud/ingest/commit.py).
 from __future__ import annotations
 
 import itertools
+import logging
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import IO, Any, Protocol, runtime_checkable
 from cloud.store.line_protocol import TAG_DEVICE, TAG_SITE, LinePoint, parse_line
 
 StoredPoint = LinePoint
+
+log = logging.getLogger("tendril.store")
 
 
 class StoreRejected(ValueError):
@@ -51,7 +54,13 @@ _PERMANENT = (400, 422)  # the data itself is wrong; 413 cannot happen at our ba
 
 
 class InfluxSink:
-    """InfluxDB 2.x/3.x/Cloud (or anything speaking `/api/v2/write`) over aiohttp."""
+    """InfluxDB 2.x/3.x/Cloud (or anything speaking `/api/v2/write`) over aiohttp.
+
+    InfluxDB 1.x has no `/api/v2/write` before 1.8: opening the sink asks the server's `/ping`
+    for its version, and a 1.x server is written through its own `/write?db=BUCKET` instead (the
+    bucket names the database; a token "user:password" becomes basic auth), logged once. Without
+    the probe, a 1.6 server answered every batch with 404 and the ingest spooled forever.
+    """
 
     def __init__(
         self, url: str, token: str | None, org: str, bucket: str, *, timeout_ms: int = 10_000
@@ -64,6 +73,7 @@ class InfluxSink:
         self._session: Any = None
         query = urllib.parse.urlencode({"org": org, "bucket": bucket, "precision": "ns"})
         self._write_url = url.rstrip("/") + "/api/v2/write?" + query
+        self.server_version: str | None = None  # X-Influxdb-Version from /ping, when it says
 
     async def write(self, lines: list[str]) -> None:
         if lines:
@@ -80,11 +90,30 @@ class InfluxSink:
         import aiohttp
 
         headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if self._token:
+        timeout = aiohttp.ClientTimeout(total=self._timeout_ms / 1000)
+        version = await self._probe(aiohttp, timeout)
+        auth = None
+        if version is not None and version.startswith("1."):
+            query = urllib.parse.urlencode({"db": self.bucket, "precision": "ns"})
+            self._write_url = self.url.rstrip("/") + "/write?" + query
+            user, sep, password = self._token.partition(":")
+            if sep:
+                auth = aiohttp.BasicAuth(user, password)
+            log.warning("%s is InfluxDB %s: writing through its 1.x /write API into database %r",
+                        self.url, version, self.bucket)
+        elif self._token:
             headers["Authorization"] = f"Token {self._token}"
-        self._session = aiohttp.ClientSession(
-            headers=headers, timeout=aiohttp.ClientTimeout(total=self._timeout_ms / 1000)
-        )
+        self._session = aiohttp.ClientSession(headers=headers, timeout=timeout, auth=auth)
+
+    async def _probe(self, aiohttp: Any, timeout: Any) -> str | None:
+        """The server's InfluxDB version from /ping (None: not InfluxDB, or not reachable now)."""
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as probe, \
+                    probe.get(self.url.rstrip("/") + "/ping") as resp:
+                self.server_version = resp.headers.get("X-Influxdb-Version")
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None  # the write path reports the outage; the spool keeps the data
+        return self.server_version
 
     async def write_body(self, body: bytes) -> None:
         if not body:
