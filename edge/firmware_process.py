@@ -168,6 +168,13 @@ class FirmwareConfig:
     max_switches_per_hour: int = 0  # relay; 0 = no limit
     override_file: Path | None = None  # relay: the local button ("0"/"1"; absent = released)
     link_file: Path | None = None  # the Wi-Fi link: write "down" to cut it
+    # MQTT over TLS (firmware/lib/tendril_fw/tlsconf.py): `ca` is a PEM file path or PEM text;
+    # the broker's certificate must name server_hostname (default broker_host).
+    tls: bool = False
+    ca: str | None = None
+    server_hostname: str | None = None
+    client_cert: str | None = None  # mutual TLS (PEM path or text)
+    client_key: str | None = None
 
     def __post_init__(self) -> None:
         tendril_wire.check_id(self.site, "site")
@@ -223,6 +230,9 @@ class FirmwareConfig:
             doc["relay_file"] = str(self.relay_file)
         if self.sample_s is not None:
             doc["sample_s"] = self.sample_s
+        if self.tls:
+            doc.update(tls=True, ca=self.ca, server_hostname=self.server_hostname, client_cert=self.client_cert,
+                       client_key=self.client_key)
         return doc
 
     def write(self, path: Path, state_dir: Path) -> None:

@@ -95,9 +95,16 @@ class Server:
 
 @dataclass
 class Mosquitto(Server):
+    tls_port: int | None = None  # start_mosquitto(tls=True): the TLS listener
+    ca_file: Path | None = None  # the CA that signed its certificate (for localhost and 127.0.0.1)
+
     @property
     def url(self) -> str:
         return f"mqtt://{LOOPBACK}:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"mqtts://{LOOPBACK}:{self.tls_port}"
 
 
 @dataclass
@@ -128,24 +135,60 @@ class VictoriaMetrics(Server):
             urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=30).read()
 
 
+def make_test_pki(workdir: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for localhost/127.0.0.1: (ca, cert, key) PEM files."""
+    import datetime
+
+    from cloud.devices import tls_certs
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca = tls_certs.make_ca(now, "Tendril test CA")
+    server = tls_certs.make_server(ca, now, ["localhost", LOOPBACK])
+    paths = (workdir / "ca.crt", workdir / "server.crt", workdir / "server.key")
+    for path, data in zip(paths, (ca.cert, server.cert, server.key), strict=True):
+        path.write_bytes(data)
+        path.chmod(0o644)
+    paths[2].chmod(0o600)
+    # Started as root, Mosquitto drops to its `mosquitto` user before it reads these files.
+    if os.geteuid() == 0:
+        import pwd
+
+        with contextlib.suppress(KeyError):
+            os.chown(paths[2], pwd.getpwnam("mosquitto").pw_uid, -1)
+            workdir.chmod(0o711)
+    return paths
+
+
 def start_mosquitto(
-    workdir: Path, extra_conf: str = "", *, max_queued_messages: int = 100_000, max_inflight_messages: int = 100
+    workdir: Path, extra_conf: str = "", *, max_queued_messages: int = 100_000, max_inflight_messages: int = 100,
+    tls: bool = False,
 ) -> Mosquitto:
     """`max_queued_messages` per offline or slow client (0: no limit; past it Mosquitto drops
-    QoS 1 messages); `max_inflight_messages` unacknowledged per MQTT 3.1.1 client."""
+    QoS 1 messages); `max_inflight_messages` unacknowledged per MQTT 3.1.1 client. `tls`: also a
+    TLS listener (`tls_port`, certificate for localhost/127.0.0.1 signed by `ca_file`)."""
     binary = find_binary("mosquitto", "mosquitto")
     port = free_port()
     conf = workdir / "mosquitto.conf"
+    tls_port = free_port() if tls else None
+    tls_conf, ca_file = "", None
+    if tls:
+        ca_file, cert, key = make_test_pki(workdir)
+        tls_conf = f"listener {tls_port} {LOOPBACK}\ncafile {ca_file}\ncertfile {cert}\nkeyfile {key}\n"
     conf.write_text(
+        "per_listener_settings false\n"
         f"listener {port} {LOOPBACK}\n"
+        f"{tls_conf}"
         "allow_anonymous true\n"
         "persistence false\n"
         f"max_queued_messages {max_queued_messages}\n"
         f"max_inflight_messages {max_inflight_messages}\n"
         f"{extra_conf}"
     )
-    server = Mosquitto("mosquitto", port, workdir, [binary, "-c", str(conf)], port)
+    server = Mosquitto("mosquitto", port, workdir, [binary, "-c", str(conf)], port, tls_port=tls_port,
+                       ca_file=ca_file)
     server.start()
+    if tls_port is not None:
+        wait_for_port(tls_port, server.proc)  # type: ignore[arg-type]
     return server
 
 

@@ -22,7 +22,7 @@ import network
 import ntptime
 
 import tendril_wire as tw
-from tendril_fw import config, wifi
+from tendril_fw import config, tlsconf, wifi
 from tendril_fw.uptime import Uptime
 
 # The port's epoch: 2000 on ESP32. Converted to unix seconds only via tendril_wire.
@@ -47,6 +47,7 @@ class Board:
         self.read_override = self._read_override if self.override_pin is not None else None
         self.wlan = network.WLAN(network.STA_IF)
         self.synced = False
+        self._tls = None  # mqtt_tls: made at the first connect, after NTP (cert dates)
         self.relay_pin = None
         if self.cfg["type"] == tw.DEVICE_RELAY:
             # Drive the safe default before anything else: the output is undefined until now.
@@ -114,6 +115,12 @@ class Board:
             ntptime.host = hw.get("ntp_host", "pool.ntp.org")
             ntptime.settime()
             self.synced = True
+
+    def mqtt_tls(self):
+        """The MQTT link's SSLContext (None: cleartext), made once per boot (tlsconf.py)."""
+        if self._tls is None and self.cfg["tls"]:
+            self._tls = tlsconf.context(self.cfg)
+        return self._tls
 
     def link_up(self):
         return self.wlan.isconnected()

@@ -21,7 +21,7 @@ import time
 
 import machine
 import network
-from tendril_fw import config
+from tendril_fw import config, tlsconf
 from tendril_fw.flashlog import makedirs
 from tendril_fw.uptime import Uptime
 
@@ -51,6 +51,7 @@ class Board:
         self.monotonic = Uptime()  # real seconds since boot
         network.LINK_FILE = self.cfg["link_file"]
         self.wlan = network.WLAN(network.STA_IF)
+        self._tls = None  # mqtt_tls
         # no button configured: nothing to poll
         self.read_override = self._read_override if self.cfg["override_file"] else None
 
@@ -125,6 +126,13 @@ class Board:
             self.wlan.connect()
             if not self.wlan.isconnected():
                 raise OSError("Wi-Fi link down")
+
+    def mqtt_tls(self):
+        # type: () -> object
+        """The MQTT link's SSLContext (None: cleartext), made once per boot (tlsconf.py)."""
+        if self._tls is None and self.cfg["tls"]:
+            self._tls = tlsconf.context(self.cfg)
+        return self._tls
 
     def link_up(self):
         # type: () -> bool

@@ -39,6 +39,13 @@ DEFAULTS = {
     "username": None,
     "password": None,
     "board": {},  # board-specific settings (Wi-Fi, pins), checked by the board itself
+    # MQTT over TLS (tendril_fw/tlsconf.py): `ca` is a PEM file on flash or the PEM text itself;
+    # the broker's certificate must name `server_hostname` (default broker_host).
+    "tls": False,
+    "ca": None,
+    "server_hostname": None,
+    "client_cert": None,  # mutual TLS: this device's certificate and key (PEM file or text)
+    "client_key": None,
 }  # type: dict[str, Any]
 
 _NUMBERS = ("telemetry_s", "state_s", "ack_timeout_s", "reconnect_max_s", "relay_load_w",
@@ -102,6 +109,15 @@ def parse(raw):
         raise ConfigError("ram_queue_max must be >= 1")
     if not isinstance(cfg["board"], dict):
         raise ConfigError("board must be a JSON object")
+    if cfg["tls"] not in (True, False):
+        raise ConfigError("tls must be true or false")
+    for name in ("ca", "server_hostname", "client_cert", "client_key"):
+        if cfg[name] is not None and (not isinstance(cfg[name], str) or not cfg[name]):
+            raise ConfigError("%s must be a non-empty string or null" % name)
+    if cfg["tls"] and cfg["ca"] is None:
+        raise ConfigError("tls needs ca: the board has no CA store, and an unverified broker is no TLS")
+    if (cfg["client_cert"] is None) != (cfg["client_key"] is None):
+        raise ConfigError("client_cert and client_key come together")
     try:
         cfg["key"] = binascii.unhexlify(cfg["key_hex"])
     except ValueError:

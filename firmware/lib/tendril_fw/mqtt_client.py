@@ -51,9 +51,13 @@ class _Waiter:
 class MQTTClient:
     def __init__(self, client_id, host, port, keepalive=30, clean_session=True, username=None,
                  password=None, will=None, on_message=None, ack_timeout=5.0, retries=2,
-                 connect_timeout=10.0):
-        # type: (str, str, int, int, bool, str | None, bytes | str | None, tuple[str, bytes, int, bool] | None, Callable[[str, bytes, int, bool], None] | None, float, int, float) -> None
+                 connect_timeout=10.0, ssl=None, server_hostname=None):
+        # type: (str, str, int, int, bool, str | None, bytes | str | None, tuple[str, bytes, int, bool] | None, Callable[[str, bytes, int, bool], None] | None, float, int, float, Any, str | None) -> None
         self.client_id = client_id
+        # TLS: an SSLContext made by the board (tendril_fw/tlsconf.py); the broker's certificate
+        # must name server_hostname. None: cleartext.
+        self.ssl = ssl
+        self.server_hostname = server_hostname or host
         self.host = host
         self.port = port
         self.keepalive = keepalive
@@ -92,8 +96,12 @@ class MQTTClient:
         if self._writer is not None:
             raise MQTTError("client instances are single-use: make a new one to reconnect")
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), self.connect_timeout)
+            if self.ssl is None:  # the benches swap in a two-argument open_connection
+                opening = asyncio.open_connection(self.host, self.port)
+            else:  # handshake and certificate check happen here, before CONNECT is written
+                opening = asyncio.open_connection(self.host, self.port, ssl=self.ssl,
+                                                  server_hostname=self.server_hostname)
+            self._reader, self._writer = await asyncio.wait_for(opening, self.connect_timeout)
             self.nodelay = set_nodelay(self._writer)
             await self._write(mp.connect(self.client_id, self.keepalive, self.clean_session,
                                          self.username, self.password, self.will))
@@ -101,7 +109,8 @@ class MQTTClient:
         except asyncio.TimeoutError:
             self._close_socket()
             raise MQTTError("timed out connecting to %s:%d" % (self.host, self.port))
-        except (OSError, EOFError, mp.MQTTProtocolError) as exc:
+        except (OSError, EOFError, ValueError, mp.MQTTProtocolError) as exc:
+            # ValueError: MicroPython's TLS refusing the broker's certificate (chain or name)
             self._close_socket()
             raise MQTTError("cannot connect to %s:%d: %r" % (self.host, self.port, exc))
         if kind != mp.CONNACK:

@@ -135,6 +135,17 @@ class Uplink:
             self._alive(delay + 30.0)
             await asyncio.sleep(delay)
 
+    def _tls(self):
+        # type: () -> Any
+        # The board makes the TLS context; a board without `mqtt_tls` must not quietly fall
+        # back to cleartext when the config asks for TLS.
+        make = getattr(self.board, "mqtt_tls", None)
+        if make is None:
+            if self.cfg["tls"]:
+                raise MQTTError("config says tls but this board cannot make a TLS connection")
+            return None
+        return make()
+
     async def _session(self):
         # type: () -> None
         await self.board.network_up()
@@ -143,7 +154,8 @@ class Uplink:
             keepalive=self.cfg["keepalive_s"], clean_session=False,
             username=self.cfg["username"], password=self.cfg["password"],
             will=(self.topic(tw.STATUS), tw.status_payload(False), 1, True),
-            on_message=self.on_message, ack_timeout=self.cfg["ack_timeout_s"])
+            on_message=self.on_message, ack_timeout=self.cfg["ack_timeout_s"],
+            ssl=self._tls(), server_hostname=self.cfg["server_hostname"])
         await client.connect()
         sender = watch = None
         try:
