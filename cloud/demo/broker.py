@@ -3,12 +3,21 @@
 Only for `tendril demo` without `--broker`. It is ~10x slower than Mosquitto and does
 not queue QoS 1 messages for offline sessions (MEASURED.md), so no delivery guarantee
 is ever demonstrated on it: the tests use a real Mosquitto.
+
+Not anonymous: every client logs in with a user and password made for this run (the devices'
+from the run's registry, the services' drawn here), checked against an argon2 password file only
+the owner can read. So another local user can neither read the signed commands nor publish to a
+command topic (issue 13, finding 8). Topic rights are the production broker's job (Mosquitto with
+the registry's dynamic-security config); amqtt only authenticates.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cloud.net import LOOPBACK, free_port
@@ -18,6 +27,7 @@ from cloud.net import LOOPBACK, free_port
 class EmbeddedBroker:
     host: str
     port: int
+    password_file: Path | None = None  # user:argon2 hash lines; None = anonymous (unit tests only)
     _broker: Any = None
 
     @property
@@ -30,9 +40,13 @@ class EmbeddedBroker:
         # amqtt logs every connection at INFO; the demo has its own progress display.
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        auth: dict[str, Any] = (
+            {"amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(self.password_file)}}
+            if self.password_file is not None
+            else {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}})
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            "plugins": auth,
         }
         self._broker = Broker(config)
         await self._broker.start()
@@ -43,5 +57,20 @@ class EmbeddedBroker:
             self._broker = None
 
 
-def embedded_broker() -> EmbeddedBroker:
-    return EmbeddedBroker(LOOPBACK, free_port())
+def write_password_file(path: Path, users: Mapping[str, str]) -> Path:
+    """`users` (name -> password) as amqtt's password file, created 0600 (never readable by others)."""
+    from pwdlib.hashers.argon2 import Argon2Hasher  # amqtt's own hasher (a dependency of amqtt)
+
+    # Light argon2 parameters: the passwords are random and live for one run; the default
+    # (64 MiB, 3 passes) would cost the demo a second per client at start.
+    hasher = Argon2Hasher(time_cost=1, memory_cost=8192, parallelism=1)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        for name, password in sorted(users.items()):
+            fh.write(f"{name}:{hasher.hash(password)}\n")
+    return path
+
+
+def embedded_broker(password_file: Path | None = None) -> EmbeddedBroker:
+    return EmbeddedBroker(LOOPBACK, free_port(), password_file)

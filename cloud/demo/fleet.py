@@ -8,6 +8,7 @@ the agent read it exactly as they would in production. Each site has a meter and
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,21 +49,23 @@ class DemoSite:
 
     def start_firmware(self, host: str, port: int, registry: Registry, clock_env: str, telemetry_s: int,
                        credentials: bool) -> None:
-        common = {
-            "site": self.site,
-            "broker_host": host,
-            "broker_port": port,
-            "telemetry_s": telemetry_s,
-            "state_s": 10 * telemetry_s,
-            "power_file": str(self.house.power_file),
-        }
-        configs = [FirmwareConfig(device=METER, type="meter", key=registry.secrets_for(self.site, METER).key,
-                                  **common)]  # type: ignore[arg-type]
+        def login(device: str) -> tuple[str | None, str | None]:
+            if not credentials:
+                return None, None
+            return f"{self.site}.{device}", registry.secrets_for(self.site, device).mqtt_password
+
+        user, password = login(METER)
+        meter = FirmwareConfig(site=self.site, device=METER, type="meter", broker_host=host, broker_port=port,
+                               key=registry.secrets_for(self.site, METER).key, telemetry_s=telemetry_s,
+                               state_s=10 * telemetry_s, power_file=self.house.power_file, username=user,
+                               password=password)
+        configs = [meter]
         for load in RELAYS:
-            configs.append(FirmwareConfig(
-                device=load, type="relay", key=registry.secrets_for(self.site, load).key,
+            user, password = login(load)
+            configs.append(dataclasses.replace(
+                meter, device=load, type="relay", key=registry.secrets_for(self.site, load).key,
                 relay_file=self.house.relay_files[load], relay_load_w=1000.0 * self.house.load_kw(load, 0.0),
-                min_on_s=MIN_ON_OFF_S[load], min_off_s=MIN_ON_OFF_S[load], **common))  # type: ignore[arg-type]
+                min_on_s=MIN_ON_OFF_S[load], min_off_s=MIN_ON_OFF_S[load], username=user, password=password))
         for cfg in configs:
             proc = FirmwareProcess(cfg, self.workdir / cfg.device, clock_env=clock_env)
             proc.start()

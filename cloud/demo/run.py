@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Coroutine
@@ -32,7 +33,7 @@ import tendril_wire as wire
 from cloud.agent.core import AgentOptions
 from cloud.agent.service import AgentService, ServiceOptions
 from cloud.billing.tariff import default_tariff
-from cloud.demo.broker import EmbeddedBroker, embedded_broker
+from cloud.demo.broker import EmbeddedBroker, embedded_broker, write_password_file
 from cloud.demo.fleet import DemoSite, make_sites
 from cloud.demo.ledger_summary import fleet_market
 from cloud.demo.market import demo_market_lines
@@ -57,6 +58,7 @@ log = logging.getLogger("tendril.demo")
 LOCAL = ZoneInfo("America/Los_Angeles")
 HOUR = 3600
 STARTUP_S = 3.0  # wall seconds for broker, services and firmware to boot and subscribe
+SERVICE_USERS = ("ingest", "market", "agent")
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,17 @@ class Run:
     agent: AgentService | None = None
     ledger: Ledger | None = None
     online: set[tuple[str, str]] = field(default_factory=set)
+    passwords: dict[str, str] = field(default_factory=dict)  # service role -> this run's password
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def user(self, role: str) -> str | None:
+        return f"tendril-{role}" if role in self.passwords else None
+
+    def as_user(self, role: str) -> BrokerSettings:
+        assert self.broker_settings is not None
+        b = self.broker_settings
+        return BrokerSettings(b.host, b.port, self.user(role), self.passwords.get(role))
 
     def on_message(self, site: str, device: str, kind: str, msg: dict[str, Any]) -> None:
         if kind == wire.STATUS:
@@ -127,8 +138,14 @@ async def _start(run: Run) -> None:
     cfg = run.cfg
     if cfg.broker:
         host, port = parse_broker_url(cfg.broker)
+        run.passwords = {}  # the operator's broker: its own accounts (see --broker's help)
     else:
-        run.broker = embedded_broker()
+        # Every client of the embedded broker logs in: devices with their registry passwords,
+        # the services with passwords drawn for this run.
+        run.passwords = {name: secrets.token_urlsafe(18) for name in SERVICE_USERS}
+        users = {**{f"tendril-{role}": pw for role, pw in run.passwords.items()}, **{d.username: run.registry.secrets_for(d.site, d.device).mqtt_password
+                                     for d in run.registry.devices}}
+        run.broker = embedded_broker(write_password_file(run.out / "broker" / "passwd", users))
         await run.broker.start()
         host, port = run.broker.host, run.broker.port
     run.broker_settings = BrokerSettings(host, port)
@@ -143,7 +160,8 @@ async def _start(run: Run) -> None:
     protocol = V311 if run.broker is not None else None
     devices = [(d.site, d.device) for d in run.registry.devices]
     run.ingestor = Ingestor(host, port, run.sink, clock=run.clock, on_message=run.on_message, protocol=protocol,
-                            devices=KnownDevices(devices), health_interval_s=2.0)
+                            devices=KnownDevices(devices), health_interval_s=2.0, username=run.user("ingest"),
+                            password=run.passwords.get("ingest"))
     await run.start_service("ingest", run.ingestor.run, run.ingestor.ready)
 
     run.ledger = Ledger(f"sqlite:///{run.out / 'ledger.db'}")
@@ -151,7 +169,7 @@ async def _start(run: Run) -> None:
     # Real-time tenders go out almost a whole interval ahead: at 1200x, 290 simulated seconds are
     # 0.24 s of wall time for the agent to plan and answer, on a machine running every firmware node.
     market_cfg = MarketConfig(rt_lead_s=290.0, settle_delay_intervals=2)
-    run.market = MarketService(lambda: run.registry.sites, run.broker_settings, run.ledger,
+    run.market = MarketService(lambda: run.registry.sites, run.as_user("market"), run.ledger,
                                meters=EmbeddedMeterReader(run.store), pricing=StaticFeederRatios(ratios),
                                clock=run.clock, config=market_cfg, client_id="tendril-demo-market",
                                state_dir=run.out / "market", max_sleep_s=1.0)
@@ -159,7 +177,7 @@ async def _start(run: Run) -> None:
     agent_opts = ServiceOptions(worker_id="demo", state_dir=run.out / "agent",
                                 agent=AgentOptions(time_limit_s=2.0, tx_resend_s=60.0, cmd_retry_s=240.0,
                                                    command_grace_s=600.0))
-    run.agent = AgentService.from_registry(run.registry.root, run.broker_settings, run.clock, options=agent_opts)
+    run.agent = AgentService.from_registry(run.registry.root, run.as_user("agent"), run.clock, options=agent_opts)
 
 
 async def _wait_online(run: Run, timeout_s: float) -> None:
@@ -232,7 +250,7 @@ async def run_demo(cfg: DemoConfig) -> DemoSummary:
         assert run.broker_settings is not None and run.market is not None and run.agent is not None
         for site in sites:
             site.start_firmware(run.broker_settings.host, run.broker_settings.port, registry, clock.env_value(),
-                                cfg.telemetry_s, credentials=False)
+                                cfg.telemetry_s, credentials=run.broker is not None)
         run.tasks.append(asyncio.create_task(_plant_loop(run, end, 10.0)))
         await _wait_online(run, timeout_s=30)
         await run.start_service("agent", run.agent.run, run.agent.ready)
