@@ -21,10 +21,17 @@ Degraded modes, each noted in the Decision for the log:
     transaction; the pump runs its day-ahead (or cheapest-hours, or timer) schedule, the HVAC
     its last plan or a thermostat rule, the EV charges while plugged until its need is met;
   * stale telemetry: conservative state (cloud.agent.telemetry).
+
+Two hooks for a harness that knows more than the wire carries (`tendril simulate` steps the
+house itself; a HIL bench reads its plant): `observe_state` gives measured indoor temperature,
+battery charge, car charge and pump state/run time, which then replace the wire-derived
+estimates while fresh; `base_load` (optional) forecasts the uncontrolled load per step instead
+of holding the meter's current value. A production agent uses neither.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,17 +45,26 @@ from cloud.agent.config import LOCAL, SiteConfig
 from cloud.agent.planner import Job, JobResult
 from cloud.agent.plans import schedule_from_json, schedule_to_json
 from cloud.agent.telemetry import SiteTelemetry
-from cloud.optimizer.devices import FloatArray, SiteForecast
+from cloud.optimizer.devices import FloatArray, SiteForecast, SiteState
 from cloud.optimizer.horizon import DAY_AHEAD, REAL_TIME
 from cloud.optimizer.schedule import DutyRounder, SiteSchedule
 
 RT_STEP_S = int(REAL_TIME.step_s)
 PUMP_TIMER_START_H = 10  # the pump's fallback timer when no day-ahead price is known
+# What `observe_state` may set, and the prefix of the telemetry note each one makes obsolete.
+MEASURABLE = {"t_in_c": "indoor temperature", "soc_kwh": "battery charge", "ev_stored_kwh": "EV relay",
+              "pump_on": "pump relay", "pump_done_h": "pump relay"}
 
 
 class Outdoor(Protocol):
     def series(self, start: float, steps: int, step_s: float) -> tuple[FloatArray, FloatArray]:
         """(outdoor temperature C, GHI W/m2) per step."""
+        ...
+
+
+class BaseLoad(Protocol):
+    def series(self, start: float, steps: int, step_s: float) -> FloatArray:
+        """Forecast uncontrolled load, mean kW per step."""
         ...
 
 
@@ -95,6 +111,8 @@ class SiteAgent:
     decided: dict[float, str] = field(default_factory=dict)  # interval start -> source
     rounders: dict[str, DutyRounder] = field(default_factory=dict)
     _proposed: dict[str, int] = field(default_factory=dict)
+    base_load: BaseLoad | None = None  # a harness's base-load forecast (see the module doc)
+    _measured: tuple[float, dict[str, float | bool]] | None = None
 
     def __post_init__(self) -> None:
         self.book = Book(self.cfg)
@@ -130,6 +148,31 @@ class SiteAgent:
 
     def observe(self, device: str, kind: str, msg: dict[str, Any], now: float) -> None:
         self.telemetry.observe(device, kind, msg, now)
+
+    def observe_state(self, now: float, **values: float | bool) -> None:
+        """State measured directly (names in MEASURABLE): used instead of the estimates from
+        telemetry and the last plan until it is `stale_after_s` old. ValueError for a name the
+        optimizer's state does not have or a value that is not finite."""
+        for name, value in values.items():
+            if name not in MEASURABLE:
+                raise ValueError(f"observe_state: unknown quantity {name!r} (known: {', '.join(MEASURABLE)})")
+            if not math.isfinite(float(value)):
+                raise ValueError(f"observe_state: {name} must be finite, got {value!r}")
+        if "pump_done_h" in values:  # the pump-hours logic reads the telemetry's day count
+            self.telemetry.pump_done_h = float(values["pump_done_h"])
+            self.telemetry.pump_day = datetime.fromtimestamp(now, LOCAL).strftime("%Y-%m-%d")
+        if "ev_stored_kwh" in values:
+            self.telemetry.ev_stored_kwh = float(values["ev_stored_kwh"])
+        self._measured = (now, dict(values))
+
+    def _state(self, now: float) -> tuple[SiteState, list[str]]:
+        state, notes = self.telemetry.state(now, self.last_rt)
+        if self._measured is None or not (0 <= now - self._measured[0] <= self.options.stale_after_s):
+            return state, notes
+        values = self._measured[1]
+        stale = tuple(MEASURABLE[k] for k in values)
+        notes = [n for n in notes if not n.startswith(stale)]
+        return dataclasses.replace(state, **values), notes  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ forecasts
 
@@ -188,9 +231,13 @@ class SiteAgent:
     def _forecast(self, start: float, steps: int, step_s: float, now: float,
                   first: tuple[float, float] | None, notes: list[str]) -> SiteForecast:
         buy, sell = self._prices(start, steps, step_s, first)
-        base, why = self.telemetry.base_kw(now)
-        if why:
-            notes.append(why)
+        if self.base_load is not None:
+            base_kw = np.asarray(self.base_load.series(start, steps, step_s), float)
+        else:
+            base, why = self.telemetry.base_kw(now)
+            if why:
+                notes.append(why)
+            base_kw = np.full(steps, base)
         t_out, ghi = self.outdoor.series(start, steps, step_s)
         spec = self.cfg.spec
         sessions = self.cfg.ev_plan.sessions(start, start + steps * step_s) if spec.ev and self.cfg.ev_plan else ()
@@ -200,8 +247,8 @@ class SiteAgent:
             pump_need = max(0.0, spec.pump.hours_per_day - (self.telemetry.pump_done(now) if same_day else 0.0))
         return SiteForecast(
             start=start, buy=buy, sell=sell,
-            position_kwh=np.array([self.book.position_kwh(start + k * step_s, step_s) for k in range(steps)]),
-            base_kw=np.full(steps, base), t_out_c=np.asarray(t_out, float), ghi_w_m2=np.asarray(ghi, float),
+            position_kwh=self.book.position_series(start, steps, step_s),
+            base_kw=base_kw, t_out_c=np.asarray(t_out, float), ghi_w_m2=np.asarray(ghi, float),
             ev_sessions=sessions, pump_need_h=pump_need,
             pump_plan=self._pump_plan(start, steps, step_s, now) if spec.pump is not None else None)
 
@@ -217,7 +264,7 @@ class SiteAgent:
         if not open_hours:
             return None
         notes: list[str] = []
-        state, _ = self.telemetry.state(now, self.last_rt)
+        state, _ = self._state(now)
         fc = self._forecast(open_hours[0], DAY_AHEAD.steps, DAY_AHEAD.step_s, now, None, notes)
         return Job(self.site, "da", state, fc, self.options.time_limit_s)
 
@@ -242,7 +289,7 @@ class SiteAgent:
         pair = self.book.pair(RT_MARKET, start)
         first = (float(pair[0]["price"]), float(pair[1]["price"])) if pair else None
         notes: list[str] = []
-        state, why = self.telemetry.state(now, self.last_rt)
+        state, why = self._state(now)
         notes += why
         fc = self._forecast(start, REAL_TIME.steps, REAL_TIME.step_s, now, first, notes)
         return Job(self.site, "rt", state, fc, self.options.time_limit_s), notes
@@ -330,7 +377,7 @@ class SiteAgent:
                 if plan is not None:
                     duties[device] = self._duties(plan, plan.index_at(start) or 0)[device]
                 else:  # thermostat on the estimated temperature
-                    state, _ = self.telemetry.state(now, self.last_rt)
+                    state, _ = self._state(now)
                     lo, hi = spec.hvac.t_min_c + spec.hvac.plan_margin_c, spec.hvac.t_max_c - spec.hvac.plan_margin_c
                     duties[device] = 1.0 if (state.t_in_c < lo and spec.hvac.can_heat) or \
                         (state.t_in_c > hi and spec.hvac.can_cool) else 0.0
