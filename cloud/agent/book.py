@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import tendril_wire as wire
 
 from cloud.agent.config import SiteConfig
@@ -210,6 +211,26 @@ class Book:
             if share > 0:
                 total += kwh * share
         return total
+
+    def position_series(self, start: float, steps: int, step_s: float) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """`position_kwh` of `steps` consecutive steps from `start`, in one pass over the trades
+        (a 288-step forecast against a day of 5-minute trades is ~100k overlaps otherwise).
+        Same sums in the same order as `position_kwh`, so the same numbers."""
+        out = np.array([self.cfg.subscribed_kwh(start + k * step_s, step_s) for k in range(steps)], dtype=float)
+        edges = start + np.arange(steps + 1, dtype=float) * step_s
+        trades: list[tuple[float, int, float]] = [(t.interval_start, t.duration_s, t.signed_kwh)
+                                                  for t in self.confirmed.values()]
+        trades += [(p.interval_start, p.duration_s, p.signed_kwh) for p in self.pending.values()]
+        for t0, dur, kwh in trades:
+            k0 = max(0, math.floor((t0 - start) / step_s))
+            k1 = min(steps, math.ceil((t0 + dur - start) / step_s))
+            if k1 <= k0:
+                continue
+            lo = np.maximum(edges[k0:k1], t0)
+            hi = np.minimum(edges[k0 + 1:k1 + 1], t0 + dur)
+            share = np.maximum(0.0, hi - lo) / dur
+            out[k0:k1] += np.where(share > 0, kwh * share, 0.0)
+        return out
 
     def prune(self, now: float) -> None:
         """Forget expired tenders and trades long over (the book stays small)."""
