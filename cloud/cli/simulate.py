@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "N simulated homes (heat pump, and some with pool pump, EV, PV, battery) for D days on the "
             "bundled CAISO prices and TMY3 weather: once as the devices run on their own (thermostat, pump "
-            "timer, EV charging at plug-in), once with the optimizer answering every tender. Prints cost, "
+            "timer, EV charging at plug-in), once with each home's agent (the core `tendril agent` runs) "
+            "answering every tender, its commands executed by the firmware relay logic. Prints cost, "
             "shadow bill, peak kW and comfort for both."
         ),
     )
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--days", type=positive_int("--days"), default=d.days, help=f"days (default {d.days})")
     p.add_argument("--start", default=d.start, help=f"local start date in March 2024 (default {d.start})")
     p.add_argument("--workers", type=positive_int("--workers"), default=d.workers,
-                   help=f"optimizer processes (default {d.workers})")
+                   help=f"planning processes behind the agents' Planner (default {d.workers})")
     p.add_argument("--loss", type=float, default=d.loss,
                    help=f"share of commands/acks lost in transit, to exercise retries (default {d.loss})")
     p.add_argument("--json", type=Path, default=None, help="also write both columns to this JSON file")

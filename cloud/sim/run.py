@@ -1,35 +1,39 @@
 """`tendril simulate`: N simulated homes for D days on real prices and weather, with the optimizer
 and without it, on the same houses, weather, base load and EV habits.
 
-Optimized run, as in production: at each local midnight a day-ahead solve per home on the
-hourly tenders (its hourly forward transactions are accepted, the pool pump is scheduled);
-every 5 minutes a real-time re-solve per home (fleet process pool) with the house's state,
-whose first step becomes relay commands (signed, clamped to safety limits, through a lossy
-link to the firmware relay logic, retried) and a forward transaction on that step's tender.
-The houses then move by the shared edge/ physics. Accounting is in cloud.sim.report.
+Optimized run: every home is answered by the agent core `tendril agent` runs per site
+(cloud.agent.core.SiteAgent), the simulated house in place of firmware. At each local midnight
+the market side (cloud.sim.trades) offers the next day's hourly tenders: the agent plans the day
+ahead, transacts its hours (accepted by the market's TenderBook, confirmed back) and fixes the
+pool pump's hours. Ten seconds before every 5-minute interval it offers the real-time tenders:
+the agent re-solves (through the Planner seam: PoolPlanner over --workers processes) and
+decides the interval's transaction and relay set-points; those become signed commands through
+a lossy link to the firmware relay logic (cloud.sim.relays), and the houses move by the shared
+edge/ physics with whatever the relays did. Accounting is in cloud.sim.report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 
+from cloud.agent.core import Decision, SiteAgent
+from cloud.agent.planner import Job, JobResult, Planner, PoolPlanner
 from cloud.billing.subscription import Subscription
 from cloud.billing.tariff import default_tariff
 from cloud.market.tenders import TenderConfig
 from cloud.market.transactions import Transaction
-from cloud.optimizer.devices import FloatArray, SiteForecast, SiteState
-from cloud.optimizer.fleet import FleetPool, Job
-from cloud.optimizer.horizon import DAY_AHEAD, REAL_TIME
-from cloud.optimizer.schedule import DutyRounder, SiteSchedule
+from cloud.optimizer.devices import FloatArray
+from cloud.sim.agents import Weather, home_agent, measured
 from cloud.sim.fleet import LIMITS, LOCAL, HouseState, SimHome, baseline_decisions, fresh_state, make_homes, step_house
 from cloud.sim.inputs import LOOKAHEAD_STEPS, STEP_S, PriceSeries, base_load_kw, price_series, weather_series
 from cloud.sim.relays import RelayBank
 from cloud.sim.report import RunTotals, render, subscriptions, totals
-from cloud.sim.trades import TradeDesk
+from cloud.sim.trades import DA_LEAD_S, RT_LEAD_S, SimMarket
 
 Progress = Callable[[str], None]
 
@@ -63,14 +67,12 @@ class RunLog:
     temp_c: FloatArray  # at the end of each step
     states: list[HouseState]
     pump_h: FloatArray  # per home: hours the pump ran
-    trades: TradeDesk | None = None
     solves: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     last_failure: dict[str, str] = field(default_factory=dict)
     solve_s: list[float] = field(default_factory=list)
     planned_violation_ch: float = 0.0
     relays: RelayBank | None = None
-    restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,148 +121,183 @@ def run_baseline(w: World, progress: Progress) -> RunLog:
     return log
 
 
-def _da_forecast(w: World, i: int, k0: int, desk: TradeDesk) -> SiteForecast:
-    home = w.homes[i]
-    n = DAY_AHEAD.steps * 12
-    sl = slice(k0, k0 + n)
-    t_start = w.start + k0 * STEP_S
-
-    def hourly(a: FloatArray) -> FloatArray:
-        out: FloatArray = a[sl].reshape(-1, 12).mean(axis=1)
-        return out
-
-    return SiteForecast(
-        start=t_start, buy=hourly(w.prices.da_buy), sell=hourly(w.prices.da_sell),
-        position_kwh=desk.position_kwh(home.site, k0, n).reshape(-1, 12).sum(axis=1),
-        base_kw=hourly(w.base[i]), t_out_c=hourly(w.t_out), ghi_w_m2=hourly(w.ghi),
-        ev_sessions=tuple(s for s in home.sessions if s.depart > t_start and s.arrive < t_start + 86400),
-        pump_need_h=home.spec.pump.hours_per_day if home.spec.pump else 0.0)
+Trace = Callable[[str, str, Any], None]  # (site, event, payload): every input a home's agent got
 
 
-def _rt_forecast(w: World, i: int, k: int, desk: TradeDesk, pump_plan: FloatArray) -> SiteForecast:
-    home = w.homes[i]
-    n = REAL_TIME.steps
+def _next_midnight(t: float) -> float:
+    day = datetime.fromtimestamp(t, LOCAL).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (day + timedelta(days=1)).timestamp()
+
+
+def _day_hours(w: World, midnight: float) -> list[int]:
+    """The local day's hours from `midnight` (23, 24 or 25), those the price data covers."""
+    end = _next_midnight(midnight + 1)
+    limit = w.start + (w.steps + LOOKAHEAD_STEPS) * STEP_S
+    return [int(h) for h in np.arange(midnight, end, 3600) if h + 3600 <= limit]
+
+
+@dataclass
+class _Home:
+    """One home in the optimized run: the plant's house and the agent that answers for it."""
+
+    home: SimHome
+    agent: SiteAgent
+    state: HouseState
+    pump_today_h: float = 0.0
+
+
+def _observe(h: _Home, relays: RelayBank, now: float, trace: Trace | None) -> None:
+    pump_on = relays.state(h.home.site, "pump") if h.home.spec.pump else 0
+    values = measured(h.home, h.state, pump_on, h.pump_today_h)
+    h.agent.observe_state(now, **values)
+    if trace is not None:
+        trace(h.home.site, "state", (now, values))
+
+
+def _offer(h: _Home, tenders: list[dict[str, Any]], now: float, trace: Trace | None) -> float | None:
+    ready = None
+    for msg in tenders:
+        if trace is not None:
+            trace(h.home.site, "tender", (msg, now))
+        ready = h.agent.on_tender(msg, now) or ready
+    return ready
+
+
+def _transact(h: _Home, txs: Sequence[dict[str, Any]], market: SimMarket, now: float, trace: Trace | None) -> None:
+    """Each transaction to the market; its confirm back to the agent, as the wire would carry it."""
+    for tx in txs:
+        confirm = market.transact(h.home.site, tx, now)
+        if trace is not None:
+            trace(h.home.site, "confirm", confirm)
+        h.agent.on_confirm(confirm)
+
+
+def _solve(planner: Planner, jobs: list[Job], log: RunLog) -> dict[str, JobResult]:
+    results = {r.site: r for r in planner.plan(jobs)} if jobs else {}
+    for r in results.values():
+        if r.schedule is None:
+            log.failures[r.site] = log.failures.get(r.site, 0) + 1
+            log.last_failure[r.site] = f"{'day-ahead: ' if r.mode == 'da' else ''}{r.error}"
+        elif r.mode == "rt":
+            log.solves += 1
+            log.solve_s.append(r.schedule.solve_s)
+    return results
+
+
+def _day_ahead(w: World, k: int, homes: list[_Home], market: SimMarket, planner: Planner, log: RunLog,
+               relays: RelayBank, trace: Trace | None) -> None:
+    """At local midnight: the next day's hourly tenders (the first midnight also today's); each
+    agent plans the day ahead, trades its hours and fixes its pump's hours."""
     t = w.start + k * STEP_S
-    buy, sell = w.prices.realtime_forecast(k, n)
-    return SiteForecast(
-        start=t, buy=buy, sell=sell, position_kwh=desk.position_kwh(home.site, k, n),
-        base_kw=w.base[i][k:k + n], t_out_c=w.t_out[k:k + n], ghi_w_m2=w.ghi[k:k + n],
-        ev_sessions=tuple(s for s in home.sessions if s.depart > t and s.arrive < t + 86400),
-        pump_plan=pump_plan[k:k + n] if home.spec.pump else None)
+    days = ([t] if k == 0 else []) + [_next_midnight(t)]
+    jobs = []
+    for h in homes:
+        for day in days:
+            _offer(h, market.day_ahead(h.home.site, _day_hours(w, day), t - DA_LEAD_S), t, trace)
+        _observe(h, relays, t, trace)
+        if trace is not None:
+            trace(h.home.site, "da", t)
+        job = h.agent.da_job(t)
+        if job is not None:
+            jobs.append(job)
+    results = _solve(planner, jobs, log)
+    for h in homes:
+        result = results.get(h.home.site)
+        if result is not None:
+            txs, _ = h.agent.apply_da(t, result)
+            if trace is not None:
+                trace(h.home.site, "da_done", txs)
+            _transact(h, txs, market, t + 1, trace)
 
 
-def _state(home: SimHome, st: HouseState, relays: RelayBank) -> SiteState:
-    pump_on = bool(relays.state(home.site, "pump")) if home.spec.pump else False
-    return SiteState(t_in_c=st.t_in_c, soc_kwh=st.soc_kwh, ev_stored_kwh=st.ev_stored_kwh, pump_on=pump_on)
-
-
-def run_optimized(w: World, desk: TradeDesk, cfg: SimConfig, progress: Progress) -> RunLog:
-    n = len(w.homes)
-    log = RunLog(np.zeros((n, w.steps)), np.zeros((n, w.steps)), [fresh_state(h) for h in w.homes], np.zeros(n),
-                 trades=desk)
-    devices = {(h.site, r): LIMITS[r] for h in w.homes for r in h.relays()}
-    relays = RelayBank(devices, w.start, loss=cfg.loss, seed=7)
-    log.relays = relays
-    rounders = {dev: DutyRounder() for dev in devices}
-    pump_plan = [np.zeros(w.steps + LOOKAHEAD_STEPS) for _ in w.homes]
-    days = set(_day_starts(w))
-    report_every = max(1, w.steps // 20)
-    with FleetPool([h.spec for h in w.homes], workers=cfg.workers, time_limit_s=cfg.time_limit_s) as pool:
-        pool.build()
-        progress(f"  optimizer: {n} homes' models built in {cfg.workers} worker processes")
-        for k in range(w.steps):
-            t = w.start + k * STEP_S
-            if k in days or k == 0:
-                _day_ahead(w, k, pool, desk, pump_plan, log, relays)
-            jobs = [Job(h.site, "rt", _state(h, log.states[i], relays), _rt_forecast(w, i, k, desk, pump_plan[i]))
-                    for i, h in enumerate(w.homes)]
-            report = pool.solve(jobs)
-            log.restarts += report.restarts
-            log.solves += len(report.fresh)
-            log.solve_s.extend(report.solve_s)
-            for site, why in report.failed.items():
-                log.failures[site] = log.failures.get(site, 0) + 1
-                log.last_failure[site] = why
-            wanted: list[tuple[str, str, int]] = []
-            plans: list[tuple[int, SiteSchedule | None, int | None]] = []
-            for i, h in enumerate(w.homes):
-                sched = report.schedules.get(h.site)
-                idx = sched.index_at(t) if sched is not None else None
-                plans.append((i, sched, idx))
-                if sched is None or idx is None:
-                    continue  # no plan at all yet: the devices run on their own this step
-                if h.spec.hvac is not None:  # comfort the plan gives up in the step it executes
-                    temp = sched.temp_c[idx]
-                    gap = max(0.0, h.spec.hvac.t_min_c - temp) + max(0.0, temp - h.spec.hvac.t_max_c)
-                    log.planned_violation_ch += gap * STEP_S / 3600
-                for r in h.relays():
-                    duty = _duty(h, r, sched, idx)
-                    wanted.append((h.site, r, rounders[(h.site, r)].propose(duty)))
-            relays.set(wanted, t, STEP_S + 60)
-            relays.tick(t)
-            for i, sched, idx in plans:
-                _apply(w, k, i, sched, idx, log, relays, rounders, desk)
-            if (k + 1) % report_every == 0 or k + 1 == w.steps:
-                local = datetime.fromtimestamp(t + STEP_S, LOCAL).strftime("%m-%d %H:%M")
-                med = np.median(log.solve_s) * 1000 if log.solve_s else float("nan")
-                progress(f"  optimized: {100 * (k + 1) / w.steps:5.1f}%  sim {local}  re-solves {log.solves}  "
-                         f"median HiGHS {med:.1f} ms  failures {sum(log.failures.values())}"
-                         + (f" (last: {next(reversed(log.last_failure.values()))[:80]})" if log.last_failure else ""))
-    return log
-
-
-def _duty(h: SimHome, relay: str, sched: SiteSchedule, idx: int) -> float:
-    if relay == "hvac":
-        return float(sched.hvac_heat[idx] + sched.hvac_cool[idx])
-    if relay == "pump":
-        return float(sched.pump_on[idx])
-    assert h.spec.ev is not None
-    return float(sched.ev_kw[idx] / h.spec.ev.params.max_kw)
-
-
-def _apply(w: World, k: int, i: int, sched: SiteSchedule | None, idx: int | None, log: RunLog,
-           relays: RelayBank, rounders: dict[tuple[str, str], DutyRounder], desk: TradeDesk) -> None:
-    home, st = w.homes[i], log.states[i]
+def _execute(w: World, k: int, i: int, h: _Home, decision: Decision, log: RunLog, relays: RelayBank,
+             trace: Trace | None) -> None:
+    """The house for one step: relays as the firmware left them, battery and heat/cool mode as
+    the plan says (neither is a relay), then the edge/ physics."""
+    home, st = h.home, h.state
     t = w.start + k * STEP_S
-    if sched is None or idx is None:
-        hvac, heat, pump, ev_on, bat = baseline_decisions(home, st, t, STEP_S, w.ghi[k])
-    else:
-        on = {r: relays.state(home.site, r) for r in home.relays()}
-        for r in home.relays():
-            rounders[(home.site, r)].settle(_duty(home, r, sched, idx), on[r])
-        hvac, pump, ev_on = on.get("hvac", 0), on.get("pump", 0), on.get("ev", 0)
+    on = {r: relays.state(home.site, r) for r in home.relays()}
+    for r, v in on.items():
+        h.agent.settle(r, v)
+    if trace is not None:
+        trace(home.site, "settle", on)
+    sched = h.agent.last_rt if decision.source != "subscription" else None
+    idx = sched.index_at(t) if sched is not None else None
+    heat, bat = True, 0.0
+    if sched is not None and idx is not None:
         heat = bool(sched.hvac_heat[idx] >= sched.hvac_cool[idx])
         bat = float(sched.battery_kw[idx])
-        desk.real_time(home.site, k, float(sched.buy_kwh[idx]), float(sched.sell_kwh[idx]))
-    res = step_house(home, st, t, STEP_S, w.t_out[k], w.ghi[k], hvac, heat, pump, ev_on, bat)
+        if home.spec.hvac is not None:  # comfort the plan gives up in the step it executes
+            temp = sched.temp_c[idx]
+            gap = max(0.0, home.spec.hvac.t_min_c - temp) + max(0.0, temp - home.spec.hvac.t_max_c)
+            log.planned_violation_ch += gap * STEP_S / 3600
+    pump = on.get("pump", 0)
+    res = step_house(home, st, t, STEP_S, w.t_out[k], w.ghi[k], on.get("hvac", 0), heat, pump, on.get("ev", 0), bat)
     log.grid_kwh[i, k] = res.grid_kwh
     log.temp_c[i, k] = st.t_in_c
     log.pump_h[i] += pump * STEP_S / 3600
+    h.pump_today_h += pump * STEP_S / 3600
 
 
-def _day_ahead(w: World, k0: int, pool: FleetPool, desk: TradeDesk, pump_plan: list[FloatArray],
-               log: RunLog, relays: RelayBank) -> None:
-    """Day-ahead solve at local midnight: hourly forward trades and the day's pump schedule."""
-    jobs = [Job(h.site, "da", _state(h, log.states[i], relays), _da_forecast(w, i, k0, desk))
-            for i, h in enumerate(w.homes)]
-    report = pool.solve(jobs)
-    log.restarts += report.restarts
-    for site, why in report.failed.items():
-        log.failures[site] = log.failures.get(site, 0) + 1
-        log.last_failure[site] = f"day-ahead: {why}"
-    day_end = next((d for d in _day_starts(w) if d > k0), w.steps)
-    for i, h in enumerate(w.homes):
-        sched = report.schedules.get(h.site)
-        if sched is None:
-            continue
-        desk.day_ahead(h.site, k0, day_end, sched)
-        if h.spec.pump is not None:
-            plan = np.repeat(np.round(sched.pump_on), 12)
-            # today's plan, and the same again as tomorrow's forecast until tomorrow is planned
-            span = min(len(plan), len(pump_plan[i]) - k0)
-            pump_plan[i][k0:k0 + span] = plan[:span]
-            nxt = min(len(pump_plan[i]) - (k0 + span), span)
-            pump_plan[i][k0 + span:k0 + span + nxt] = plan[:nxt]
+def make_agents(w: World, subscribed: dict[str, FloatArray], time_limit_s: float | None) -> list[SiteAgent]:
+    weather = Weather(w.start, (w.t_out, w.ghi))
+    return [home_agent(home, w.start, subscribed[home.site], weather, w.base[i], time_limit_s)
+            for i, home in enumerate(w.homes)]
+
+
+def run_optimized(w: World, market: SimMarket, agents: list[SiteAgent], planner: Planner, cfg: SimConfig,
+                  progress: Progress, trace: Trace | None = None) -> RunLog:
+    n = len(w.homes)
+    homes = [_Home(home, agent, fresh_state(home)) for home, agent in zip(w.homes, agents, strict=True)]
+    log = RunLog(np.zeros((n, w.steps)), np.zeros((n, w.steps)), [h.state for h in homes], np.zeros(n))
+    devices = {(h.site, r): LIMITS[r] for h in w.homes for r in h.relays()}
+    relays = RelayBank(devices, w.start, loss=cfg.loss, seed=7)
+    log.relays = relays
+    days = set(_day_starts(w))
+    report_every = max(1, w.steps // 20)
+    for k in range(w.steps):
+        t = w.start + k * STEP_S
+        if k in days or k == 0:
+            for h in homes:
+                h.pump_today_h = 0.0
+            _day_ahead(w, k, homes, market, planner, log, relays, trace)
+        now = t - RT_LEAD_S  # the real-time tenders arrive, the agents answer before the interval
+        jobs, notes = [], {}
+        for h in homes:
+            _observe(h, relays, now, trace)
+            if _offer(h, market.real_time(h.home.site, k), now, trace) == t:
+                if trace is not None:
+                    trace(h.home.site, "rt", (now, t))
+                job, notes[h.home.site] = h.agent.rt_job(now, t)
+                jobs.append(job)
+        results = _solve(planner, jobs, log)
+        decisions: list[Decision] = []
+        for h in homes:
+            site = h.home.site
+            if site in notes:
+                decision = h.agent.decide(now, t, results.get(site), notes[site])
+            else:  # no tender pair in time (not in this simulation): what the agent does then
+                decision = h.agent.decide_without_tender(t, t)
+            if trace is not None:
+                trace(site, "decision", decision)
+            _transact(h, decision.transactions, market, now + 1, trace)
+            decisions.append(decision)
+        valid_s = max((d.valid_until for d in decisions), default=t + STEP_S) - t
+        relays.set([(d.site, dev, v) for d in decisions for dev, v in sorted(d.relays.items())], t, valid_s)
+        relays.tick(t)
+        for i, (h, decision) in enumerate(zip(homes, decisions, strict=True)):
+            _execute(w, k, i, h, decision, log, relays, trace)
+            if k % 12 == 11:  # hourly, as the agent service does
+                h.agent.book.prune(t)
+                if trace is not None:
+                    trace(h.home.site, "prune", t)
+        if (k + 1) % report_every == 0 or k + 1 == w.steps:
+            local = datetime.fromtimestamp(t + STEP_S, LOCAL).strftime("%m-%d %H:%M")
+            med = np.median(log.solve_s) * 1000 if log.solve_s else float("nan")
+            progress(f"  optimized: {100 * (k + 1) / w.steps:5.1f}%  sim {local}  re-solves {log.solves}  "
+                     f"median HiGHS {med:.1f} ms  failures {sum(log.failures.values())}"
+                     + (f" (last: {next(reversed(log.last_failure.values()))[:80]})" if log.last_failure else ""))
+    return log
 
 
 @dataclass(frozen=True)
@@ -297,27 +334,34 @@ def simulate(cfg: SimConfig, progress: Progress = print) -> SimResult:
     sites = [h.site for h in w.homes]
     subs = subscriptions(sites, base.grid_kwh, w.start, tariff)
     total = w.steps + LOOKAHEAD_STEPS
-    desk = TradeDesk(w.start, {site: _subscribed_hours(sub, w.start, w.steps, total) for site, sub in zip(
-        sites, subs, strict=True)}, w.prices, tconf)
-    opt = run_optimized(w, desk, cfg, progress)
+    subscribed = {site: _subscribed_hours(sub, w.start, w.steps, total) for site, sub in zip(sites, subs, strict=True)}
+    market = SimMarket(sites, w.start, w.prices, tconf)
+    agents = make_agents(w, subscribed, cfg.time_limit_s)
+    planner = PoolPlanner([h.spec for h in w.homes], workers=cfg.workers, time_limit_s=cfg.time_limit_s)
+    progress(f"  optimizer: {len(w.homes)} homes' agents, planning in {cfg.workers} worker processes")
+    try:
+        opt = run_optimized(w, market, agents, planner, cfg, progress)
+    finally:
+        planner.close()
     bands = [(h.spec.hvac.t_min_c, h.spec.hvac.t_max_c) if h.spec.hvac else None for h in w.homes]
     pump_need = sum(h.spec.pump.hours_per_day for h in w.homes if h.spec.pump) * cfg.days
     no_trades: list[list[Transaction]] = [[] for _ in w.homes]
     b = totals("baseline", base.grid_kwh, base.temp_c, bands, w.prices.rt_buy, w.prices.rt_sell, w.start, subs,
                no_trades, [st.ev_short_kwh for st in base.states], list(base.pump_h), pump_need, tconf)
     o = totals("optimized", opt.grid_kwh, opt.temp_c, bands, w.prices.rt_buy, w.prices.rt_sell, w.start, subs,
-               [desk.transactions[s] for s in sites], [st.ev_short_kwh for st in opt.states], list(opt.pump_h),
+               [market.transactions[s] for s in sites], [st.ev_short_kwh for st in opt.states], list(opt.pump_h),
                pump_need, tconf)
     assert opt.relays is not None
     d = opt.relays.dispatcher.stats
-    n_tx = sum(len(v) for v in desk.transactions.values())
+    n_tx = sum(len(v) for v in market.transactions.values())
+    refused = sum(market.refused.values())
     med = float(np.median(opt.solve_s) * 1000) if opt.solve_s else float("nan")
     notes = [
         "",
         f"re-solves {opt.solves} (median HiGHS {med:.1f} ms), failed solves {sum(opt.failures.values())} "
-        f"(kept last schedule), worker restarts {opt.restarts}",
+        f"(the agent kept its last plan)",
         f"comfort the optimizer chose to give up (penalty paid): {opt.planned_violation_ch:.2f} deg-h",
-        f"forward transactions accepted {n_tx}; commands sent {d.sent}, acked {d.acked_ok}, "
+        f"forward transactions accepted {n_tx}, refused {refused}; commands sent {d.sent}, acked {d.acked_ok}, "
         f"retried {d.retried}, given up {d.given_up}, clamped by safety limits {sum(d.clamped.values())}, "
         f"refused by devices {sum(d.refused.values())}; sites flagged {len(opt.relays.dispatcher.flagged)}",
         "weather and base load are known exactly over the horizon (perfect forecast); real-time prices "

@@ -1,76 +1,71 @@
-"""A simulated home's position and its forward transactions, through the real tender book.
+"""The market side of a simulation: tenders offered to each home and transactions accepted, as
+`tendril market` does it, without the broker and the ledger.
 
-Position = subscription + forward buys - forward sells (cloud.market.transactions). Day-ahead trades
-are accepted on hourly DAM tenders, real-time trades on the 5-minute tender of the step, each
-built by cloud.market.tenders and accepted by cloud.market.transactions.TenderBook (expiry, party and
-quantity checks included), so the shadow bill prices exactly what was transacted.
+Tenders are built by cloud.market.tenders.build_tenders (day-ahead hourly, real-time per 5-minute
+step, on the step's LMP with the feeder's adders); a home's agent answers with wire TRANSACTION
+messages; cloud.market.transactions.TenderBook accepts them (expiry, party and quantity checks
+included) under the agent's own transaction id, and the answer is the wire CONFIRM the market
+service would publish. The accepted transactions are what the shadow bill prices.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import tendril_wire as wire
 
+from cloud.market.core import confirm_ok, confirm_refused
 from cloud.market.tenders import TenderConfig, build_tenders
-from cloud.market.transactions import TenderBook, Transaction
-from cloud.optimizer.devices import FloatArray
-from cloud.optimizer.schedule import MIN_TRADE_KWH, SiteSchedule
+from cloud.market.transactions import TenderBook, Transaction, TransactionRefused
 from cloud.sim.inputs import STEP_S, PriceSeries
 from cloud.sources.prices import PriceInterval
 
 FEEDER = "feeder-a"
+RT_LEAD_S = 10  # real-time tenders go out this long before their interval (the market's --rt-lead-s)
+DA_LEAD_S = 3600  # day-ahead tenders are built this long before the midnight they are published at
 
 
-class TradeDesk:
-    def __init__(self, start: float, subscriptions: dict[str, FloatArray], prices: PriceSeries,
-                 config: TenderConfig) -> None:
-        """`subscriptions`: per site, subscribed kWh per UTC hour from `start` (covering the run
-        and its lookahead)."""
+class SimMarket:
+    def __init__(self, sites: list[str], start: float, prices: PriceSeries, config: TenderConfig) -> None:
         self.start = start
         self.prices = prices
         self.config = config
         self.book = TenderBook()
-        self.transactions: dict[str, list[Transaction]] = {site: [] for site in subscriptions}
-        self._position = {site: np.repeat(np.asarray(sub, float) / 12.0, 12)[: prices.steps]
-                          for site, sub in subscriptions.items()}
-        for site, pos in self._position.items():
-            if len(pos) < prices.steps:
-                raise ValueError(f"subscription of {site} covers {len(pos)} steps, need {prices.steps}")
+        self.transactions: dict[str, list[Transaction]] = {site: [] for site in sites}
+        self.refused: dict[str, int] = {}  # by reason
 
-    def position_kwh(self, site: str, k: int, n: int) -> FloatArray:
-        out: FloatArray = self._position[site][k:k + n].copy()
-        return out
+    def _offer(self, site: str, intervals: list[PriceInterval], market: str, now: float,
+               expires_s: float) -> list[dict[str, Any]]:
+        tenders = build_tenders(site, FEEDER, intervals, market, now, self.config, expires_s)
+        for t in tenders:
+            self.book.offer(t)
+        return tenders
 
-    def _accept(self, site: str, interval: PriceInterval, market: str, now: float, expires_s: float,
-                buy_kwh: float, sell_kwh: float) -> Transaction | None:
-        side, qty = (wire.SIDE_BUY, buy_kwh) if buy_kwh >= sell_kwh else (wire.SIDE_SELL, sell_kwh)
-        if qty < MIN_TRADE_KWH:
-            return None
-        tenders = build_tenders(site, FEEDER, [interval], market, now, self.config, expires_s)
-        tender = next(t for t in tenders if t["side"] == side)
-        self.book.offer(tender)
-        tx = self.book.accept(tender["tenderId"], site, round(qty, 6), now + 1)
-        self.transactions[site].append(tx)
-        return tx
-
-    def day_ahead(self, site: str, k0: int, day_end: int, sched: SiteSchedule) -> None:
-        """Accept the day-ahead plan's hourly trades for the hours in steps [k0, day_end)."""
-        now = self.start + k0 * STEP_S - 3600  # the day-ahead market closes before the day
-        for h in range(sched.steps):
-            k = k0 + h * 12
-            if k >= day_end:
-                break
-            t = int(self.start + k * STEP_S)
-            interval = PriceInterval(t, 3600, float(self.prices.da_lmp[k]), "DAM")
-            tx = self._accept(site, interval, "DAM", now, 2 * 86400, float(sched.buy_kwh[h]),
-                              float(sched.sell_kwh[h]))
-            if tx is not None:
-                self._position[site][k:k + 12] += tx.signed_kwh / 12.0
-
-    def real_time(self, site: str, k: int, buy_kwh: float, sell_kwh: float) -> None:
-        """Accept the real-time plan's trade for step k on that step's tender."""
+    def real_time(self, site: str, k: int) -> list[dict[str, Any]]:
+        """The BUY and SELL tenders of step k, built RT_LEAD_S before it starts."""
         t = int(self.start + k * STEP_S)
         interval = PriceInterval(t, STEP_S, float(self.prices.rt_lmp[k]), "RTM")
-        tx = self._accept(site, interval, "RTM", t - 10, STEP_S, buy_kwh, sell_kwh)
-        if tx is not None:
-            self._position[site][k] += tx.signed_kwh
+        return self._offer(site, [interval], "RTM", t - RT_LEAD_S, STEP_S)
+
+    def day_ahead(self, site: str, hours: list[int], now: float) -> list[dict[str, Any]]:
+        """Hourly tenders built at `now` for the hours starting at these times (unix s), priced at
+        the hour's DAM LMP; each stays open until its hour ends."""
+        if not hours:
+            return []
+        intervals = []
+        for h in hours:
+            k = round((h - self.start) / STEP_S)
+            intervals.append(PriceInterval(h, 3600, float(self.prices.da_lmp[k]), "DAM"))
+        return self._offer(site, intervals, "DAM", now, 3 * 86400)
+
+    def transact(self, site: str, msg: dict[str, Any], now: float) -> dict[str, Any]:
+        """A TRANSACTION from `site`'s agent -> the CONFIRM (accepted, or refused with a reason)."""
+        wire.validate(wire.TRANSACTION, msg)
+        try:
+            tx = self.book.accept(msg["tenderId"], site, float(msg["quantity"]), now,
+                                  transaction_id=msg["transactionId"], party_id=msg["partyId"])
+        except TransactionRefused as exc:
+            self.refused[exc.reason] = self.refused.get(exc.reason, 0) + 1
+            return confirm_refused(msg["transactionId"], msg["tenderId"], exc.reason, exc.detail)
+        self.transactions[site].append(tx)
+        return confirm_ok(tx)
