@@ -34,7 +34,7 @@ from cloud.billing.subscription import Profile, Subscription, replay_history, su
 from cloud.billing.tariff import DAY_TYPES, DEFAULT_TARIFF, Tariff, load_tariff
 from cloud.devices.registry import Registry, RegistryError
 from cloud.ledger.chain import Ledger
-from cloud.market.meters import LineProtocolFileReader, MeterReader, VictoriaMeterReader
+from cloud.market.meters import LineProtocolFileReader, MeterReader, meter_reader
 from cloud.market.settle import register_at
 from cloud.market.tenders import TenderConfig
 from cloud.market.transactions import KIND_TRANSACTION, Transaction
@@ -212,7 +212,7 @@ def registered_bill(args: argparse.Namespace, ledger: Ledger | None) -> MonthlyB
     if args.store_file:
         reader = LineProtocolFileReader(args.store_file)
     elif influx_url:
-        reader = VictoriaMeterReader(check_http_url(influx_url))
+        reader = meter_reader(check_http_url(influx_url), "tendril")  # InfluxQL db, as the dashboards
     else:
         raise ValueError("a registered site's metered usage comes from the store: pass --store-file or "
                          "--influx-url")

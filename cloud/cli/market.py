@@ -77,8 +77,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         f"(env {ENV_LEDGER_URL}, default sqlite:///tendril-ledger.db)")
     store = p.add_mutually_exclusive_group()
     store.add_argument("--influx-url", default=None,
-                       help="telemetry store to settle from, read through the VictoriaMetrics export API "
-                            f"(/api/v1/export) (env {ENV_INFLUX_URL})")
+                       help="telemetry store to settle from: InfluxDB (1.x, 2.x with the DBRP mapping, 3.x) "
+                            "over InfluxQL, or VictoriaMetrics through /api/v1/export; told apart by /ping "
+                            f"(env {ENV_INFLUX_URL})")
+    p.add_argument("--influx-database", default="tendril",
+                   help="InfluxQL database of the meter data on InfluxDB (2.x: the DBRP-mapped name; default tendril)")
     store.add_argument("--store-file", type=Path, default=None,
                        help="line-protocol file written by `tendril ingest --store-file`, to settle from")
     p.add_argument("--prices", choices=("replay", "caiso-oasis"), default="replay",
@@ -133,7 +136,13 @@ def run_market(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from cloud.ledger.chain import Ledger
-    from cloud.market.meters import LineProtocolFileReader, MeterReader, VictoriaMeterReader
+    from cloud.market.meters import (
+        LineProtocolFileReader,
+        MeterReader,
+        MeterReadError,
+        VictoriaMeterReader,
+        meter_reader,
+    )
     from cloud.market.service import MarketService, registry_sites
 
     url = args.ledger or ledger_url()
@@ -144,7 +153,11 @@ def run_market(args: argparse.Namespace) -> int:
         return 2
     meters: MeterReader | None = None
     if influx_url:
-        meters = VictoriaMeterReader(influx_url)
+        try:  # InfluxDB (1.x, 2.x with DBRP, 3.x) over InfluxQL, VictoriaMetrics over its export API
+            meters = meter_reader(influx_url, args.influx_database)
+        except MeterReadError as exc:
+            log.warning("market: %s unreachable now (%s); reading it as VictoriaMetrics", influx_url, exc)
+            meters = VictoriaMeterReader(influx_url)
     elif args.store_file:
         meters = LineProtocolFileReader(args.store_file)
     else:

@@ -9,17 +9,22 @@ from measurement `meter`, field `energy_wh`, tags site/device (cloud.store.line_
   incrementally (only new bytes on each call).
 * `VictoriaMeterReader`: VictoriaMetrics' /api/v1/export (series `meter_energy_wh`), as the
   integration tests read it. Blocking HTTP: the service calls it from a worker thread.
-An InfluxDB 2/3 Flux reader is not written yet (see docs/market.md).
+* `InfluxQLMeterReader`: InfluxQL on `/query` — InfluxDB 1.x, 2.x (v1 compatibility API with the
+  DBRP mapping `tendril dashboards provision` creates) and 3.x, the same language the dashboards
+  use; tested against Debian's InfluxDB 1.6.
+`meter_reader(url, ...)` picks one by asking the server's `/ping` for an InfluxDB version.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Protocol
 
+from cloud.settings import ENV_INFLUX_TOKEN
 from cloud.store.line_protocol import (
     FIELD_ENERGY_WH,
     MEASUREMENT_METER,
@@ -134,3 +139,56 @@ class VictoriaMeterReader:
         for readings in out.values():
             readings.sort()
         return out
+
+
+class InfluxQLMeterReader:
+    """`SELECT energy_wh FROM meter WHERE site = ...` grouped by device, epoch milliseconds."""
+
+    blocking = True
+
+    def __init__(self, url: str, database: str, token: str | None = None, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.database = database
+        self.timeout_s = timeout_s
+        self._headers = {"Authorization": f"Token {token}"} if token else {}
+
+    def readings(self, site: str, start: float, end: float) -> Readings:
+        quoted = site.replace("\\", "\\\\").replace("'", "\\'")  # ids are [a-z0-9_-]; quote anyway
+        q = (f'SELECT "{FIELD_ENERGY_WH}" FROM "{MEASUREMENT_METER}" WHERE "{TAG_SITE}" = \'{quoted}\' '
+             f"AND time >= {int(start * 1000)}ms AND time <= {int(end * 1000)}ms GROUP BY \"{TAG_DEVICE}\"")
+        query = urllib.parse.urlencode({"db": self.database, "q": q, "epoch": "ms"})
+        req = urllib.request.Request(f"{self.url}/query?{query}", headers=self._headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                body = json.loads(resp.read().decode())
+        except (OSError, ValueError) as exc:
+            raise MeterReadError(f"{self.url}: {exc}") from exc
+        out: Readings = {}
+        for result in body.get("results", []):
+            if "error" in result:
+                raise MeterReadError(f"{self.url}: {result['error']}")
+            for series in result.get("series", []):
+                device = str(series.get("tags", {}).get(TAG_DEVICE, ""))
+                for ts, value in series.get("values", []):
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        out.setdefault(device, []).append((ts / 1000.0, float(value)))
+        for readings in out.values():
+            readings.sort()
+        return out
+
+
+def influx_version(url: str, timeout_s: float = 10.0) -> str | None:
+    """The X-Influxdb-Version a server's /ping reports (None: not InfluxDB, e.g. VictoriaMetrics)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/ping", timeout=timeout_s) as resp:
+            version: str | None = resp.headers.get("X-Influxdb-Version")
+            return version
+    except OSError as exc:
+        raise MeterReadError(f"{url}: {exc}") from exc
+
+
+def meter_reader(url: str, database: str, token: str | None = None) -> MeterReader:
+    """InfluxQL for a server that says it is InfluxDB, VictoriaMetrics' export API otherwise."""
+    if influx_version(url) is not None:
+        return InfluxQLMeterReader(url, database, token if token is not None else os.environ.get(ENV_INFLUX_TOKEN))
+    return VictoriaMeterReader(url)
