@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import secrets
 import sys
 from pathlib import Path
 
-from cloud.devices import broker_conf, ha_discovery
+from cloud.devices import broker_conf, broker_tls, ha_discovery
 from cloud.devices import deploy as device_deploy
 from cloud.devices.dynsec import dynsec_json
 from cloud.devices.mosquitto import (
@@ -19,16 +20,27 @@ from cloud.devices.mosquitto import (
     acl_text,
     agent_sites,
     check_identities,
+    device_client_id,
     ingest_users,
     password_text,
 )
 from cloud.devices.registry import DEFAULT_AGENT, DEFAULT_FEEDER, RELAY_LOADS, Registry, RegistryError, SiteRecord
-from cloud.settings import ENV_MQTT_PASSWORD, UsageError, parse_broker_url, registry_dir
+from cloud.devices.tls_certs import CertError
+from cloud.settings import (
+    ENV_MQTT_PASSWORD,
+    MQTTS_PORT,
+    BrokerSettings,
+    UsageError,
+    add_tls_options,
+    registry_dir,
+    tls_args,
+)
 from edge.firmware_process import MpyCrossNotFound
 
 DEFAULT_ROOT = registry_dir()
 SERVICES_FILE = "secrets/_services.json"
 DEFAULT_INGEST_WORKERS = 8
+PLAIN_BIND = "127.0.0.1"  # cleartext only where no one else's traffic passes (--plain-listener)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -98,8 +110,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                        "first use; passwords in the registry's secrets/_services.json). The files "
                                        "are made readable by the broker's group (0640); see docs/security.md.")
     conf.add_argument("--out", type=Path, required=True, help="folder for the generated files")
-    conf.add_argument("--port", type=int, default=1883, help="listener port (default 1883)")
-    conf.add_argument("--bind", default="127.0.0.1", help="listener address (default 127.0.0.1)")
+    conf.add_argument("--tls-port", type=int, default=MQTTS_PORT,
+                      help="TLS listener port (default %(default)s; 0: none, needs --plain-listener)")
+    conf.add_argument("--bind", default="127.0.0.1", help="TLS listener address (default 127.0.0.1)")
+    conf.add_argument("--plain-listener", action="store_true",
+                      help="also listen in cleartext on 127.0.0.1:--port (loopback only: same-host tools)")
+    conf.add_argument("--port", type=int, default=1883, help="the cleartext listener's port (default 1883)")
+    conf.add_argument("--tls-hostname", action="append", default=[], metavar="NAME",
+                      help="a host name or address clients dial, put in the server certificate "
+                           "(repeatable; default: this host's names, localhost, 127.0.0.1, --bind)")
+    conf.add_argument("--ca-cert", type=Path, help="your own CA certificate (PEM) instead of the registry's CA")
+    conf.add_argument("--server-cert", type=Path, help="your own server certificate (PEM), issued by --ca-cert")
+    conf.add_argument("--server-key", type=Path, help="its private key (PEM, unencrypted)")
+    conf.add_argument("--require-client-cert", action="store_true",
+                      help="mutual TLS: clients must also show a certificate from the CA (`tendril device "
+                           "client-cert`); passwords and rights stay as they are")
     conf.add_argument("--auth", choices=("dynsec", "file"), default="dynsec",
                       help="dynsec: the dynamic-security plugin (default); file: password_file + acl_file, which "
                            "cannot refuse a subscription (docs/security.md)")
@@ -116,6 +141,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     conf.add_argument("--dynsec-plugin", default="", help="path of mosquitto_dynamic_security.so (default: found)")
     conf.set_defaults(func=_mosquitto_config)
 
+    cc = dsub.add_parser("client-cert", help="mutual TLS: a device's certificate (CN = its client id)",
+                         description="Sign a client certificate for a device with the registry's MQTT CA; its "
+                                     "CN is the device's MQTT client id. Writes CLIENT_ID.crt and .key (0600).")
+    cc.add_argument("--site", required=True, help="site id")
+    cc.add_argument("--device", required=True, help="device id")
+    cc.add_argument("--out", type=Path, required=True, help="folder for the certificate and key")
+    cc.set_defaults(func=_client_cert)
+
     ha = dsub.add_parser("ha-discovery", help="publish Home Assistant MQTT discovery configs for every device",
                          description="Publish (retained, QoS 1) a Home Assistant discovery config per reading of "
                                      "every registered device: meter power and energy, relay state and load, "
@@ -124,6 +157,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                      "`mosquitto-config`, publish and run HA as the tendril-homeassistant user.")
     ha.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default %(default)s)")
     ha.add_argument("--username", help=f"MQTT user; the password comes from ${ENV_MQTT_PASSWORD}")
+    add_tls_options(ha)
     ha.add_argument("--remove", action="store_true", help="clear the configs instead (HA drops the entities)")
     ha.add_argument("--dry-run", action="store_true", help="print topics and payloads, publish nothing")
     ha.set_defaults(func=_ha_discovery)
@@ -214,7 +248,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
 def _ha_discovery(args: argparse.Namespace) -> int:
     try:
-        host, port = parse_broker_url(args.broker)
+        broker = BrokerSettings.from_args(args.broker, args.username, **tls_args(args))
         devices = Registry(args.registry).devices
     except (UsageError, RegistryError) as exc:
         return _fail(str(exc))
@@ -226,11 +260,11 @@ def _ha_discovery(args: argparse.Namespace) -> int:
             print(topic, payload.decode())
         return 0
     try:
-        ha_discovery.publish(host, port, messages, args.username, os.environ.get(ENV_MQTT_PASSWORD))
+        ha_discovery.publish(broker.host, broker.port, messages, broker.username, broker.password, tls=broker.tls)
     except ConnectionError as exc:
         return _fail(str(exc))
     print(f"{'cleared' if args.remove else 'published'} {len(messages)} Home Assistant discovery configs for "
-          f"{len(devices)} device(s) on {host}:{port}")
+          f"{len(devices)} device(s) on {broker.url}")
     return 0
 
 
@@ -254,6 +288,45 @@ def service_users(root: Path) -> list[ServiceUser]:
     return users
 
 
+def _tls_listener(args: argparse.Namespace, out: Path) -> tuple[broker_conf.TlsListener | None, list[Path]]:
+    """Check the listener options, write the TLS files; (None, []) without a TLS listener."""
+    own_given = [x is not None for x in (args.ca_cert, args.server_cert, args.server_key)]
+    if any(own_given) and not all(own_given):
+        raise UsageError("--ca-cert, --server-cert and --server-key come together")
+    if args.tls_port == 0:
+        if not args.plain_listener:
+            raise UsageError("--tls-port 0 leaves no listener: add --plain-listener (loopback only)")
+        if any(own_given) or args.require_client_cert:
+            raise UsageError("TLS options given with --tls-port 0")
+        return None, []
+    if not 0 < args.tls_port < 65536 or (args.plain_listener and args.tls_port == args.port):
+        raise UsageError(f"--tls-port must be 1..65535 and differ from --port, got {args.tls_port}")
+    own = broker_tls.OwnFiles(args.ca_cert, args.server_cert, args.server_key) if all(own_given) else None
+    names = args.tls_hostname or broker_tls.default_hostnames(args.bind)
+    now = datetime.datetime.now(datetime.UTC)
+    files, names = broker_tls.write_tls_files(args.registry, out, now, names, own)
+    print(f"TLS listener {args.bind}:{args.tls_port}; clients verify with {out / broker_tls.OUT_CA} "
+          f"(registry copy: {args.registry / broker_tls.CA_CERT}); server certificate for {', '.join(names)}",
+          file=sys.stderr)
+    ca, cert, key = (str(f.resolve()) for f in files)
+    return broker_conf.TlsListener(args.tls_port, args.bind, ca, cert, key, args.require_client_cert), files
+
+
+def _client_cert(args: argparse.Namespace) -> int:
+    try:
+        registry = Registry(args.registry)
+        if (args.site, args.device) not in registry:
+            raise RegistryError(f"no device {args.site}/{args.device} in {args.registry}")
+        client_id = device_client_id(next(d for d in registry.site_devices(args.site) if d.device == args.device))
+        now = datetime.datetime.now(datetime.UTC)
+        cert, key = broker_tls.write_client_cert(args.registry, args.out, now, client_id)
+    except (RegistryError, CertError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"wrote {cert} and {key} (CN {client_id}); give the device both and set tls, ca, client_cert, "
+          "client_key in its config (firmware/README.md)")
+    return 0
+
+
 def _mosquitto_config(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         return _fail(f"--port must be 1..65535, got {args.port}")
@@ -270,16 +343,22 @@ def _mosquitto_config(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True, mode=broker_conf.SECRET_DIR_MODE)
+    try:
+        tls, tls_files = _tls_listener(args, out)
+    except (UsageError, CertError) as exc:
+        return _fail(str(exc))
     files = {"passwd": password_text(devices, services), "acl": acl_text([d for d, _ in devices], services),
              "dynamic-security.json": dynsec_json(devices, services)}
     queued = broker_conf.queue_size(len(devices), args.outage_minutes)
     files["mosquitto.conf"] = broker_conf.mosquitto_conf(
-        args.port, str((out / "passwd").resolve()), str((out / "acl").resolve()), args.bind, auth=args.auth,
+        args.port, str((out / "passwd").resolve()), str((out / "acl").resolve()), PLAIN_BIND, auth=args.auth,
         dynsec_file=str((out / "dynamic-security.json").resolve()), plugin=args.dynsec_plugin,
-        persistence_dir=str(args.persistence_dir.resolve()), max_queued_messages=queued, user=args.broker_user)
+        persistence_dir=str(args.persistence_dir.resolve()), max_queued_messages=queued, user=args.broker_user,
+        tls=tls, plain=args.plain_listener)
     for name, text in files.items():
         broker_conf.write_private(out / name, text)
-    notes = broker_conf.secure(out, [out / name for name in files], args.persistence_dir.resolve(), args.broker_user)
+    notes = broker_conf.secure(out, [out / name for name in files] + tls_files, args.persistence_dir.resolve(),
+                               args.broker_user)
     for note in notes:
         print(f"tendril device: note: {note}", file=sys.stderr)
     print(f"wrote {', '.join(f'{out}/{name}' for name in files)} for {len(devices)} device(s) and "

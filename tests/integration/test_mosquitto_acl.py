@@ -40,6 +40,7 @@ def secured_broker(tmp_path: Path, mosquitto_binary: str) -> Iterator[tuple[int,
     conf_dir = tmp_path / "conf"
     assert tendril(["device", "--registry", str(root), "mosquitto-config", "--out", str(conf_dir),
                     "--port", str(port), "--persistence-dir", str(tmp_path / "data"),
+                    "--plain-listener", "--tls-port", "0",  # TLS: test_tls_broker.py
                     # pytest's 0700 temp folders are root's; the packaged user is tested in test_security_broker
                     "--broker-user", "root"]) == 0
     workdir = Path(tempfile.mkdtemp(prefix="tendril-mosq-acl-"))

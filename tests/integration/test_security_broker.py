@@ -58,7 +58,8 @@ def broker() -> Iterator[Broker]:
     reg.set_site(SiteRecord("site-2", agent="agent-b"))
     port = free_port()
     assert tendril(["device", "--registry", str(root), "mosquitto-config", "--out", str(base / "conf"),
-                    "--port", str(port), "--persistence-dir", str(base / "data")]) == 0  # fmt: skip
+                    "--port", str(port), "--persistence-dir", str(base / "data"),
+                    "--plain-listener", "--tls-port", "0"]) == 0  # fmt: skip  # TLS: test_tls_broker.py
     server = start_mosquitto_generated(base / "conf" / "mosquitto.conf", port, base)
     yield Broker(server, port, Registry(root), base / "conf")
     server.stop()
