@@ -168,6 +168,8 @@ class FirmwareConfig:
     max_switches_per_hour: int = 0  # relay; 0 = no limit
     override_file: Path | None = None  # relay: the local button ("0"/"1"; absent = released)
     link_file: Path | None = None  # the Wi-Fi link: write "down" to cut it
+    username: str | None = None  # MQTT user (the registry's `site.device`), for a broker that checks it
+    password: str | None = None  # its MQTT password (the config file is 0600)
     # MQTT over TLS (firmware/lib/tendril_fw/tlsconf.py): `ca` is a PEM file path or PEM text;
     # the broker's certificate must name server_hostname (default broker_host).
     tls: bool = False
@@ -233,6 +235,9 @@ class FirmwareConfig:
         if self.tls:
             doc.update(tls=True, ca=self.ca, server_hostname=self.server_hostname, client_cert=self.client_cert,
                        client_key=self.client_key)
+        if self.username is not None:
+            doc["username"] = self.username
+            doc["password"] = self.password
         return doc
 
     def write(self, path: Path, state_dir: Path) -> None:

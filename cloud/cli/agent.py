@@ -87,6 +87,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="solver time limit per site and solve; past it the last plan is kept (default %(default)s)")
     p.add_argument("--stale-after-s", type=positive_float("--stale-after-s"), default=900.0, metavar="S",
                    help="telemetry older than this (simulated seconds) counts as unknown (default %(default)s)")
+    p.add_argument("--tx-resend-s", type=positive_float("--tx-resend-s"), default=30.0, metavar="S",
+                   help="re-send an unconfirmed transaction after this many clock seconds (default %(default)s)")
+    p.add_argument("--cmd-retry-s", type=positive_float("--cmd-retry-s"), default=20.0, metavar="S",
+                   help="re-send an unacknowledged command after this many clock seconds (default %(default)s)")
+    p.add_argument("--command-grace-s", type=positive_float("--command-grace-s"), default=60.0, metavar="S",
+                   help="a command stays valid this many clock seconds past its interval's end "
+                        "(default %(default)s)")
     p.add_argument("--progress-s", type=positive_float("--progress-s"), default=10.0, metavar="S",
                    help="log a progress line this often, wall seconds (default %(default)s)")
     p.add_argument("--stats-file", metavar="PATH",
@@ -98,7 +105,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _argv(args: argparse.Namespace, worker: str) -> list[str]:
     argv = [sys.executable, "-m", "cloud.cli", "agent", "--broker", args.broker, "--worker-id", worker,
             "--state-dir", str(args.state_dir), "--time-limit-s", repr(args.time_limit_s),
-            "--stale-after-s", repr(args.stale_after_s), "--progress-s", repr(args.progress_s)]
+            "--stale-after-s", repr(args.stale_after_s), "--progress-s", repr(args.progress_s),
+            "--tx-resend-s", repr(args.tx_resend_s), "--cmd-retry-s", repr(args.cmd_retry_s),
+            "--command-grace-s", repr(args.command_grace_s)]
     for flag, value in (("--registry", args.registry), ("--username", args.username),
                         ("--stats-file", args.stats_file)):
         if value:
@@ -138,7 +147,9 @@ def _serve(args: argparse.Namespace, broker: BrokerSettings, clock: Clock) -> in
     stats = Path(args.stats_file.replace("{worker}", worker)) if args.stats_file else None
     options = ServiceOptions(worker_id=worker, state_dir=args.state_dir, progress_s=args.progress_s,
                              stats_file=stats,
-                             agent=AgentOptions(stale_after_s=args.stale_after_s, time_limit_s=args.time_limit_s))
+                             agent=AgentOptions(stale_after_s=args.stale_after_s, time_limit_s=args.time_limit_s,
+                                                tx_resend_s=args.tx_resend_s, cmd_retry_s=args.cmd_retry_s,
+                                                command_grace_s=args.command_grace_s))
     try:
         service = AgentService.from_registry(args.registry or registry_dir(), broker, clock,
                                              options=options)
