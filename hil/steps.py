@@ -14,8 +14,7 @@ from typing import Any
 
 import tendril_wire as tw
 
-from cloud.market.tenders import tender_id
-from cloud.optimizer.relay import schedule_relay
+from hil.agent import RT_S, BenchAgent
 from hil.bench import Bench
 from hil.broker import Received
 
@@ -205,13 +204,14 @@ def watchdog(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Val
             "recovery_s": boot.received - t0, "resets": float(bench.dut.resets() - resets)}
 
 
-def _tender(bench: Bench, price: float, duration_s: int) -> dict[str, Any]:
-    start = math.floor(bench.now())
-    fields: dict[str, Any] = {"v": tw.VERSION, "side": tw.SIDE_BUY, "intervalStart": start, "durationS": duration_s,
-                              "price": price, "expirationTime": start + duration_s, "partyId": "hil-utility",
-                              "counterPartyId": bench.site, "marketId": "RTM", "resourceDesignator": "hil-feeder"}
-    fields["tenderId"] = tender_id(fields)
-    return tw.validate(tw.TENDER, fields)
+def _through_broker(bench: Bench, tenders: list[dict[str, Any]], timeout: float) -> tuple[float, list[Received]]:
+    """Publish tenders on the site's tender topic; (publish time of the first, the tenders as the
+    broker delivered them back)."""
+    mark = bench.broker.mark()
+    published = [bench.broker.publish(tw.tender_topic(bench.site), tw.encode(tw.TENDER, t)) for t in tenders]
+    got = [bench.broker.wait_for(f"tender {t['tenderId']}", _is_tender(t["tenderId"]), timeout, mark)
+           for t in tenders]
+    return published[0], got
 
 
 def _is_tender(tender_id: str) -> Callable[[Received], bool]:
@@ -219,35 +219,59 @@ def _is_tender(tender_id: str) -> Callable[[Received], bool]:
 
 
 def tender_loop(bench: Bench, args: dict[str, Any], details: dict[str, Any]) -> Values:
-    """Tender -> broker -> optimizer -> signed command -> broker -> relay switch, `count` times; the
-    latency runs from publishing the tender to the device reporting the switch on the link."""
+    """Real-time tenders -> broker -> the site's agent (cloud.agent.core.SiteAgent, planning with
+    an InProcessPlanner) -> its signed command -> broker -> relay switch, `count` times. LMPs
+    alternate between `low_lmp` and `high_lmp` ($/MWh; the market's adders make the tender
+    prices), against day-ahead tenders at `reference_lmp` for the hours after; the latency runs
+    from publishing the tenders to the device reporting the switch on the link."""
     count = int(_num(args, "count", 100))
-    low, high = _num(args, "low_price", 0.08), _num(args, "high_price", 0.45)
-    reference = _num(args, "reference_price", 0.25)  # the next interval's expected price
-    duration = int(_num(args, "interval_s", 300))
+    low, high = _num(args, "low_lmp", -300.0), _num(args, "high_lmp", 600.0)
+    reference = _num(args, "reference_lmp", 40.0)
     timeout = _num(args, "timeout_s", 10.0)
-    load_kw = bench.plant.config.relay_kw()
-    latencies: list[float] = []
-    solves: list[float] = []
-    price = low if bench.relay() == 0 else high
-    for _ in range(count):
-        tender = _tender(bench, price, duration)
-        mark = bench.broker.mark()
-        published = bench.broker.publish(tw.tender_topic(bench.site), tw.encode(tw.TENDER, tender))
-        got = bench.broker.wait_for(f"tender {tender['tenderId']}", _is_tender(tender["tenderId"]), timeout, mark)
-        plan = schedule_relay([got.msg["price"], reference], duration, load_kw, 1)
-        solves.append(plan.solve_s)
-        on = plan.on[0]
-        sent = bench.command(on, duration)
-        event = bench.wait_relay(on, published, timeout)
-        latencies.append(event.received - published)
-        bench.wait_ack(sent, timeout)
-        bench.plant.price = price
-        bench.tick()
-        price = high if price == low else low
+    agent = BenchAgent(bench.site, bench.device, bench.plant.config)
+    try:
+        now = bench.now()
+        agent.warm_up(now, reference)
+        _, day_ahead = _through_broker(bench, agent.day_ahead(now, 26, reference), timeout)
+        agent.on_tenders([m.msg for m in day_ahead], bench.now())
+        latencies: list[float] = []
+        solves: list[float] = []
+        sources: dict[str, int] = {}
+        txs = 0
+        start = 0
+        lmp = low if bench.relay() == 0 else high
+        for _ in range(count):
+            start = max(math.floor(bench.now()), start + 1)  # the interval under way, one per tender
+            tenders = agent.tenders("RTM", start, RT_S, lmp, bench.now())
+            published, got = _through_broker(bench, tenders, timeout)
+            now = bench.now()
+            sample = bench.plant.samples[-1] if bench.plant.samples else None
+            if sample is not None:
+                agent.observe_plant(now, sample.t_in_c, sample.ev_stored_kwh)
+            ready = agent.on_tenders([m.msg for m in got], now)
+            if ready is None:
+                raise ValueError(f"the agent did not take the tenders of interval {start} as a real-time pair")
+            decision, solve_s = agent.decide(now, ready)
+            solves.append(solve_s)
+            sources[decision.source] = sources.get(decision.source, 0) + 1
+            on = decision.relays[bench.device]
+            sent = bench.command(on, decision.valid_until - bench.now())
+            event = bench.wait_relay(on, published, timeout)
+            latencies.append(event.received - published)
+            ack = bench.wait_ack(sent, timeout)
+            agent.agent.settle(bench.device, int(ack.msg["relay"]))
+            for tx in decision.transactions:  # on the wire as the agent would send it
+                bench.broker.publish(tw.site_topic(bench.site, tw.TRANSACTION), tw.encode(tw.TRANSACTION, tx))
+                txs += 1
+            bench.plant.price = float(got[0].msg["price"])
+            bench.tick()
+            lmp = high if lmp == low else low
+    finally:
+        agent.close()
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)]
-    details.update(solve_p50_s=statistics.median(solves), latency_max_s=latencies[-1])
+    details.update(solve_p50_s=statistics.median(solves), latency_max_s=latencies[-1], sources=sources,
+                   transactions=txs)
     return {"commands": float(count), "latency_p50_s": statistics.median(latencies), "latency_p99_s": p99}
 
 

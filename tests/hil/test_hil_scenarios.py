@@ -52,6 +52,8 @@ def test_scenario_passes_on_unix_port(path: Path, tmp_path: Path, mosquitto: Mos
     if path.stem == "tender_to_relay_latency":
         p50, p99 = record.measurement("latency_p50_s"), record.measurement("latency_p99_s")
         assert record.measurement("commands").value == 100
+        loop = next(s for s in doc["steps"] if s["action"] == "tender_loop")
+        assert loop["details"]["sources"] == {"plan": 100}  # every command a SiteAgent's planned decision
         assert p50.value is not None and p99.value is not None and p50.value <= p99.value
         print(f"\ntender -> relay switch latency over 100 commands: p50 {p50.value * 1000:.1f} ms, "
               f"p99 {p99.value * 1000:.1f} ms")
