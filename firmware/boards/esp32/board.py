@@ -22,7 +22,7 @@ import network
 import ntptime
 
 import tendril_wire as tw
-from tendril_fw import config, tlsconf, wifi
+from tendril_fw import config, wifi
 from tendril_fw.uptime import Uptime
 
 # The port's epoch: 2000 on ESP32. Converted to unix seconds only via tendril_wire.
@@ -119,6 +119,8 @@ class Board:
     def mqtt_tls(self):
         """The MQTT link's SSLContext (None: cleartext), made once per boot (tlsconf.py)."""
         if self._tls is None and self.cfg["tls"]:
+            from tendril_fw import tlsconf  # a cleartext node never pays its heap
+
             self._tls = tlsconf.context(self.cfg)
         return self._tls
 

@@ -21,7 +21,7 @@ import time
 
 import machine
 import network
-from tendril_fw import config, tlsconf
+from tendril_fw import config
 from tendril_fw.flashlog import makedirs
 from tendril_fw.uptime import Uptime
 
@@ -131,6 +131,8 @@ class Board:
         # type: () -> object
         """The MQTT link's SSLContext (None: cleartext), made once per boot (tlsconf.py)."""
         if self._tls is None and self.cfg["tls"]:
+            from tendril_fw import tlsconf  # a cleartext node never pays its heap
+
             self._tls = tlsconf.context(self.cfg)
         return self._tls
 
