@@ -41,6 +41,7 @@ log = logging.getLogger("tendril.agent")
 
 DEAD_LETTER_PAYLOAD_BYTES = 1024
 RECONNECT_MAX_S = 10.0
+SUBSCRIBE_BATCH = 100  # filters per SUBSCRIBE packet (the broker's packet size limit is 8 KiB)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,12 @@ class ServiceStats:
     command_errors: int = 0
     connects: int = 0
     ownership_changes: int = 0
+
+
+def _failed(code: object) -> bool:
+    """A SUBACK return code (3.1.1: an int) or reason code (5: .value) at or above 0x80 is a refusal."""
+    value = getattr(code, "value", code)
+    return isinstance(value, int) and value >= 0x80
 
 
 def _notes(site: str, notes: tuple[str, ...] | list[str], seen: dict[tuple[str, str], float], now: float) -> None:
@@ -167,10 +174,7 @@ class AgentService:
                                   clean_session=False, will=will, keepalive=15, tls_context=b.tls) as client:
             self._client = client
             self.stats.connects += 1
-            for flt in (wire.agent_filter(), wire.site_filter(wire.TENDER), wire.site_filter(wire.CONFIRM),
-                        wire.device_filter(wire.TELEMETRY), wire.device_filter(wire.STATUS),
-                        wire.device_filter(wire.ACK)):
-                await client.subscribe(flt, qos=1)
+            await self._subscribe(client)
             await client.publish(presence, self._presence(), qos=1, retain=True)
             reader = asyncio.create_task(self._read(client))
             await asyncio.sleep(self.options.presence_settle_s)  # the retained presences arrive first
@@ -197,6 +201,23 @@ class AgentService:
                 await client.publish(presence, b"", qos=1, retain=True)  # a clean stop clears itself
                 log.info("worker %s stopped; presence cleared", self.me)
             self._client = None
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        """Per site, not `+`: the broker grants an agent user its own sites' topics only
+        (cloud.devices.mosquitto), and the dynamic-security plugin refuses a wildcard filter over
+        all sites with a SUBACK failure, not an error, so every refusal is checked and logged."""
+        filters = [wire.agent_filter()]
+        for site in sorted(self.sites):
+            filters += [wire.site_topic(site, wire.TENDER), wire.site_topic(site, wire.CONFIRM)]
+            filters += [wire.device_filter(kind, site) for kind in (wire.TELEMETRY, wire.STATUS, wire.ACK)]
+        refused = []
+        for i in range(0, len(filters), SUBSCRIBE_BATCH):
+            batch = filters[i:i + SUBSCRIBE_BATCH]
+            granted = await client.subscribe([(f, 1) for f in batch])
+            refused += [f for f, code in zip(batch, granted, strict=False) if _failed(code)]
+        if refused:
+            log.error("worker %s: the broker refused %d subscription(s), e.g. %s: this user may not serve those sites",
+                      self.me, len(refused), ", ".join(refused[:3]))
 
     def _presence(self) -> bytes:
         return json.dumps({"worker": self.me, "pid": os.getpid(), "since": self.clock.now()}).encode()
