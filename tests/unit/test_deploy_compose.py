@@ -1,4 +1,5 @@
-"""deploy/docker-compose.yml: schema-valid, pinned, authenticated, loopback-only, no secrets.
+"""deploy/docker-compose.yml: schema-valid, pinned, authenticated, TLS to the broker, only the
+broker's TLS port published beyond loopback, no secrets.
 
 Docker cannot run here, so the file is checked instead: against a JSON schema of the parts of
 the Compose specification it uses (written for this test from the spec; unknown keys fail), and
@@ -16,8 +17,11 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from cryptography import x509
 
 from cloud.cli import device as device_cli
+from cloud.devices import broker_tls
+from cloud.settings import ENV_MQTT_CA, BrokerAddress, parse_broker
 from dashboards import cli as dashboards_cli
 from dashboards.checks import JSON_DIR
 
@@ -25,6 +29,9 @@ pytestmark = pytest.mark.unit
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
+MOSQUITTO_CONF = DEPLOY / "mosquitto" / "mosquitto.conf"
+# where the Tendril services find the broker's CA: the registry's copy, mounted read-only
+CA_IN_CONTAINER = f"/registry/{broker_tls.CA_CERT}"
 
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
 _ENV = {"oneOf": [{"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]}},
@@ -109,7 +116,6 @@ def test_market_runs_against_broker_registry_and_postgres_ledger(compose: dict[s
     cmd = market["command"]
     assert cmd[:2] == ["tendril", "market"]
     assert _flag(cmd, "--registry") == "/registry"
-    assert _flag(cmd, "--broker") == "mqtt://mosquitto:1883"
     assert _flag(cmd, "--username") == "tendril-market"
     state = _flag(cmd, "--state-dir")
     assert any(v.split(":")[0] in compose["volumes"] and v.split(":")[1] == state for v in market["volumes"])
@@ -126,7 +132,6 @@ def test_agent_gets_the_device_keys_read_only(compose: dict[str, Any]) -> None:
     cmd = agent["command"]
     assert cmd[:2] == ["tendril", "agent"]
     assert _flag(cmd, "--registry") == "/registry"
-    assert _flag(cmd, "--broker") == "mqtt://mosquitto:1883"
     assert _flag(cmd, "--username") == "tendril-agent"
     assert int(_flag(cmd, "--workers")) >= 1
     state = _flag(cmd, "--state-dir")
@@ -182,18 +187,97 @@ def test_dockerfile_copies_what_the_install_needs() -> None:
         assert needed in copied, f"Dockerfile does not COPY {needed}"
 
 
-def test_published_ports_listen_on_loopback_only(compose: dict[str, Any]) -> None:
+# Compose's short port syntax: [IP:][HOST:]CONTAINER[/PROTO] (ranges allowed, IPv6 in brackets)
+_PORT = re.compile(r"^(?:(?P<ip>\[[^\]]+\]|[\d.]+):)?(?:(?P<host>\d+(?:-\d+)?):)?(?P<container>\d+(?:-\d+)?)"
+                   r"(?:/(?:tcp|udp))?$")
+
+
+def _port_refusal(service: str, spec: str, tls_port: str) -> str | None:
+    """Why `spec` may not be published by `service` (None: it may). Only the broker's TLS
+    listener may be reachable beyond this host (the devices in the field dial it); everything
+    else publishes on 127.0.0.1 or not at all."""
+    match = _PORT.match(spec)
+    if match is None:
+        return f"{spec}: not a port mapping this test understands"
+    if match["ip"] == "127.0.0.1":
+        return None
+    if service == "mosquitto" and match["container"] == tls_port:
+        return None
+    return f"{spec} publishes beyond 127.0.0.1 and is not the broker's TLS listener"
+
+
+def test_the_port_rule_allows_only_the_broker_tls_port_beyond_loopback() -> None:
+    for service, spec in (("mosquitto", "8883:8883"), ("mosquitto", "0.0.0.0:8883:8883"),
+                          ("mosquitto", "[::]:8883:8883/tcp"), ("grafana", "127.0.0.1:3000:3000"),
+                          ("influxdb", "127.0.0.1:8086:8086")):
+        assert _port_refusal(service, spec, "8883") is None, (service, spec)
+    # cleartext MQTT, another service on every interface, another service on the TLS port's
+    # number, the public port mapped to the broker's cleartext port, a range, junk
+    for service, spec in (("mosquitto", "1883:1883"), ("mosquitto", "0.0.0.0:1883:1883"), ("mosquitto", "1883"),
+                          ("grafana", "3000:3000"), ("influxdb", "8883:8883"), ("mosquitto", "8883:1883"),
+                          ("mosquitto", "8000-9000:8000-9000"), ("postgres", "5432"), ("mosquitto", "localhost:8883")):
+        assert _port_refusal(service, spec, "8883") is not None, (service, spec)
+
+
+def test_only_the_broker_tls_port_is_published_beyond_loopback(compose: dict[str, Any]) -> None:
+    tls_port = _tls_listener_port()
     for name, svc in compose["services"].items():
-        for port in svc.get("ports", []):
-            assert port.startswith("127.0.0.1:"), f"{name}: {port} publishes on every interface"
+        for spec in svc.get("ports", []):
+            refusal = _port_refusal(name, spec, tls_port)
+            assert refusal is None, f"{name}: {refusal}"
+    # and the devices can reach it: published on every interface, on its own number
+    assert compose["services"]["mosquitto"]["ports"] == [f"{tls_port}:{tls_port}"]
+
+
+def _conf_lines(text: str) -> list[tuple[str, str]]:
+    pairs = [line.split(None, 1) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [(key, rest.strip()) for key, rest in pairs]
 
 
 def _conf(text: str) -> dict[str, str]:
-    return dict(line.split(None, 1) for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    lines = _conf_lines(text)
+    keys = [key for key, _ in lines]
+    # a second listener (or plugin) would vanish in a dict: say so instead
+    assert len(keys) == len(set(keys)), f"repeated directives: {sorted({k for k in keys if keys.count(k) > 1})}"
+    return dict(lines)
+
+
+def _tls_listener_port() -> str:
+    listeners = [value for key, value in _conf_lines(MOSQUITTO_CONF.read_text()) if key == "listener"]
+    assert len(listeners) == 1, f"the compose broker has exactly one listener (TLS), not {listeners}"
+    return listeners[0]
+
+
+def test_the_broker_listens_only_with_tls_on_the_container_interfaces(compose: dict[str, Any]) -> None:
+    settings = _conf(MOSQUITTO_CONF.read_text())
+    # no address: every interface of the container, which the other services and the published
+    # port reach (127.0.0.1 there would be the container's own loopback, reachable by nothing)
+    assert _tls_listener_port() == "8883"
+    mounts = compose["services"]["mosquitto"]["volumes"]
+    for key, name in (("cafile", broker_tls.OUT_CA), ("certfile", broker_tls.OUT_CERT),
+                      ("keyfile", broker_tls.OUT_KEY)):
+        # the file mosquitto-config writes into --out, mounted read-only where the conf reads it
+        assert settings[key] == f"/mosquitto/config/{name}", key
+        assert f"./mosquitto/generated/{name}:{settings[key]}:ro" in mounts, f"{name} is not mounted"
+    assert settings["tls_version"] == "tlsv1.2"
+    for name in (broker_tls.OUT_CERT, broker_tls.OUT_KEY, broker_tls.OUT_CA):
+        assert not (DEPLOY / "mosquitto" / name).exists(), f"{name} must never be committed"
+
+
+def test_tendril_services_dial_the_broker_over_tls_with_the_registry_ca(compose: dict[str, Any]) -> None:
+    tls_port = int(_tls_listener_port())
+    dialing = {name: svc for name, svc in compose["services"].items() if "--broker" in svc.get("command", [])}
+    assert set(dialing) == {"tendril-ingest", "tendril-market", "tendril-agent"}
+    for name, svc in dialing.items():
+        # the compose service name is the host name in the server certificate (README step 3)
+        assert parse_broker(_flag(svc["command"], "--broker")) == BrokerAddress("mosquitto", tls_port, True), name
+        # the agent has no --ca-file: it and its workers read the CA from the environment
+        assert svc["environment"][ENV_MQTT_CA] == CA_IN_CONTAINER, name
+        assert f"./registry/{broker_tls.CA_CERT}:{CA_IN_CONTAINER}:ro" in svc["volumes"], name
 
 
 def test_mosquitto_requires_authentication(compose: dict[str, Any]) -> None:
-    settings = _conf((DEPLOY / "mosquitto" / "mosquitto.conf").read_text())
+    settings = _conf(MOSQUITTO_CONF.read_text())
     assert settings["allow_anonymous"].strip() == "false"
     # rights from the dynamic-security plugin: acl_file grants every SUBSCRIBE (docs/security.md)
     assert settings["plugin"].strip() == "/usr/lib/mosquitto_dynamic_security.so"  # eclipse-mosquitto image
@@ -206,7 +290,8 @@ def test_mosquitto_requires_authentication(compose: dict[str, Any]) -> None:
 
 
 def test_mosquitto_conf_follows_what_the_generator_writes(tmp_path: Path) -> None:
-    """The compose broker config is the generated one with the container's paths: same directives."""
+    """The compose broker config is the generated one (README step 3) with the container's paths:
+    the same directives, TLS included, and a server certificate for the names clients dial."""
     from cloud.devices.registry import Registry
 
     reg = Registry(tmp_path / "reg")
@@ -217,15 +302,25 @@ def test_mosquitto_conf_follows_what_the_generator_writes(tmp_path: Path) -> Non
                               "--out", str(tmp_path / "gen"), "--broker-user", "root",
                               "--persistence-dir", str(tmp_path / "data"),
                               "--dynsec-plugin", "/usr/lib/mosquitto_dynamic_security.so",
-                              # the compose broker has no TLS listener yet (issue 13; docs/security.md)
-                              "--plain-listener", "--tls-port", "0"])
+                              "--tls-hostname", "mosquitto", "--tls-hostname", "broker.example.net"])
     assert args.func(args) == 0
     generated = _conf((tmp_path / "gen" / "mosquitto.conf").read_text())
-    ours = _conf((DEPLOY / "mosquitto" / "mosquitto.conf").read_text())
-    # host-specific: listener address, paths, the user to drop to (the image runs as mosquitto)
-    host_only = {"listener", "plugin_opt_config_file", "persistence_location", "user"}
+    ours = _conf(MOSQUITTO_CONF.read_text())
+    # the image runs as mosquitto (no `user`); the container logs to stdout for `docker compose logs`
+    assert set(generated) - {"user"} == set(ours) - {"log_dest"}
+    # host-specific: the listener's address (its port is compared), paths, the user to drop to
+    host_only = {"listener", "cafile", "certfile", "keyfile", "plugin_opt_config_file", "persistence_location",
+                 "user"}
     for key in set(generated) - host_only:
-        assert ours.get(key, "").strip() == generated[key].strip(), f"deploy mosquitto.conf: {key} differs"
+        assert ours[key] == generated[key], f"deploy mosquitto.conf: {key} differs"
+    assert generated["listener"].split()[0] == ours["listener"], "the TLS port differs"
+    for key in ("cafile", "certfile", "keyfile"):  # the same files, at the container's path
+        assert Path(generated[key]).name == Path(ours[key]).name, key
+    # the CA the services mount (the registry's) is the one the broker presents
+    assert (tmp_path / "reg" / broker_tls.CA_CERT).read_bytes() == Path(generated["cafile"]).read_bytes()
+    cert = x509.load_pem_x509_certificate(Path(generated["certfile"]).read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["mosquitto", "broker.example.net"]
 
 
 def test_secrets_come_from_the_environment(compose: dict[str, Any]) -> None:
