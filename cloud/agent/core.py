@@ -68,6 +68,28 @@ class BaseLoad(Protocol):
         ...
 
 
+class SharedOutdoor:
+    """An Outdoor that computes each window once: every site of a worker asks for the same
+    interval's 288-step weather (bench/loop.py: ~10 ms a site each round otherwise). Returns
+    copies, so no caller can change another's forecast."""
+
+    def __init__(self, inner: Outdoor, keep: int = 8) -> None:
+        self.inner = inner
+        self._keep = keep
+        self._cache: dict[tuple[float, int, float], tuple[FloatArray, FloatArray]] = {}
+
+    def series(self, start: float, steps: int, step_s: float) -> tuple[FloatArray, FloatArray]:
+        key = (start, steps, step_s)
+        hit = self._cache.get(key)
+        if hit is None:
+            t_out, ghi = self.inner.series(start, steps, step_s)
+            hit = (np.asarray(t_out, float), np.asarray(ghi, float))
+            if len(self._cache) >= self._keep:
+                del self._cache[next(iter(self._cache))]  # the oldest window
+            self._cache[key] = hit
+        return hit[0].copy(), hit[1].copy()
+
+
 @dataclass(frozen=True)
 class AgentOptions:
     stale_after_s: float = 900.0  # telemetry older than this is not trusted
@@ -111,6 +133,7 @@ class SiteAgent:
     decided: dict[float, str] = field(default_factory=dict)  # interval start -> source
     rounders: dict[str, DutyRounder] = field(default_factory=dict)
     _proposed: dict[str, int] = field(default_factory=dict)
+    _plan_json_cache: dict[int, tuple[SiteSchedule, dict[str, Any] | None]] = field(default_factory=dict)
     base_load: BaseLoad | None = None  # a harness's base-load forecast (see the module doc)
     _measured: tuple[float, dict[str, float | bool]] | None = None
 
@@ -399,9 +422,22 @@ class SiteAgent:
 
     # ------------------------------------------------------------------ persistence
 
+    def _plan_json(self, sched: SiteSchedule | None) -> dict[str, Any] | None:
+        """A plan's JSON, made once per plan: it is saved with every state write but changes only
+        with a solve (a SiteSchedule is not changed after the solve that made it)."""
+        if sched is None:
+            return None
+        hit = self._plan_json_cache.get(id(sched))
+        if hit is None or hit[0] is not sched:
+            hit = (sched, schedule_to_json(sched))
+            self._plan_json_cache = {id(s): v for s in (self.last_rt, self.last_da) if s is not None
+                                     and (v := self._plan_json_cache.get(id(s))) is not None}
+            self._plan_json_cache[id(sched)] = hit
+        return hit[1]
+
     def to_json(self) -> dict[str, Any]:
         return {"site": self.site, "book": self.book.to_json(), "telemetry": self.telemetry.to_json(),
-                "last_rt": schedule_to_json(self.last_rt), "last_da": schedule_to_json(self.last_da),
+                "last_rt": self._plan_json(self.last_rt), "last_da": self._plan_json(self.last_da),
                 "decided": {repr(k): v for k, v in self.decided.items()},
                 "rounders": {d: r.error for d, r in self.rounders.items()}}
 
@@ -418,4 +454,4 @@ class SiteAgent:
                 self.rounders[d].error = float(err)
 
 
-__all__ = ["AgentOptions", "Decision", "Outdoor", "Rejected", "SiteAgent"]
+__all__ = ["AgentOptions", "Decision", "Outdoor", "Rejected", "SharedOutdoor", "SiteAgent"]

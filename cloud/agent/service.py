@@ -29,7 +29,7 @@ import tendril_wire as wire
 
 from cloud.agent.book import Rejected
 from cloud.agent.config import SiteConfig
-from cloud.agent.core import AgentOptions, Decision, Outdoor, SiteAgent
+from cloud.agent.core import AgentOptions, Decision, Outdoor, SharedOutdoor, SiteAgent
 from cloud.agent.dispatch import DeviceKey, Dispatcher
 from cloud.agent.ownership import owned
 from cloud.agent.planner import InProcessPlanner, Job, Planner
@@ -41,6 +41,8 @@ log = logging.getLogger("tendril.agent")
 
 DEAD_LETTER_PAYLOAD_BYTES = 1024
 RECONNECT_MAX_S = 10.0
+PLAN_CHUNK = 20  # real-time jobs per solver call: answers go out chunk by chunk
+PRUNE_EVERY_S = 60.0  # clock seconds between passes that drop expired tenders and old trades
 SUBSCRIBE_BATCH = 100  # filters per SUBSCRIBE packet (the broker's packet size limit is 8 KiB)
 
 
@@ -108,7 +110,7 @@ class AgentService:
         if outdoor is None:
             from cloud.sources.weather import load_weather
             outdoor = load_weather()
-        self.outdoor = outdoor
+        self.outdoor = SharedOutdoor(outdoor)
         limits = {(c.site, d): lim for c in self.sites.values() for d, lim in c.limits.items()}
         self.dispatcher = Dispatcher(keys, limits=limits)
         self.store = StateStore(self.options.state_dir)
@@ -123,6 +125,8 @@ class AgentService:
         self._wake = asyncio.Event()
         self._seen_notes: dict[tuple[str, str], float] = {}
         self._silent_reported: set[DeviceKey] = set()
+        self._dirty: set[str] = set()  # sites whose state file is behind (written every tick)
+        self._pruned_at = -1e18
         # One thread for every solve: HiGHS keeps per-thread scheduler state, and the event loop
         # keeps serving acks and tenders while a round is solved.
         self._solver_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tendril-plan")
@@ -160,7 +164,7 @@ class AgentService:
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
         for site in list(self.agents):
-            self._save(site)
+            self._write_state(site)
         self.planner.close()
         self._solver_thread.shutdown(wait=False)
         self._write_stats()
@@ -231,7 +235,7 @@ class AgentService:
         now = self.clock.now()
         gained, lost = want - set(self.agents), set(self.agents) - want
         for site in sorted(lost):
-            self._save(site)
+            self._write_state(site)
             del self.agents[site]
             self._ready_rt.pop(site, None)
             forget = getattr(self.planner, "forget", None)
@@ -371,6 +375,20 @@ class AgentService:
         self._save(agent.site)
 
     def _save(self, site: str) -> None:
+        """Mark the site's state for writing at the next tick (tick_s): several changes in one tick
+        (an interval's decision, its confirm, a resend) make one write, where each used to make
+        one (bench/loop.py: the state writes were the agent's largest cost). What a kill -9 can
+        lose is the last tick's changes, which the wire gives back: the same transactionId is
+        re-derived and replayed to the same confirm, and the command seq comes from the clock."""
+        self._dirty.add(site)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for site in dirty:
+            self._write_state(site)
+
+    def _write_state(self, site: str) -> None:
+        self._dirty.discard(site)
         agent = self.agents.get(site)
         if agent is None:
             return
@@ -416,18 +434,25 @@ class AgentService:
             job, notes[site] = agent.rt_job(now, start)
             jobs.append(job)
         self._planning = {j.site for j in jobs}
+        sends: list[asyncio.Task[None]] = []
         try:
-            results = await self._solve(jobs)
-            for job in jobs:
-                agent = self.agents.get(job.site)
-                if agent is None:
-                    continue
-                result = results.get((job.site, "rt"))
-                if result is None or result.schedule is None:
-                    self.stats.solve_failures += 1
-                d = agent.decide(self.clock.now(), ready[job.site], result, notes[job.site])
-                self.stats.tenders_answered += 1
-                await self._execute(agent, d, self.clock.now())
+            # In chunks, each chunk's answers sent while the next is solved, all of them without
+            # waiting for each PUBACK in turn: the first sites are answered after one chunk, not
+            # after the whole round (bench/loop.py, tender -> confirm).
+            for i in range(0, len(jobs), PLAN_CHUNK):
+                chunk = jobs[i:i + PLAN_CHUNK]
+                results = await self._solve(chunk)
+                for job in chunk:
+                    agent = self.agents.get(job.site)
+                    if agent is None:
+                        continue
+                    result = results.get((job.site, "rt"))
+                    if result is None or result.schedule is None:
+                        self.stats.solve_failures += 1
+                    d = agent.decide(self.clock.now(), ready[job.site], result, notes[job.site])
+                    self.stats.tenders_answered += 1
+                    sends.append(asyncio.create_task(self._execute(agent, d, self.clock.now())))
+            await asyncio.gather(*sends)
         finally:
             self._planning = set()
 
@@ -448,7 +473,10 @@ class AgentService:
                     for tx in resend:
                         await self._publish(wire.site_topic(site, wire.TRANSACTION), wire.encode(wire.TRANSACTION, tx))
                     self._save(site)
-                agent.book.prune(now)
+            if now - self._pruned_at >= PRUNE_EVERY_S:  # walks every tender: not every tick
+                self._pruned_at = now
+                for agent in self.agents.values():
+                    agent.book.prune(now)
             for out in self.dispatcher.retries(now, self.options.agent.cmd_retry_s):
                 if out.site in self.agents:
                     await self._publish(out.topic, out.payload)
@@ -457,6 +485,7 @@ class AgentService:
                 log.error("%s/%s: relay silent: no ack after %d sends of a command (%s)", dev[0], dev[1],
                           self.dispatcher._max_attempts, self.dispatcher.flagged.get(dev[0], ""))
             self._silent_reported = set(self.dispatcher.silent)
+            self._flush()
 
     async def _progress_loop(self) -> None:
         while True:
