@@ -217,9 +217,18 @@ def test_market_service_end_to_end_with_kill_and_restart(
     assert len(keys) == len(set(keys)) and {s for s, _ in keys} == {"site-1"}
     first = min(settlements, key=lambda b: b["intervalStart"])
     assert first["intervalStart"] == first_rt["intervalStart"]
-    assert first["meteredKwh"] == pytest.approx(0.2, abs=1e-6) and first["positionKwh"] == pytest.approx(0.1)
-    assert first["priceUsdPerKwh"] == first_rt["price"]
-    assert first["amountUsd"] == pytest.approx(0.1 * first_rt["price"], abs=1e-6)
+    # position = subscription 0.1 + the day-ahead trades g1 (buy 1.0) / g2 (sell 0.5) if the first
+    # real-time interval lies in their hour (it can, when the market starts late in an hour)
+    def share(tender: dict[str, Any], kwh: float) -> float:
+        inside = tender["intervalStart"] <= first["intervalStart"] < tender["intervalStart"] + tender["durationS"]
+        return kwh * 300 / tender["durationS"] if inside else 0.0
+
+    position = 0.1 + share(da_buy, 1.0) - share(da_sell, 0.5)
+    assert first["meteredKwh"] == pytest.approx(0.2, abs=1e-6)
+    assert first["positionKwh"] == pytest.approx(position, abs=1e-6)
+    if position < 0.2:  # bought ex post at the interval's RT BUY tender
+        assert first["priceUsdPerKwh"] == first_rt["price"]
+    assert first["amountUsd"] == pytest.approx((0.2 - position) * first["priceUsdPerKwh"], abs=1e-6)
     stats = json.loads((tmp_path / "state" / "market-stats.json").read_text())
     assert stats["intervals_settled"] >= 1 and stats["connects"] == 1
     verify = subprocess.run([sys.executable, "-m", "cloud.cli", "ledger", "verify", "--url", postgres.url],
