@@ -229,8 +229,9 @@ def test_two_workers_share_the_sites_and_a_killed_one_is_taken_over(mosquitto: M
         world.meters(sites)
         time.sleep(0.3)
         first = world.tenders(sites, T0)
+        # a worker's first round builds its sites' models: on a loaded machine that takes a while
         wait_for(lambda: {t["site"] for t in world.txs_for({t["tenderId"] for t in first})} == set(sites),
-                 lambda: f"{world.transactions}\n{log.read_text()[-2000:]}")
+                 lambda: f"{world.transactions}\n{log.read_text()[-2000:]}", timeout=120)
         # kill -9 the worker that owns site-1: the broker publishes its will, the other takes over
         victim = "wa" if "site-1" in a else "wb"
         survivor = "wb" if victim == "wa" else "wa"
@@ -240,7 +241,7 @@ def test_two_workers_share_the_sites_and_a_killed_one_is_taken_over(mosquitto: M
                  lambda: f"{stats(tmp_path, survivor)}\n{log.read_text()[-2000:]}")
         nxt = world.tenders(sites, T0 + 300)
         wait_for(lambda: {t["site"] for t in world.txs_for({t["tenderId"] for t in nxt})} == set(sites),
-                 lambda: f"{world.transactions}\n{log.read_text()[-2000:]}")
+                 lambda: f"{world.transactions}\n{log.read_text()[-2000:]}", timeout=120)
     finally:
         world.close()
         for p in procs.values():
