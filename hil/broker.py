@@ -9,26 +9,19 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import paho.mqtt.client as paho
 import tendril_wire as tw
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud.mqtt.message import Received, receive
 from hil.servers import LOOPBACK
+
+__all__ = ["BrokerSide", "BrokerTimeout", "Received"]
 
 
 class BrokerTimeout(TimeoutError):
     """Nothing matching arrived in time; the message says what was awaited."""
-
-
-@dataclass(frozen=True)
-class Received:
-    kind: str  # tendril_wire kind: telemetry, state, status, ack, tender
-    msg: dict[str, Any]
-    received: float  # time.monotonic() at arrival
-    retained: bool
 
 
 class BrokerSide:
@@ -58,12 +51,10 @@ class BrokerSide:
     def _on_message(self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
         now = time.monotonic()
         try:
-            _site, _device, kind = tw.parse_topic(message.topic)
-            msg = tw.decode(kind, bytes(message.payload))
+            got = receive(message.topic, bytes(message.payload), bool(message.retain), now)
         except tw.ContractError as exc:
             self.invalid.append((message.topic, exc.reason))
             return
-        got = Received(kind, msg, now, bool(message.retain))
         with self._cond:
             self.messages.append(got)
             self._cond.notify_all()

@@ -143,8 +143,9 @@ async def _start(run: Run) -> None:
         # Every client of the embedded broker logs in: devices with their registry passwords,
         # the services with passwords drawn for this run.
         run.passwords = {name: secrets.token_urlsafe(18) for name in SERVICE_USERS}
-        users = {**{f"tendril-{role}": pw for role, pw in run.passwords.items()}, **{d.username: run.registry.secrets_for(d.site, d.device).mqtt_password
-                                     for d in run.registry.devices}}
+        users = {f"tendril-{role}": pw for role, pw in run.passwords.items()}
+        users.update({d.username: run.registry.secrets_for(d.site, d.device).mqtt_password
+                      for d in run.registry.devices})
         run.broker = embedded_broker(write_password_file(run.out / "broker" / "passwd", users))
         await run.broker.start()
         host, port = run.broker.host, run.broker.port

@@ -49,7 +49,7 @@ from cloud.ingest.known_devices import KnownDevices
 from cloud.ingest.link import BrokerLink, wait_event
 from cloud.ingest.spool import DEFAULT_MAX_BYTES, Spool
 from cloud.ingest.validation import Limits
-from cloud.mqtt.codec import Received
+from cloud.mqtt.codec import RawPublish
 from cloud.mqtt.session import SessionOptions
 from cloud.store.sinks import Sink
 from edge.clock import Clock, WallClock
@@ -256,7 +256,7 @@ class Ingestor:
         else:
             self.stats.dead_letters_dropped += 1
 
-    def _on_publishes(self, publishes: list[Received]) -> None:
+    def _on_publishes(self, publishes: list[RawPublish]) -> None:
         now = self._clock.now()
         handle = self.handle
         for topic, payload, packet_id, _qos in publishes:

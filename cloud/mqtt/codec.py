@@ -172,7 +172,7 @@ class Other:
     body: bytes
 
 
-Received = tuple[str, bytes, int, int]  # topic, payload, packet id (0 for QoS 0), qos
+RawPublish = tuple[str, bytes, int, int]  # topic, payload, packet id (0 for QoS 0), qos
 
 
 def _varint_at(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int] | None:
@@ -259,10 +259,10 @@ class PacketReader:
         self.protocol = protocol
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> tuple[list[Received], list[Other]]:
+    def feed(self, data: bytes) -> tuple[list[RawPublish], list[Other]]:
         buf = self._buf
         buf += data
-        publishes: list[Received] = []
+        publishes: list[RawPublish] = []
         others: list[Other] = []
         pos, size, v5 = 0, len(buf), self.protocol == V5
         while pos + 2 <= size:
@@ -284,7 +284,7 @@ class PacketReader:
         return publishes, others
 
     @staticmethod
-    def _publish(buf: bytearray, first: int, start: int, end: int, v5: bool) -> Received:
+    def _publish(buf: bytearray, first: int, start: int, end: int, v5: bool) -> RawPublish:
         qos = (first >> 1) & 0x03
         if qos == 3:
             raise MqttProtocolError("PUBLISH with QoS 3")

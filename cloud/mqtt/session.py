@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloud.mqtt import codec
-from cloud.mqtt.codec import V5, V311, MqttProtocolError, Received
+from cloud.mqtt.codec import V5, V311, MqttProtocolError, RawPublish
 
 log = logging.getLogger("tendril.mqtt")
 
-PublishHandler = Callable[[list[Received]], None]
+PublishHandler = Callable[[list[RawPublish]], None]
 
 _UNSUPPORTED_VERSION = (0x01, 0x84)
 _PROBE_TIMEOUT_S = 3.0  # v3.1.1 and v5 codes for "I don't speak that protocol"

@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud.cli.main import main as tendril
 from cloud.devices import tls_certs
 from cloud.devices.registry import Registry
-from cloud.mqtt.codec import Received
+from cloud.mqtt.codec import RawPublish
 from cloud.mqtt.session import MqttError, SessionOptions, open_session
 from cloud.settings import BrokerSettings, UsageError, broker_tls, parse_broker
 from hil.servers import LOOPBACK, Mosquitto, ServerUnavailable, find_binary, free_port, wait_for_port
@@ -120,7 +120,7 @@ def test_ingest_session_and_aiomqtt_clients_connect_over_tls_and_verify(broker: 
         got: list[bytes] = []
         arrived = asyncio.Event()
 
-        def on_publishes(batch: list[Received]) -> None:
+        def on_publishes(batch: list[RawPublish]) -> None:
             got.extend(payload for _topic, payload, _pid, _qos in batch)
             arrived.set()
 

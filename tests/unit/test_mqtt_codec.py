@@ -85,7 +85,7 @@ def test_any_chunking_of_any_publishes_reads_back_the_same(
         codec.publish(t, p, qos=q, packet_id=i, protocol=protocol) for t, p, q, i in publishes
     ) + codec.PINGREQ_PACKET.replace(b"\xc0", b"\xd0")  # a PINGRESP at the end
     reader = PacketReader(protocol)
-    got: list[codec.Received] = []
+    got: list[codec.RawPublish] = []
     others: list[codec.Other] = []
     pos, k = 0, 0
     while pos < len(stream):
