@@ -34,7 +34,7 @@ import aiomqtt
 import tendril_wire as wire
 
 from cloud.devices.registry import REGISTRY_FILE, Registry, SiteRecord
-from cloud.market.core import ACCEPTED, REPLAYED, MarketCore
+from cloud.market.core import ACCEPTED, REPLAYED, Decision, MarketCore
 from cloud.market.meters import MeterReader, MeterReadError
 from cloud.market.pricing import DistributionPricing, StaticFeederRatios
 from cloud.market.schedule import DAM, RT_STEP_S, RTM, Batch, MarketConfig, due_batches, next_publication, rt_price
@@ -45,6 +45,7 @@ from edge.clock import Clock, WallClock
 log = logging.getLogger("tendril.market")
 
 DEFAULT_CLIENT_ID = "tendril-market"
+MAX_BATCH = 500  # transactions answered with one ledger write at most
 STATS_FILE = "market-stats.json"
 
 
@@ -183,24 +184,44 @@ class MarketService:
     # ------------------------------------------------------------------------ transactions
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            await self.handle(client, message.topic.value, payload)
+        messages = client.messages
+        async for message in messages:
+            batch = [message]
+            while len(messages) and len(batch) < MAX_BATCH:  # already waiting: one ledger write for all
+                batch.append(await messages.__anext__())
+            await self.handle_many(client, [(m.topic.value, _payload(m)) for m in batch])
 
     async def handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
-        try:
-            site, _, kind = wire.parse_topic(topic)
-        except wire.ContractError:
-            log.warning("market: ignoring message on %s (not a site transaction topic)", topic[:120])
-            return
-        if kind != wire.TRANSACTION:
-            return
+        await self.handle_many(client, [(topic, payload)])
+
+    async def handle_many(self, client: aiomqtt.Client, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Answer transactions in arrival order with one ledger write for all of them, before any
+        confirm is published (bench/loop.py: a write per transaction made the confirms of a
+        thousand sites queue behind a thousand commits). Each decision is applied before the next
+        is made, since a retry or the same tender may follow in the batch; the state runs ahead of
+        the ledger only until the write, and a failed write stops the process."""
         now = self.clock.now()
-        decision = self.core.decide(site, payload, now)
-        if decision.records:
-            self.ledger.append_many(decision.records, now)  # durable before anything is said
-        self.core.apply(decision)
-        await client.publish(decision.topic, json.dumps(decision.confirm), qos=1)
+        decisions: list[Decision] = []
+        for topic, payload in messages:
+            try:
+                site, _, kind = wire.parse_topic(topic)
+            except wire.ContractError:
+                log.warning("market: ignoring message on %s (not a site transaction topic)", topic[:120])
+                continue
+            if kind != wire.TRANSACTION:
+                continue
+            decision = self.core.decide(site, payload, now)
+            self.core.apply(decision)
+            decisions.append(decision)
+        records = [item for d in decisions for item in d.records]
+        if records:
+            self.ledger.append_many(records, now)  # durable before anything is said
+        await asyncio.gather(*(client.publish(d.topic, json.dumps(d.confirm), qos=1) for d in decisions))
+        for decision in decisions:
+            self._count(decision)
+
+    def _count(self, decision: Decision) -> None:
+        site = decision.site
         c = decision.confirm
         if decision.outcome == ACCEPTED:
             self.stats.transactions_accepted += 1
@@ -246,15 +267,19 @@ class MarketService:
             if prices is None:
                 continue
             now = self.clock.now()
-            for site in waiting:
-                tenders, items = self.core.plan_offers(batch, site, prices, now)
-                if items:
-                    self.ledger.append_many(items, now)
+            # One ledger write for the batch's tenders of every site, then every publication at
+            # once (bench/loop.py: a write and a PUBACK wait per site held the last site's tenders
+            # back by seconds at a thousand sites).
+            offers = [(site, *self.core.plan_offers(batch, site, prices, now)) for site in waiting]
+            items = [item for _, _, fresh in offers for item in fresh]
+            if items:
+                self.ledger.append_many(items, now)
+            for site, tenders, _ in offers:
                 self.core.apply_offers(batch, site.site, tenders)
-                for tender in tenders:
-                    await client.publish(wire.tender_topic(site.site), json.dumps(tender), qos=1)
-                self.stats.tenders_published += len(tenders)
-                self.stats.tenders_recorded += len(items)
+            await asyncio.gather(*(client.publish(wire.tender_topic(site.site), json.dumps(tender), qos=1)
+                                   for site, tenders, _ in offers for tender in tenders))
+            self.stats.tenders_published += sum(len(tenders) for _, tenders, _ in offers)
+            self.stats.tenders_recorded += len(items)
             log.info("market: published %s tenders for %s to %d site(s)", batch.market,
                      _window(batch), len(waiting))
 
@@ -343,6 +368,10 @@ class MarketService:
         tmp = self.state_dir / (STATS_FILE + ".tmp")
         tmp.write_text(json.dumps(asdict(self.stats), indent=2) + "\n")
         os.replace(tmp, self.state_dir / STATS_FILE)
+
+
+def _payload(message: aiomqtt.Message) -> bytes:
+    return message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
 
 
 def _utc(t: float) -> str:
