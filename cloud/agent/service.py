@@ -41,6 +41,7 @@ log = logging.getLogger("tendril.agent")
 
 DEAD_LETTER_PAYLOAD_BYTES = 1024
 RECONNECT_MAX_S = 10.0
+PUBLISH_WINDOW = 8  # QoS 1 publications awaiting their PUBACK at once (aiomqtt warns past 10)
 PLAN_CHUNK = 20  # real-time jobs per solver call: answers go out chunk by chunk
 PRUNE_EVERY_S = 60.0  # clock seconds between passes that drop expired tenders and old trades
 SUBSCRIBE_BATCH = 100  # filters per SUBSCRIBE packet (the broker's packet size limit is 8 KiB)
@@ -125,6 +126,7 @@ class AgentService:
         self._wake = asyncio.Event()
         self._seen_notes: dict[tuple[str, str], float] = {}
         self._silent_reported: set[DeviceKey] = set()
+        self._publish_window = asyncio.Semaphore(PUBLISH_WINDOW)
         self._dirty: set[str] = set()  # sites whose state file is behind (written every tick)
         self._pruned_at = -1e18
         # One thread for every solve: HiGHS keeps per-thread scheduler state, and the event loop
@@ -350,8 +352,9 @@ class AgentService:
         client = self._client
         if client is None:
             return
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(topic, payload, qos=qos, retain=retain)
+        async with self._publish_window:  # a round's sites publish concurrently, a few at a time
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(topic, payload, qos=qos, retain=retain)
 
     async def _send_transactions(self, site: str, txs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> None:
         for tx in txs:

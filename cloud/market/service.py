@@ -46,6 +46,7 @@ log = logging.getLogger("tendril.market")
 
 DEFAULT_CLIENT_ID = "tendril-market"
 MAX_BATCH = 500  # transactions answered with one ledger write at most
+PUBLISH_WINDOW = 8  # QoS 1 publications awaiting their PUBACK at once (aiomqtt warns past 10)
 STATS_FILE = "market-stats.json"
 
 
@@ -216,7 +217,7 @@ class MarketService:
         records = [item for d in decisions for item in d.records]
         if records:
             self.ledger.append_many(records, now)  # durable before anything is said
-        await asyncio.gather(*(client.publish(d.topic, json.dumps(d.confirm), qos=1) for d in decisions))
+        await publish_all(client, [(d.topic, json.dumps(d.confirm)) for d in decisions])
         for decision in decisions:
             self._count(decision)
 
@@ -276,8 +277,8 @@ class MarketService:
                 self.ledger.append_many(items, now)
             for site, tenders, _ in offers:
                 self.core.apply_offers(batch, site.site, tenders)
-            await asyncio.gather(*(client.publish(wire.tender_topic(site.site), json.dumps(tender), qos=1)
-                                   for site, tenders, _ in offers for tender in tenders))
+            await publish_all(client, [(wire.tender_topic(site.site), json.dumps(tender))
+                                       for site, tenders, _ in offers for tender in tenders])
             self.stats.tenders_published += sum(len(tenders) for _, tenders, _ in offers)
             self.stats.tenders_recorded += len(items)
             log.info("market: published %s tenders for %s to %d site(s)", batch.market,
@@ -368,6 +369,18 @@ class MarketService:
         tmp = self.state_dir / (STATS_FILE + ".tmp")
         tmp.write_text(json.dumps(asdict(self.stats), indent=2) + "\n")
         os.replace(tmp, self.state_dir / STATS_FILE)
+
+
+async def publish_all(client: aiomqtt.Client, messages: Sequence[tuple[str, str]]) -> None:
+    """Publish at QoS 1 in order, PUBLISH_WINDOW awaiting their PUBACK at a time: not one round
+    trip per message, and not more at once than aiomqtt takes without a warning per message."""
+    window = asyncio.Semaphore(PUBLISH_WINDOW)
+
+    async def one(topic: str, payload: str) -> None:
+        async with window:
+            await client.publish(topic, payload, qos=1)
+
+    await asyncio.gather(*(one(topic, payload) for topic, payload in messages))
 
 
 def _payload(message: aiomqtt.Message) -> bytes:
