@@ -80,29 +80,65 @@ def child_env(clock: SimClock) -> dict[str, str]:
     return env
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its waited-for children (0 once it is gone)."""
+def _stat(path: Path) -> list[str]:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return path.read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / TICK
+        return []
+
+
+def tree(pid: int) -> list[int]:
+    """The process and its live descendants (`tendril agent --workers N` is a supervisor of N)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = _stat(stat)
+        if fields:
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process tree, with the children it has waited for."""
+    return sum(sum(int(x) for x in fields[11:15]) / TICK
+               for p in tree(pid) if (fields := _stat(Path(f"/proc/{p}/stat"))))
 
 
 def thread_split(pid: int) -> tuple[float, float]:
-    """(main thread, other threads) CPU seconds: the agent's event loop vs its solver thread."""
+    """(main threads, other threads) CPU seconds of a process tree: an agent's event loop vs its
+    solver thread."""
     main = other = 0.0
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        cpu = (int(fields[11]) + int(fields[12])) / TICK
-        if task.name == str(pid):
-            main += cpu
-        else:
-            other += cpu
+    for proc in tree(pid):
+        for task in Path(f"/proc/{proc}/task").glob("*"):
+            fields = _stat(task / "stat")
+            if not fields:
+                continue
+            cpu = (int(fields[11]) + int(fields[12])) / TICK
+            if task.name == str(proc):
+                main += cpu
+            else:
+                other += cpu
     return main, other
+
+
+def merged_stats(paths: list[Path]) -> dict[str, Any]:
+    """The agent workers' stats files as one: numbers and per-reason counters summed."""
+    out: dict[str, Any] = {}
+    for path in paths:
+        for key, value in read_json(path).items():
+            if isinstance(value, bool) or not isinstance(value, int | float | dict):
+                continue
+            if isinstance(value, dict):
+                acc = out.setdefault(key, {})
+                for k, v in value.items():
+                    acc[k] = acc.get(k, 0) + v
+            else:
+                out[key] = out.get(key, 0) + value
+    return out
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -326,13 +362,19 @@ def run(args: argparse.Namespace, tmp: Path) -> Result:
                                     "--telemetry-s", repr(args.telemetry_s)], env, tmp)  # fmt: skip
         procs.append(devices)
         wait_until(lambda: "ready" in devices.log.read_text(), "devices subscribed", procs, 120)
+        workers = ["--worker-id", "w0"] if args.agent_workers == 1 else ["--workers", str(args.agent_workers)]
+        stats_files = [tmp / f"agent-w{i}.json" for i in range(args.agent_workers)]
+
+        def owned() -> bool:
+            sets = [set(read_json(f).get("owned", [])) for f in stats_files]
+            return sum(len(x) for x in sets) == args.sites and set().union(*sets) == set(names)
+
         prof = ["-m", "cProfile", "-o", str(args.profile_agent)] if args.profile_agent else []
         agent = spawn("agent", [*py, *prof, "-m", "cloud.cli", "agent", "--registry", str(tmp / "registry"),
-                                "--broker", broker.url, "--worker-id", "w0", "--state-dir", str(tmp / "agent"),
+                                "--broker", broker.url, *workers, "--state-dir", str(tmp / "agent"),
                                 "--stats-file", str(tmp / "agent-{worker}.json"), "--progress-s", "5"], env, tmp)
         procs.append(agent)
-        wait_until(lambda: len(read_json(tmp / "agent-w0.json").get("owned", [])) == args.sites,
-                   "the agent owning every site", procs, 300)
+        wait_until(owned, "the agent workers owning every site once", procs, 300)
         market = spawn("market", [*py, "-m", "cloud.cli", "market", "--registry", str(tmp / "registry"),
                                   "--broker", broker.url, "--ledger", f"sqlite:///{tmp / 'ledger.db'}",
                                   "--rt-lead-s", repr(args.rt_lead_s), "--state-dir", str(tmp / "market"),
@@ -400,7 +442,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Result:
         for p in (market, agent, devices):
             p.stop()
         return Result(args.sites, args.intervals, to_confirm, to_ack, ref, cpu, win_real[1] - win_real[0], counts,
-                      warmup_real, warmup_cpu, read_json(tmp / "agent-w0.json"), read_json(tmp / "devices.json"))
+                      warmup_real, warmup_cpu, merged_stats(stats_files), read_json(tmp / "devices.json"))
     finally:
         for p in reversed(procs):
             p.stop()
@@ -423,7 +465,8 @@ def report(r: Result, args: argparse.Namespace) -> list[str]:
     lines = [
         f"Loop benchmark: {n:,} sites (meter + pump relay each), {k} real-time interval(s) measured, clock x"
         f"{args.speed:g}, tenders {args.rt_lead_s:g} s (simulated) ahead, telemetry every {args.telemetry_s:g} s "
-        f"(simulated); Mosquitto, market, agent, devices and this observer share {os.cpu_count()} cores",
+        f"(simulated); agent workers {args.agent_workers}; Mosquitto, market, agent, devices and this observer "
+        f"share {os.cpu_count()} cores",
         "",
         f"{'latency (wall s)':52} {'n':>6} {'p50':>8} {'p99':>8} {'p99/target':>10} {'p99/ref':>8}",
         f"{'reference: same burst echoed by C clients':52} {len(r.ref):6d} {ref50:8.3f} {ref99:8.3f} {'':>10} "
@@ -473,12 +516,16 @@ def main() -> int:
                         help="the market publishes real-time tenders this long (simulated s) before the interval")
     parser.add_argument("--telemetry-s", type=float, default=10.0, help="simulated s between a device's reports")
     parser.add_argument("--warmup-timeout-s", type=float, default=900.0, help="wall seconds for the warm-up")
+    parser.add_argument("--agent-workers", type=int, default=1,
+                        help="tendril agent --workers N (1: one worker process, --worker-id w0)")
     parser.add_argument("--profile-agent", type=Path, metavar="FILE",
                         help="run the agent under cProfile (whole run) and write its stats here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, ledger)")
     args = parser.parse_args()
-    if args.sites < 1 or args.intervals < 1 or not 0 < args.rt_lead_s < STEP_S:
-        parser.error("--sites and --intervals must be >= 1 and --rt-lead-s in (0, 300)")
+    if args.sites < 1 or args.intervals < 1 or args.agent_workers < 1 or not 0 < args.rt_lead_s < STEP_S:
+        parser.error("--sites, --intervals and --agent-workers must be >= 1 and --rt-lead-s in (0, 300)")
+    if args.profile_agent and args.agent_workers > 1:
+        parser.error("--profile-agent profiles one worker: leave out --agent-workers")
     for binary in ("mosquitto", "mosquitto_pub", "mosquitto_sub"):
         if shutil.which(binary) is None and not Path("/usr/sbin", binary).exists():
             print(f"bench/loop.py: {binary} not found (apt-get install mosquitto mosquitto-clients)", file=sys.stderr)
