@@ -91,14 +91,17 @@ def rt_batch(start: int, cfg: MarketConfig) -> Batch:
 
 
 def due_batches(now: float, cfg: MarketConfig) -> list[Batch]:
-    """Every batch whose publication time has come and whose tenders can still be taken."""
-    today = dt.datetime.fromtimestamp(now, LOCAL_TZ).date()
-    out = [b for b in (day_batch(today, cfg), day_batch(today + dt.timedelta(days=1), cfg))
-           if b.publish_at <= now < b.end]
+    """Every batch whose publication time has come and whose tenders can still be taken,
+    real-time first: a real-time tender has minutes to live, the day-ahead batch (a whole day of
+    hourly tenders for every site) hours, so the day-ahead work never holds a real-time one back."""
+    out = []
     s = (math.floor(now / RT_STEP_S) + 1) * RT_STEP_S  # the next interval start strictly after now
     while s - cfg.rt_lead_s <= now:
         out.append(rt_batch(s, cfg))
         s += RT_STEP_S
+    today = dt.datetime.fromtimestamp(now, LOCAL_TZ).date()
+    out += [b for b in (day_batch(today, cfg), day_batch(today + dt.timedelta(days=1), cfg))
+            if b.publish_at <= now < b.end]
     return out
 
 

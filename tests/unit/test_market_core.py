@@ -62,7 +62,8 @@ def test_due_batches_before_and_after_the_day_ahead_hour() -> None:
     assert [(b.market, b.start) for b in after] == [(DAM, day_batch(dt.date(2024, 3, 12), CFG).start),
                                                     (DAM, day_batch(dt.date(2024, 3, 13), CFG).start)]
     rt = due_batches(RT_S - 60, CFG)  # exactly the lead before the interval
-    assert rt[-1] == rt_batch(RT_S, CFG) and rt[-1].publish_at == RT_S - 60
+    assert rt[0] == rt_batch(RT_S, CFG) and rt[0].publish_at == RT_S - 60  # real-time first
+    assert all(b.market == DAM for b in rt[1:])
     assert [b for b in due_batches(RT_S - 61, CFG) if b.market == RTM] == []
     assert next_publication(RT_S - 61, CFG) == RT_S - 60
     # just past the 10:00 RT publication (10:00 - 1 s): the next is the day-ahead batch at 10:00
