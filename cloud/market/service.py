@@ -48,6 +48,9 @@ DEFAULT_CLIENT_ID = "tendril-market"
 MAX_BATCH = 500  # transactions answered with one ledger write at most
 PUBLISH_WINDOW = 8  # QoS 1 publications awaiting their PUBACK at once (aiomqtt warns past 10)
 STATS_FILE = "market-stats.json"
+# A day-ahead batch (a day of hourly tenders) goes out this many sites per pass, so a real-time
+# batch that falls due meanwhile waits for one chunk, not for every site's day.
+DA_CHUNK_SITES = 50
 
 
 class LedgerLike(Protocol):
@@ -125,6 +128,7 @@ class MarketService:
         self.ready = asyncio.Event()
         self.stats = MarketStats()
         self._warned: set[tuple[str, int]] = set()
+        self._more_due = False  # a day-ahead batch is part-published: the next pass comes at once
         self._last_health = 0.0
 
     # ------------------------------------------------------------------------ lifecycle
@@ -163,17 +167,20 @@ class MarketService:
 
     async def _session(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         await client.subscribe(wire.site_filter(wire.TRANSACTION), qos=1)
+        # What was on offer when we went away goes out again, but after what is due now: a
+        # real-time tender due now has seconds to go out, the republished ones hours.
         live = self.core.live_tenders(self.clock.now())
-        for tender in live:
-            await client.publish(wire.tender_topic(tender["counterPartyId"]), json.dumps(tender), qos=1)
+        await self._publish_due(client, self._current_sites())
+        await publish_all(client, [(wire.tender_topic(t["counterPartyId"]), json.dumps(t)) for t in live])
         if live:
             log.info("market: republished %d open tenders after connecting", len(live))
-        await self._tick(client)
         self.ready.set()
         receiver = asyncio.create_task(self._receive(client))
         ticker = asyncio.create_task(self._tick_loop(client, stop))
+        settler = asyncio.create_task(self._settle_loop(stop))
         stopper = asyncio.create_task(stop.wait())
-        done, pending = await asyncio.wait({receiver, ticker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait({receiver, ticker, settler, stopper},
+                                           return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         for task in pending:
@@ -240,11 +247,26 @@ class MarketService:
     # ------------------------------------------------------------------------ tick
 
     async def _tick_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        """Publication. Its own loop, apart from settlement (whose store reads can take a while),
+        so a real-time batch goes out on time; a day-ahead batch goes out DA_CHUNK_SITES sites per
+        pass with the due real-time batches checked in between."""
         while not stop.is_set():
             now = self.clock.now()
-            wake = min(next_publication(now, self.config), self._next_settle(now), now + self.max_sleep_s)
+            wake = now if self._more_due else min(next_publication(now, self.config), now + self.max_sleep_s)
             await self.clock.sleep_until(wake)
-            await self._tick(client)
+            await self._publish_due(client, self._current_sites())
+            self._health()
+
+    async def _settle_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            now = self.clock.now()
+            await self.clock.sleep_until(min(self._next_settle(now), now + self.max_sleep_s))
+            await self._settle_due({s.site: s for s in self._current_sites()})
+
+    def _current_sites(self) -> list[SiteRecord]:
+        sites = list(self.sites())
+        self.stats.sites = len(sites)
+        return sites
 
     def _next_settle(self, now: float) -> float:
         """When the oldest waiting interval becomes due (or in a step when all are due and waiting
@@ -254,16 +276,12 @@ class MarketService:
         first = min(start for _, start in self.core.pending_settle) + RT_STEP_S + self.config.settle_delay_s
         return max(first, now + RT_STEP_S / 5)
 
-    async def _tick(self, client: aiomqtt.Client) -> None:
-        sites = list(self.sites())
-        self.stats.sites = len(sites)
-        await self._publish_due(client, sites)
-        await self._settle_due({s.site: s for s in sites})
-        self._health()
-
     async def _publish_due(self, client: aiomqtt.Client, sites: Sequence[SiteRecord]) -> None:
         now = self.clock.now()
+        self._more_due = False
         for batch, waiting in self.core.due(due_batches(now, self.config), sites):
+            if batch.market == DAM and len(waiting) > DA_CHUNK_SITES:
+                waiting, self._more_due = waiting[:DA_CHUNK_SITES], True
             prices = await self._batch_prices(batch)
             if prices is None:
                 continue
@@ -283,6 +301,8 @@ class MarketService:
             self.stats.tenders_recorded += len(items)
             log.info("market: published %s tenders for %s to %d site(s)", batch.market,
                      _window(batch), len(waiting))
+            if self._more_due:
+                return  # the rest of the day-ahead batch next pass, after what real time needs
 
     async def _batch_prices(self, batch: Batch) -> list[Any] | None:
         try:
