@@ -299,7 +299,10 @@ def full_run(micropython: str) -> Iterator[Run]:
         run.cpu["market (first run)"] = 0.0  # gone with its process; the restarted one is measured
         _start(run, "market", market_argv, secrets["market"])
         seen = len(observer.get(wire.TENDER))
-        run.back_t = _wait(lambda: next((m.t for m in observer.get(wire.TENDER)[seen:]), 0.0),
+        # back = its first real-time tender: before that it rebuilds from the ledger and republishes
+        # the open day-ahead tenders, and an interval whose window closed meanwhile had no market
+        run.back_t = _wait(lambda: next((m.t for m in observer.get(wire.TENDER)[seen:]
+                                         if m.body["marketId"] == "RTM"), 0.0),
                            lambda: run.log("market"), 60)
 
         # ---- to the end of the day, and until its last intervals are settled
@@ -309,7 +312,23 @@ def full_run(micropython: str) -> Iterator[Run]:
             return n >= SITES * (HOURS * 12 - len(_outage_intervals(run)))
 
         _wait(lambda: clock.now() > END, lambda: "end of day", (END - clock.now()) / SPEED + 60)
-        _wait(all_settled, lambda: run.log("market"), 60)
+        def unsettled() -> str:
+            with Ledger(postgres.url) as ledger:
+                done = {(r.site, int(r.body["intervalStart"])) for r in ledger.records("settlement")
+                        if "intervalStart" in r.body}
+                rt = {(r.site, int(r.body["intervalStart"])) for r in ledger.records("tender")
+                      if r.body["marketId"] == "RTM"}
+            outage = _outage_intervals(run)
+            want = {(s.site, int(START + STEP * k)) for s in run.sites for k in range(HOURS * 12)} - {
+                (s.site, o) for s in run.sites for o in outage}
+            missing = sorted(want - done)
+            untendered = sorted(m for m in missing if m not in rt)
+            when = sorted({dt.datetime.fromtimestamp(t, LOCAL_TZ).strftime("%H:%M") for _, t in missing})
+            return (f"{len(missing)} intervals unsettled ({len(untendered)} never tendered); outage {len(outage)} "
+                    f"intervals; kill at {run.kill_t:.0f}, back at {run.back_t:.0f}; local times {when[:40]}\n"
+                    + run.log("market"))
+
+        _wait(all_settled, unsettled, 60)
         run.wall_s = time.monotonic() - wall0
         for site in sites:
             for node in site.processes:
