@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from cloud.cli import ledger as ledger_cli
 from cloud.ledger import schema
-from cloud.ledger.chain import GENESIS, Ledger, LedgerError, record_hash
+from cloud.ledger.chain import GENESIS, Head, Ledger, LedgerError, record_hash
 from cloud.market.transactions import REFUSE_EXPIRED, Market, TenderBook, TransactionRefused
 from hil.servers import Postgres
 
@@ -114,6 +114,24 @@ def test_truncated_tail_is_detected_by_the_anchor(ledger: Ledger) -> None:
     found = problems(ledger)
     assert "anchor says 6 records ending at 6" in found and "the chain has 3 ending at 3" in found
     assert "does not link" not in found  # the shorter chain itself is intact: only the anchor knows
+
+
+def test_a_record_appended_while_verify_runs_is_not_a_cut_off_chain(ledger: Ledger,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running market appends while `tendril ledger verify` reads (seen in the full-loop test:
+    "anchor says 14471 records, the chain has 14440"). Here the append lands when verify reads the
+    anchor; verify must judge the chain up to the anchor it read."""
+    read_head = ledger.head
+
+    def appended_then_head() -> Head:
+        ledger.append("transaction", "coastal", {"n": 99}, NOW + 99)
+        return read_head()
+
+    monkeypatch.setattr(ledger, "head", appended_then_head)
+    report = ledger.verify()
+    assert report.ok, report.problems
+    monkeypatch.undo()
+    assert ledger.verify().ok and ledger.verify().records == 7
 
 
 def test_rewritten_chain_is_caught_only_by_a_head_kept_elsewhere(ledger: Ledger) -> None:
