@@ -14,6 +14,7 @@ from pathlib import Path
 import tendril_wire as wire
 
 from cloud.cli.args import positive_float, positive_int
+from cloud.cli.service_log import progress_logging
 from cloud.settings import (
     DEFAULT_BROKER,
     DEFAULT_DATA_DIR,
@@ -116,10 +117,7 @@ def _argv(args: argparse.Namespace, worker: str) -> list[str]:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    if log.getEffectiveLevel() > logging.INFO:
-        log.setLevel(logging.INFO)  # progress lines are this command's output
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    progress_logging(log)
     try:
         broker = BrokerSettings.from_args(args.broker, args.username)
         clock = clock_from_env()

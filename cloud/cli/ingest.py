@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from cloud.cli.service_log import progress_logging
 from cloud.devices.registry import RegistryError
 from cloud.ingest.known_devices import KnownDevices
 from cloud.settings import (
@@ -197,10 +198,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"tendril ingest: error: {exc}", file=sys.stderr)
         return 2
-    if log.getEffectiveLevel() > logging.INFO:
-        log.setLevel(logging.INFO)  # progress lines are this command's output
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    progress_logging(log)
     from cloud.ingest import serve as ingest_serve  # the event loop, the store client: only when serving
 
     if args.workers > 1 and args.worker_index is None:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from cloud.cli.args import positive_float
+from cloud.cli.service_log import progress_logging
 from cloud.settings import (
     DEFAULT_BROKER,
     ENV_BROKER,
@@ -129,10 +130,7 @@ def run_market(args: argparse.Namespace) -> int:
     except (UsageError, ValueError) as exc:
         print(f"tendril market: error: {exc}", file=sys.stderr)
         return 2
-    if log.getEffectiveLevel() > logging.INFO:
-        log.setLevel(logging.INFO)  # progress lines are this command's output
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    progress_logging(log)
     from sqlalchemy.exc import SQLAlchemyError
 
     from cloud.ledger.chain import Ledger
