@@ -52,7 +52,8 @@ class Stored:
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory, micropython: str) -> Stored:
     out = tmp_path_factory.mktemp("demo")
-    cfg = DemoConfig(sites=2, hours=2, speed=2400, out=out, progress=False)
+    # 600x: four firmware nodes a site and the agent planning need their share of a busy machine
+    cfg = DemoConfig(sites=2, hours=2, speed=600, out=out, progress=False)
     asyncio.run(run_demo(cfg))
     device_lines = (out / "telemetry.lp").read_text().splitlines()
     start = cfg.sim_start()
