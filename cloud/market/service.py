@@ -147,12 +147,18 @@ class MarketService:
         backoff = 0.5
         while not stop.is_set():
             try:
-                async with aiomqtt.Client(
+                client = aiomqtt.Client(
                     self.broker.host, self.broker.port, identifier=self.client_id,
                     username=self.broker.username, password=self.broker.password,
                     clean_session=False, protocol=aiomqtt.ProtocolVersion.V311, keepalive=30,
                     tls_context=self.broker.tls,  # mqtts:// (cloud.settings.broker_tls)
-                ) as client:
+                )
+                # PUBACK a transaction only once its decision is in the ledger and its confirm
+                # sent: a kill -9 in between leaves it unacknowledged, and the broker hands it to
+                # the restarted market (persistent session). aiomqtt has no switch for it yet; this
+                # is the workaround its maintainers point to (empicano/aiomqtt#345).
+                client._client.manual_ack_set(True)
+                async with client:
                     self.stats.connects += 1
                     backoff = 0.5
                     await self._session(client, stop)
@@ -208,6 +214,8 @@ class MarketService:
             while len(messages) and len(batch) < MAX_BATCH:  # already waiting: one ledger write for all
                 batch.append(await messages.__anext__())
             await self.handle_many(client, [(m.topic.value, _payload(m)) for m in batch])
+            for m in batch:
+                client._client.ack(m.mid, m.qos)
 
     async def handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
         await self.handle_many(client, [(topic, payload)])

@@ -59,9 +59,10 @@ def registry(root: Path, sites: list[str]) -> dict[tuple[str, str], bytes]:
 class World:
     """The fake market and devices, on one paho client."""
 
-    def __init__(self, port: int, keys: dict[tuple[str, str], bytes], confirm_from_send: int = 1) -> None:
+    def __init__(self, port: int, keys: dict[tuple[str, str], bytes], confirm_from_send: int = 1,
+                 speed: float = SPEED) -> None:
         self.keys = keys
-        self.clock = SimClock(sim_origin=T0 - 60, speed=SPEED)
+        self.clock = SimClock(sim_origin=T0 - 60, speed=speed)
         self.lock = threading.Lock()
         self.transactions: list[dict[str, Any]] = []
         self.commands: list[tuple[str, str, dict[str, Any]]] = []
@@ -111,11 +112,19 @@ class World:
             topic = wire.device_topic(site, "meter", wire.TELEMETRY)
             self.client.publish(topic, wire.encode(wire.TELEMETRY, msg), qos=1)
 
+    def next_interval(self) -> float:
+        """The next 5-minute interval's start. Tenders are for what lies ahead: a fixed interval
+        (T0) was already under way by the time a loaded machine had started two workers, and its
+        tenders expired before a worker's first round had built its models (the "worker that never
+        answers" of earlier CI runs: the clock ran on, the agent rightly did not trade)."""
+        return (self.clock.now() // 300 + 1) * 300
+
     def tenders(self, sites: list[str], start: float) -> list[dict[str, Any]]:
+        """Real-time tenders for the interval at `start`, open until it ends."""
         out = []
         for site in sites:
             for t in build_tenders(site, "feeder-a", [PriceInterval(int(start), 300, 45.0, "RTM")], "RTM",
-                                   self.clock.now(), TenderConfig(), 300):
+                                   self.clock.now(), TenderConfig(), 3600):
                 self.client.publish(wire.tender_topic(site), wire.encode(wire.TENDER, t), qos=1)
                 out.append(t)
         return out
@@ -168,7 +177,7 @@ def test_agent_answers_tenders_commands_relays_and_dead_letters_bad_tenders(
         wait_for(lambda: stats(tmp_path, "solo").get("owned") == sites, lambda: log.read_text()[-2000:])
         world.meters(sites)
         time.sleep(0.3)
-        start = T0
+        start = world.next_interval()
         sent = world.tenders(sites, start)
         ids = {t["tenderId"] for t in sent}
         def resent() -> bool:
@@ -198,7 +207,7 @@ def test_agent_answers_tenders_commands_relays_and_dead_letters_bad_tenders(
         world.client.publish(wire.tender_topic("site-2"), json.dumps(foreign).encode(), qos=1)
         wait_for(lambda: {d["reason"] for d in world.dead} >= {"bad_type", "wrong_site"},
                  lambda: f"dead letters {world.dead}")
-        sent2 = world.tenders(sites, start + 300)
+        sent2 = world.tenders(sites, max(start + 300, world.next_interval()))
         ids2 = {t["tenderId"] for t in sent2}
         wait_for(lambda: len({t["site"] for t in world.txs_for(ids2)}) == 2, lambda: log.read_text()[-2000:])
     finally:
@@ -214,7 +223,7 @@ def test_agent_answers_tenders_commands_relays_and_dead_letters_bad_tenders(
 def test_two_workers_share_the_sites_and_a_killed_one_is_taken_over(mosquitto: Mosquitto, tmp_path: Path) -> None:
     sites = [f"site-{i}" for i in range(1, 7)]
     keys = registry(tmp_path / "registry", sites)
-    world = World(mosquitto.port, keys)
+    world = World(mosquitto.port, keys, speed=10.0)  # an interval is 30 wall seconds: time for a first round
     log = tmp_path / "agent.log"
     procs = {w: start_agent(tmp_path, mosquitto, world.clock, log, "--worker-id", w) for w in ("wa", "wb")}
     try:
@@ -228,7 +237,7 @@ def test_two_workers_share_the_sites_and_a_killed_one_is_taken_over(mosquitto: M
         assert a and b, "both workers own sites"
         world.meters(sites)
         time.sleep(0.3)
-        first = world.tenders(sites, T0)
+        first = world.tenders(sites, world.next_interval())
         # a worker's first round builds its sites' models: on a loaded machine that takes a while
         wait_for(lambda: {t["site"] for t in world.txs_for({t["tenderId"] for t in first})} == set(sites),
                  lambda: f"{world.transactions}\n{log.read_text()[-2000:]}", timeout=120)
@@ -239,7 +248,7 @@ def test_two_workers_share_the_sites_and_a_killed_one_is_taken_over(mosquitto: M
         procs[victim].wait()
         wait_for(lambda: set(stats(tmp_path, survivor).get("owned", [])) == set(sites),
                  lambda: f"{stats(tmp_path, survivor)}\n{log.read_text()[-2000:]}")
-        nxt = world.tenders(sites, T0 + 300)
+        nxt = world.tenders(sites, world.next_interval())
         wait_for(lambda: {t["site"] for t in world.txs_for({t["tenderId"] for t in nxt})} == set(sites),
                  lambda: f"{world.transactions}\n{log.read_text()[-2000:]}", timeout=120)
     finally:

@@ -178,6 +178,24 @@ def _start(run: Run, name: str, argv: list[str], password: str) -> subprocess.Po
     return proc
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"{proc.args} ignored SIGTERM for 30 s") from None
+
+
+def _unanswered(run: Run) -> tuple[list[str], list[str]]:
+    """Transactions seen on the wire without a confirm, and commands without an ack."""
+    confirmed = {m.body["transactionId"] for m in run.observer.get(wire.CONFIRM)}
+    acked = {m.body["id"] for m in run.observer.get(wire.ACK)}
+    txs = sorted({m.body["transactionId"] for m in run.observer.get(wire.TRANSACTION)} - confirmed)
+    cmds = sorted({m.body["id"] for m in run.observer.get(wire.CMD)} - acked)
+    return txs[:5], cmds[:5]
+
+
 def _wait(cond: Callable[[], Any], what: Callable[[], str], timeout_s: float) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -338,6 +356,14 @@ def full_run(micropython: str) -> Iterator[Run]:
         for name, server in (("mosquitto", broker), ("victoria-metrics", victoria), ("postgres", postgres)):
             if server.proc is not None:
                 run.cpu[name] = _cpu_of(server.proc.pid)
+        # ---- hold still: the checks read the ledger and the wire at different moments, so nothing
+        # may move under them (a CI run read a transaction sent after its ledger read, and a next-day
+        # tender published between the two). The agents stop first, the market answers what they
+        # sent and the devices ack what they were told, then the market stops.
+        _stop(run.procs["agent"])
+        _wait(lambda: _unanswered(run) == ([], []),
+              lambda: f"unanswered after the agents stopped (transactions, commands): {_unanswered(run)}", 30)
+        _stop(run.procs["market"])
         yield run
     finally:
         stop_houses.set()

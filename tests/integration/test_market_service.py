@@ -234,3 +234,55 @@ def test_market_service_end_to_end_with_kill_and_restart(
     verify = subprocess.run([sys.executable, "-m", "cloud.cli", "ledger", "verify", "--url", postgres.url],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0 and verify.stdout.startswith("ok:"), verify.stderr
+
+
+def test_a_transaction_the_market_was_killed_while_recording_is_answered_after_the_restart(
+        mosquitto: Mosquitto, postgres: Postgres, victoria: VictoriaMetrics, tmp_path: Path) -> None:
+    """The market PUBACKs a transaction only after its decision is in the ledger. Held in the
+    ledger write (the test locks the table) and killed -9 there, the market never acknowledged it,
+    so the broker hands it to the restarted market, which answers it. Acknowledged on receipt (the
+    client library's default), it would be lost: the broker counts it delivered."""
+    from sqlalchemy import create_engine, text
+
+    registry = tmp_path / "registry"
+    Registry(registry).set_site(SiteRecord("site-1", feeder="feeder-a"))
+    # 1x: after the start-up tenders nothing is due for minutes, so the only ledger write the
+    # lock can catch is the transaction's
+    env = {"TENDRIL_CLOCK": f"{time.time()!r},{SIM_START!r},1.0", "TENDRIL_LEDGER_URL": postgres.url}
+    args = ["--registry", str(registry), "--broker", mosquitto.url, "--influx-url", victoria.url,
+            "--state-dir", str(tmp_path / "state"), "--health-s", "1"]
+    log = tmp_path / "market.log"
+    agent = Client(mosquitto.port)
+    engine = create_engine(postgres.url)
+    proc = start_market(args, env, log)
+    try:
+        da = wait_for(lambda: agent.find(lambda t: t["marketId"] == "DAM" and t["side"] == "BUY"
+                                         and t["intervalStart"] >= SIM_START + 86400 - 3600), "DA tenders", proc, log)
+        wait_for(lambda: agent.find(lambda t: t["marketId"] == "RTM"), "an RT tender", proc, log)
+        with engine.connect() as holder:
+            holder.execute(text("LOCK TABLE ledger_records, ledger_anchor IN ACCESS EXCLUSIVE MODE"))
+            agent.send("site-1", tx("held", da[0]["tenderId"], 1.0))
+
+            def blocked() -> bool:
+                with engine.connect() as probe:
+                    rows = probe.execute(text("SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock'"))
+                    return any("ledger_" in str(q) for (q,) in rows)
+
+            wait_for(blocked, "the market's write waiting on the lock", proc, log)
+            proc.kill()
+            proc.wait(10)
+            holder.rollback()
+        assert agent.confirms_for("held") == []
+        proc = start_market(args, env, log)
+        wait_for(lambda: agent.confirms_for("held"), "the held transaction's confirm after the restart", proc, log)
+        assert agent.confirms_for("held")[0]["ok"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT_S) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        agent.close()
+        engine.dispose()
+    with Ledger(postgres.url) as ledger:
+        assert [r.body["transaction_id"] for r in ledger.records(kind="transaction")] == ["held"]
+        assert ledger.verify().ok
