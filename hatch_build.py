@@ -11,8 +11,8 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 WHEEL_EXTRAS = {
     "firmware/lib/tendril_wire.py": "tendril_wire.py",
     "firmware/lib/tendril_fw": "tendril_fw",
-    "firmware": "tendril_resources/firmware",
-    "data": "tendril_resources/data",
+    "firmware": "tendril_transactive/resources/firmware",
+    "data": "tendril_transactive/resources/data",
 }
 
 

@@ -46,9 +46,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "firmware" / "lib"), str(ROOT / "bench")]
 import tendril_wire as wire  # noqa: E402
 from ingest_load import Device, Publisher, devices, payload, throughput_messages  # noqa: E402
 
-from cloud.devices.registry import Registry  # noqa: E402
-from cloud.ingest.health import LagHistogram  # noqa: E402
-from hil import servers  # noqa: E402
+from tendril_transactive.cloud import command  # noqa: E402
+from tendril_transactive.cloud.devices.registry import Registry  # noqa: E402
+from tendril_transactive.cloud.ingest.health import LagHistogram  # noqa: E402
+from tendril_transactive.hil import servers  # noqa: E402
 
 PUB_LINES = 65_000  # mosquitto_pub -l at QoS >= 1 stops after 65,535 lines (message-id wrap)
 C_PUBLISHERS = 4  # more parallel C publishers drain the broker faster than 2 (measured)
@@ -232,10 +233,10 @@ def _start_ingest(workers: int, broker: servers.Mosquitto, vm: servers.VictoriaM
     stats_paths = [tmp / f"stats-{run}-{i}.json" for i in range(workers)]
     ingest_log = tmp / f"ingest-{run}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cloud.cli", "ingest", "--broker", broker.url, "--influx-url", vm.url,
+        command.argv("ingest", "--broker", broker.url, "--influx-url", vm.url,
          "--registry", str(registry), "--state-dir", str(tmp / f"state-{run}"), "--workers", str(workers),
          "--stats-file", str(tmp / f"stats-{run}-{{worker}}.json"), "--stats-interval", "0.2",
-         "--health-interval", "1"],
+         "--health-interval", "1"),
         stdout=ingest_log.open("wb"), stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60

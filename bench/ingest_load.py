@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import tendril_wire as wire
 
-from cloud.mqtt import codec
+from tendril_transactive.cloud.mqtt import codec
 
 SITES = 250
 RELAYS = ("pump", "ev", "hvac")

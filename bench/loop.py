@@ -55,9 +55,10 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import tendril_wire as wire  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from cloud.devices.registry import Registry, SiteRecord  # noqa: E402
-from edge.clock import SimClock  # noqa: E402
-from hil import servers  # noqa: E402
+from tendril_transactive.cloud import command  # noqa: E402
+from tendril_transactive.cloud.devices.registry import Registry, SiteRecord  # noqa: E402
+from tendril_transactive.edge.clock import SimClock  # noqa: E402
+from tendril_transactive.hil import servers  # noqa: E402
 
 LOCAL = ZoneInfo("America/Los_Angeles")
 T0 = datetime(2024, 3, 14, 10, 1, tzinfo=LOCAL).timestamp()  # in the bundled CAISO replay month
@@ -370,12 +371,12 @@ def run(args: argparse.Namespace, tmp: Path) -> Result:
             return sum(len(x) for x in sets) == args.sites and set().union(*sets) == set(names)
 
         prof = ["-m", "cProfile", "-o", str(args.profile_agent)] if args.profile_agent else []
-        agent = spawn("agent", [*py, *prof, "-m", "cloud.cli", "agent", "--registry", str(tmp / "registry"),
+        agent = spawn("agent", [*py, *prof, "-m", command.MODULE, "agent", "--registry", str(tmp / "registry"),
                                 "--broker", broker.url, *workers, "--state-dir", str(tmp / "agent"),
                                 "--stats-file", str(tmp / "agent-{worker}.json"), "--progress-s", "5"], env, tmp)
         procs.append(agent)
         wait_until(owned, "the agent workers owning every site once", procs, 300)
-        market = spawn("market", [*py, "-m", "cloud.cli", "market", "--registry", str(tmp / "registry"),
+        market = spawn("market", [*py, "-m", command.MODULE, "market", "--registry", str(tmp / "registry"),
                                   "--broker", broker.url, "--ledger", f"sqlite:///{tmp / 'ledger.db'}",
                                   "--rt-lead-s", repr(args.rt_lead_s), "--state-dir", str(tmp / "market"),
                                   "--health-s", "5"], env, tmp)  # fmt: skip

@@ -36,9 +36,9 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import tendril_wire as wire  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from cloud.devices.registry import Registry  # noqa: E402
-from cloud.net import LOOPBACK  # noqa: E402
-from cloud.settings import clock_from_env  # noqa: E402
+from tendril_transactive.cloud.devices.registry import Registry  # noqa: E402
+from tendril_transactive.cloud.net import LOOPBACK  # noqa: E402
+from tendril_transactive.cloud.settings import clock_from_env  # noqa: E402
 
 BASE_W = 500.0
 PUMP_W = 1500.0

@@ -29,15 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import highspy
 import numpy as np
 
-from cloud.market.tenders import TenderConfig
-from cloud.optimizer.compile import compile_model
-from cloud.optimizer.devices import Horizon, SiteForecast, SiteState
-from cloud.optimizer.fleet import FleetPool, Job
-from cloud.optimizer.horizon import REAL_TIME, SitePlanner
-from cloud.optimizer.model import SiteSpec, build_model, model_inputs, set_inputs
-from cloud.optimizer.solve import HighsRunner
-from cloud.sim.fleet import make_homes
-from cloud.sim.inputs import base_load_kw, price_series, weather_series
+from tendril_transactive.cloud.market.tenders import TenderConfig
+from tendril_transactive.cloud.optimizer.compile import compile_model
+from tendril_transactive.cloud.optimizer.devices import Horizon, SiteForecast, SiteState
+from tendril_transactive.cloud.optimizer.fleet import FleetPool, Job
+from tendril_transactive.cloud.optimizer.horizon import REAL_TIME, SitePlanner
+from tendril_transactive.cloud.optimizer.model import SiteSpec, build_model, model_inputs, set_inputs
+from tendril_transactive.cloud.optimizer.solve import HighsRunner
+from tendril_transactive.cloud.sim.fleet import make_homes
+from tendril_transactive.cloud.sim.inputs import base_load_kw, price_series, weather_series
 
 START = 1_710_054_000.0 + 4 * 86400  # 2024-03-14 00:00 America/Los_Angeles
 MiB = 1024 * 1024

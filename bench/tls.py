@@ -40,9 +40,15 @@ from ingest import Row, _median, _publish_packets, child_env, note, wait_written
 from ingest_load import Publisher, devices, throughput_messages  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from edge.clock import SimClock  # noqa: E402
-from edge.firmware_process import FirmwareConfig, FirmwareProcess, find_micropython, micropython_path  # noqa: E402
-from hil import servers  # noqa: E402
+from tendril_transactive.cloud import command  # noqa: E402
+from tendril_transactive.edge.clock import SimClock  # noqa: E402
+from tendril_transactive.edge.firmware_process import (  # noqa: E402
+    FirmwareConfig,
+    FirmwareProcess,
+    find_micropython,
+    micropython_path,
+)
+from tendril_transactive.hil import servers  # noqa: E402
 
 SEED = 13
 
@@ -58,9 +64,9 @@ class Ingest:
         url = self.broker.tls_url if tls else self.broker.url
         self.stats = [work / "stats-0.json"]
         self.log = work / "ingest.log"
-        argv = [sys.executable, "-m", "cloud.cli", "ingest", "--broker", url, "--accept-any-device",
+        argv = command.argv("ingest", "--broker", url, "--accept-any-device",
                 "--store-file", str(work / "store.lp"), "--state-dir", str(work / "state"), "--no-fsync",
-                "--stats-file", str(self.stats[0]), "--stats-interval", "0.2", "--health-interval", "0"]
+                "--stats-file", str(self.stats[0]), "--stats-interval", "0.2", "--health-interval", "0")
         if tls:
             argv += ["--ca-file", str(self.broker.ca_file)]
         self.proc = subprocess.Popen(argv, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=child_env(),

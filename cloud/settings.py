@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.clock import Clock, SimClock, WallClock
+from tendril_transactive.edge.clock import Clock, SimClock, WallClock
 
 ENV_MQTT_PASSWORD = "TENDRIL_MQTT_PASSWORD"
 ENV_BROKER = "TENDRIL_BROKER"

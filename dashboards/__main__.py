@@ -1,17 +1,18 @@
-"""`python -m dashboards [--check]`: regenerate or verify dashboards/json/."""
+"""`python -m tendril_transactive.dashboards [--check]`: regenerate or verify dashboards/json/."""
 
 from __future__ import annotations
 
 import sys
 
-from dashboards.export import stale, write
+from tendril_transactive.dashboards.export import stale, write
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--check"]:
         bad = stale()
         if bad:
-            print("dashboards/json is out of date with the code (run `python -m dashboards`): " + ", ".join(bad))
+            print("dashboards/json is out of date with the code (run `python -m tendril_transactive.dashboards`): "
+                  + ", ".join(bad))
             return 1
         print("dashboards/json matches the code")
         return 0

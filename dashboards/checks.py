@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dashboards.model import DATASOURCE_TYPE, DATASOURCE_UID, SCHEMA_VERSION
+from tendril_transactive.dashboards.model import DATASOURCE_TYPE, DATASOURCE_UID, SCHEMA_VERSION
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
 MIN_SCHEMA_VERSION = 36  # panels' `datasource` as {type, uid} objects

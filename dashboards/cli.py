@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from cloud.settings import (
+from tendril_transactive.cloud.settings import (
     DEFAULT_INFLUX_BUCKET,
     DEFAULT_INFLUX_ORG,
     ENV_INFLUX_BUCKET,
@@ -16,7 +16,7 @@ from cloud.settings import (
     ENV_INFLUX_TOKEN,
     ENV_INFLUX_URL,
 )
-from dashboards.checks import JSON_DIR, load_dir, problems
+from tendril_transactive.dashboards.checks import JSON_DIR, load_dir, problems
 
 DEFAULT_DASHBOARDS_PATH = "/var/lib/grafana/dashboards/tendril"
 
@@ -76,7 +76,7 @@ def _checked_dashboards(folder: Path) -> dict[str, dict[str, object]] | None:
 def provision_main(args: argparse.Namespace) -> int:
     from grafana_client.api import GrafanaApi
 
-    from dashboards.provision import InfluxTarget, ProvisionError, ensure_dbrp, provision
+    from tendril_transactive.dashboards.provision import InfluxTarget, ProvisionError, ensure_dbrp, provision
 
     if args.grafana and not args.token:
         print("tendril dashboards provision: --token or GRAFANA_TOKEN is required", file=sys.stderr)
@@ -107,7 +107,7 @@ def provision_main(args: argparse.Namespace) -> int:
 
 
 def export_main(args: argparse.Namespace) -> int:
-    from dashboards.provision import InfluxTarget, provisioning_files
+    from tendril_transactive.dashboards.provision import InfluxTarget, provisioning_files
 
     dashes = _checked_dashboards(args.dashboards)
     if dashes is None:

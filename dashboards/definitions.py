@@ -8,9 +8,9 @@ JSON goes stale, which tests/unit/test_dashboards.py reports.
 
 from __future__ import annotations
 
-from cloud.reports import market_lines as mk
-from cloud.store import line_protocol as lp
-from dashboards.model import Dashboard, Panel, Target, Variable, match, q, where
+from tendril_transactive.cloud.reports import market_lines as mk
+from tendril_transactive.cloud.store import line_protocol as lp
+from tendril_transactive.dashboards.model import Dashboard, Panel, Target, Variable, match, q, where
 
 T = "$__interval"
 SITE_VAR = Variable("site", "Site", f"SHOW TAG VALUES FROM {q(lp.MEASUREMENT_METER)} WITH KEY = {q(lp.TAG_SITE)}")

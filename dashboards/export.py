@@ -1,7 +1,7 @@
 """Write the dashboards defined in code to dashboards/json/, or check the committed files match.
 
-    python -m dashboards            # regenerate dashboards/json/*.json
-    python -m dashboards --check    # exit 1 if a committed file differs from the code
+    python -m tendril_transactive.dashboards            # regenerate dashboards/json/*.json
+    python -m tendril_transactive.dashboards --check    # exit 1 if a committed file differs from the code
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dashboards.checks import JSON_DIR
-from dashboards.definitions import all_dashboards
+from tendril_transactive.dashboards.checks import JSON_DIR
+from tendril_transactive.dashboards.definitions import all_dashboards
 
 
 def rendered() -> dict[str, dict[str, Any]]:

@@ -23,7 +23,7 @@ from typing import Any
 from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaClientError
 
-from dashboards.model import DATASOURCE_TYPE, DATASOURCE_UID, FOLDER_TITLE, FOLDER_UID
+from tendril_transactive.dashboards.model import DATASOURCE_TYPE, DATASOURCE_UID, FOLDER_TITLE, FOLDER_UID
 
 DATASOURCE_NAME = "Tendril InfluxDB (InfluxQL)"
 DEFAULT_DATABASE = "tendril"

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dashboards.checks import queries, substitute, variable_queries
-from dashboards.definitions import all_dashboards
+from tendril_transactive.dashboards.checks import queries, substitute, variable_queries
+from tendril_transactive.dashboards.definitions import all_dashboards
 
 RunQuery = Callable[[str], Mapping[str, Any]]
 

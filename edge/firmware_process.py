@@ -24,7 +24,7 @@ from typing import Any
 
 import tendril_wire
 
-from edge.resources import FIRMWARE_DIR
+from tendril_transactive.edge.resources import FIRMWARE_DIR
 
 DEVICE_TYPES = ("meter", "relay")
 # Host boards and their folders under firmware/boards in import order: the bench board runs on

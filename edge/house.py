@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from edge import ev, thermal
-from edge.site import LOCAL_TZ, SiteModel
+from tendril_transactive.edge import ev, thermal
+from tendril_transactive.edge.site import LOCAL_TZ, SiteModel
 
 LOADS = ("pump", "hvac", "ev")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edge.site import SiteModel
+from tendril_transactive.edge.site import SiteModel
 
 
 class FilePlant:

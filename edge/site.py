@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from edge.resources import DATA_DIR
+from tendril_transactive.edge.resources import DATA_DIR
 
 LOCAL_TZ = ZoneInfo("America/Los_Angeles")
 DEFAULT_LOAD = DATA_DIR / "load" / "uci_household_power_1min_2006-12-17_2006-12-21.csv"

@@ -17,17 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from cloud.agent.config import EvPlan, SiteConfig
-from cloud.agent.core import AgentOptions, Decision, SiteAgent
-from cloud.agent.planner import InProcessPlanner
-from cloud.market.tenders import TenderConfig, build_tenders
-from cloud.optimizer.devices import FloatArray
-from cloud.optimizer.devices.ev import EvSpec
-from cloud.optimizer.devices.hvac import HvacSpec
-from cloud.optimizer.devices.pump import PumpSpec
-from cloud.optimizer.model import SiteSpec
-from cloud.sources.prices import PriceInterval
-from hil.plant import PlantConfig
+from tendril_transactive.cloud.agent.config import EvPlan, SiteConfig
+from tendril_transactive.cloud.agent.core import AgentOptions, Decision, SiteAgent
+from tendril_transactive.cloud.agent.planner import InProcessPlanner
+from tendril_transactive.cloud.market.tenders import TenderConfig, build_tenders
+from tendril_transactive.cloud.optimizer.devices import FloatArray
+from tendril_transactive.cloud.optimizer.devices.ev import EvSpec
+from tendril_transactive.cloud.optimizer.devices.hvac import HvacSpec
+from tendril_transactive.cloud.optimizer.devices.pump import PumpSpec
+from tendril_transactive.cloud.optimizer.model import SiteSpec
+from tendril_transactive.cloud.sources.prices import PriceInterval
+from tendril_transactive.hil.plant import PlantConfig
 
 AGENT_PARTY = "hil-agent"
 FEEDER = "hil-feeder"

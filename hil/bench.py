@@ -15,12 +15,12 @@ from typing import Any
 
 import tendril_wire as tw
 
-from cloud.agent.dispatch import Dispatcher, OutgoingCommand
-from edge.clock import SimClock
-from hil.broker import BrokerSide, Received
-from hil.dut import DeviceUnderTest
-from hil.link import Event
-from hil.plant import HousePlant, PlantSample
+from tendril_transactive.cloud.agent.dispatch import Dispatcher, OutgoingCommand
+from tendril_transactive.edge.clock import SimClock
+from tendril_transactive.hil.broker import BrokerSide, Received
+from tendril_transactive.hil.dut import DeviceUnderTest
+from tendril_transactive.hil.link import Event
+from tendril_transactive.hil.plant import HousePlant, PlantSample
 
 
 @dataclass

@@ -14,8 +14,8 @@ import paho.mqtt.client as paho
 import tendril_wire as tw
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.mqtt.message import Received, receive
-from hil.servers import LOOPBACK
+from tendril_transactive.cloud.mqtt.message import Received, receive
+from tendril_transactive.hil.servers import LOOPBACK
 
 __all__ = ["BrokerSide", "BrokerTimeout", "Received"]
 

@@ -57,7 +57,7 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def _scenario_path(name: str) -> Path:
-    from hil.scenario import SCENARIO_DIR
+    from tendril_transactive.hil.scenario import SCENARIO_DIR
 
     path = Path(name)
     if path.exists():
@@ -69,10 +69,10 @@ def _scenario_path(name: str) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hil.dut import parse_device
-    from hil.report import write_report
-    from hil.runner import RunOptions, run_scenario
-    from hil.scenario import ScenarioError, load_scenario, shipped_scenarios
+    from tendril_transactive.hil.dut import parse_device
+    from tendril_transactive.hil.report import write_report
+    from tendril_transactive.hil.runner import RunOptions, run_scenario
+    from tendril_transactive.hil.scenario import ScenarioError, load_scenario, shipped_scenarios
 
     if args.list:
         for path in shipped_scenarios():
@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from hil.report import write_report
+    from tendril_transactive.hil.report import write_report
 
     try:
         path = write_report(args.record, args.out)

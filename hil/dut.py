@@ -25,7 +25,7 @@ from typing import Protocol
 
 import serial  # type: ignore[import-untyped]  # pyserial ships no stubs (types-pyserial)
 
-from edge.firmware_process import (
+from tendril_transactive.edge.firmware_process import (
     FirmwareConfig,
     find_micropython,
     firmware_argv,
@@ -33,8 +33,8 @@ from edge.firmware_process import (
     micropython_path,
     precompile,
 )
-from edge.resources import FIRMWARE_DIR
-from hil.link import BenchLink
+from tendril_transactive.edge.resources import FIRMWARE_DIR
+from tendril_transactive.hil.link import BenchLink
 
 DEFAULT_BAUD = 115200
 READ_TIMEOUT_S = 0.05

@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge import ev, thermal
-from edge.site import SiteModel
+from tendril_transactive.edge import ev, thermal
+from tendril_transactive.edge.site import SiteModel
 
 LOADS = ("hvac", "ev", "pump")
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from hil.record import PASS
-from hil.runner import RunOptions, run_scenario
-from hil.scenario import ScenarioError, load_scenario
+from tendril_transactive.hil.record import PASS
+from tendril_transactive.hil.runner import RunOptions, run_scenario
+from tendril_transactive.hil.scenario import ScenarioError, load_scenario
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: never a display
 import matplotlib.pyplot as plt
 
-from hil.record import load_record
+from tendril_transactive.hil.record import load_record
 
 _COLORS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "ERROR": "#9a6700", "SKIPPED": "#6e7781"}
 

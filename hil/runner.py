@@ -17,17 +17,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cloud.agent.dispatch import Dispatcher
-from edge.clock import SimClock
-from edge.firmware_process import FirmwareConfig
-from hil import servers
-from hil.bench import Bench
-from hil.broker import BrokerSide
-from hil.dut import DeviceUnderTest, SerialDriver, UnixPortDriver, parse_device
-from hil.plant import HousePlant
-from hil.record import ERROR, FAIL, PASS, SKIPPED, Measurement, RunRecord, StepRecord
-from hil.scenario import Scenario, Step
-from hil.steps import ACTIONS
+from tendril_transactive.cloud.agent.dispatch import Dispatcher
+from tendril_transactive.edge.clock import SimClock
+from tendril_transactive.edge.firmware_process import FirmwareConfig
+from tendril_transactive.hil import servers
+from tendril_transactive.hil.bench import Bench
+from tendril_transactive.hil.broker import BrokerSide
+from tendril_transactive.hil.dut import DeviceUnderTest, SerialDriver, UnixPortDriver, parse_device
+from tendril_transactive.hil.plant import HousePlant
+from tendril_transactive.hil.record import ERROR, FAIL, PASS, SKIPPED, Measurement, RunRecord, StepRecord
+from tendril_transactive.hil.scenario import Scenario, Step
+from tendril_transactive.hil.steps import ACTIONS
 
 SITE = "hil"
 SIM_ORIGIN = 1_767_225_600.0  # 2026-01-01T00:00:00Z: the device clock of every run starts here

@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from edge.firmware_process import FirmwareConfig
-from hil.plant import PlantConfig
-from hil.record import MeasurementSpec
+from tendril_transactive.edge.firmware_process import FirmwareConfig
+from tendril_transactive.hil.plant import PlantConfig
+from tendril_transactive.hil.record import MeasurementSpec
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 BENCH_OWNED = {"site", "device", "type", "broker_host", "broker_port", "key", "relay_file", "power_file",
@@ -96,7 +96,7 @@ def _step(where: str, doc: Any, actions: set[str]) -> Step:
 
 
 def load_scenario(path: Path) -> Scenario:
-    from hil.steps import ACTIONS  # the actions are the scenario language's verbs
+    from tendril_transactive.hil.steps import ACTIONS  # the actions are the scenario language's verbs
 
     path = Path(path)
     try:

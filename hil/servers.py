@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloud.net import LOOPBACK, free_port
+from tendril_transactive.cloud.net import LOOPBACK, free_port
 
 __all__ = ["LOOPBACK", "free_port"]
 
@@ -139,7 +139,7 @@ def make_test_pki(workdir: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA and a server certificate for localhost/127.0.0.1: (ca, cert, key) PEM files."""
     import datetime
 
-    from cloud.devices import tls_certs
+    from tendril_transactive.cloud.devices import tls_certs
 
     now = datetime.datetime.now(datetime.UTC)
     ca = tls_certs.make_ca(now, "Tendril test CA")

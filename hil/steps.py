@@ -14,9 +14,9 @@ from typing import Any
 
 import tendril_wire as tw
 
-from hil.agent import RT_S, BenchAgent
-from hil.bench import Bench
-from hil.broker import Received
+from tendril_transactive.hil.agent import RT_S, BenchAgent
+from tendril_transactive.hil.bench import Bench
+from tendril_transactive.hil.broker import Received
 
 Values = dict[str, float]
 Action = Callable[[Bench, dict[str, Any], dict[str, Any]], Values]

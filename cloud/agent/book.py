@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import tendril_wire as wire
 
-from cloud.agent.config import SiteConfig
-from cloud.optimizer.schedule import MIN_TRADE_KWH
+from tendril_transactive.cloud.agent.config import SiteConfig
+from tendril_transactive.cloud.optimizer.schedule import MIN_TRADE_KWH
 
 RT_MARKET = "RTM"
 DA_MARKET = "DAM"

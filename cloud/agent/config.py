@@ -21,18 +21,18 @@ from zoneinfo import ZoneInfo
 
 import tendril_wire as wire
 
-from cloud.agent.dispatch import SafetyLimits
-from cloud.devices.registry import DeviceRecord, SiteRecord
-from cloud.optimizer.devices.battery import BatterySpec
-from cloud.optimizer.devices.ev import EvSpec
-from cloud.optimizer.devices.hvac import HvacSpec
-from cloud.optimizer.devices.pump import PumpSpec
-from cloud.optimizer.devices.pv import PvSpec
-from cloud.optimizer.model import SiteSpec
-from edge.battery import BatteryParams
-from edge.ev import EvParams, EvSession
-from edge.pv import PvParams
-from edge.thermal import ThermalParams
+from tendril_transactive.cloud.agent.dispatch import SafetyLimits
+from tendril_transactive.cloud.devices.registry import DeviceRecord, SiteRecord
+from tendril_transactive.cloud.optimizer.devices.battery import BatterySpec
+from tendril_transactive.cloud.optimizer.devices.ev import EvSpec
+from tendril_transactive.cloud.optimizer.devices.hvac import HvacSpec
+from tendril_transactive.cloud.optimizer.devices.pump import PumpSpec
+from tendril_transactive.cloud.optimizer.devices.pv import PvSpec
+from tendril_transactive.cloud.optimizer.model import SiteSpec
+from tendril_transactive.edge.battery import BatteryParams
+from tendril_transactive.edge.ev import EvParams, EvSession
+from tendril_transactive.edge.pv import PvParams
+from tendril_transactive.edge.thermal import ThermalParams
 
 LOCAL = ZoneInfo("America/Los_Angeles")  # the customer's clock: tariff hours, subscription hours
 # Per relay load, what the relay itself must respect (the firmware enforces the same minimums).

@@ -40,14 +40,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from cloud.agent.book import DA_MARKET, RT_MARKET, Book, Rejected
-from cloud.agent.config import LOCAL, SiteConfig
-from cloud.agent.planner import Job, JobResult
-from cloud.agent.plans import schedule_from_json, schedule_to_json
-from cloud.agent.telemetry import SiteTelemetry
-from cloud.optimizer.devices import FloatArray, SiteForecast, SiteState
-from cloud.optimizer.horizon import DAY_AHEAD, REAL_TIME
-from cloud.optimizer.schedule import DutyRounder, SiteSchedule
+from tendril_transactive.cloud.agent.book import DA_MARKET, RT_MARKET, Book, Rejected
+from tendril_transactive.cloud.agent.config import LOCAL, SiteConfig
+from tendril_transactive.cloud.agent.planner import Job, JobResult
+from tendril_transactive.cloud.agent.plans import schedule_from_json, schedule_to_json
+from tendril_transactive.cloud.agent.telemetry import SiteTelemetry
+from tendril_transactive.cloud.optimizer.devices import FloatArray, SiteForecast, SiteState
+from tendril_transactive.cloud.optimizer.horizon import DAY_AHEAD, REAL_TIME
+from tendril_transactive.cloud.optimizer.schedule import DutyRounder, SiteSchedule
 
 RT_STEP_S = int(REAL_TIME.step_s)
 PUMP_TIMER_START_H = 10  # the pump's fallback timer when no day-ahead price is known

@@ -24,10 +24,10 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from cloud.optimizer.fleet import FleetPool, Job, JobResult
-from cloud.optimizer.horizon import SitePlanner
-from cloud.optimizer.model import SiteSpec
-from cloud.optimizer.solve import HighsRunner, SolveError
+from tendril_transactive.cloud.optimizer.fleet import FleetPool, Job, JobResult
+from tendril_transactive.cloud.optimizer.horizon import SitePlanner
+from tendril_transactive.cloud.optimizer.model import SiteSpec
+from tendril_transactive.cloud.optimizer.solve import HighsRunner, SolveError
 
 __all__ = ["InProcessPlanner", "Job", "JobResult", "Planner", "PoolPlanner"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud.optimizer.schedule import SiteSchedule
+from tendril_transactive.cloud.optimizer.schedule import SiteSchedule
 
 _ARRAYS = ("buy_kwh", "sell_kwh", "hvac_heat", "hvac_cool", "temp_c", "pump_on", "ev_kw", "battery_kw", "soc_kwh")
 

@@ -27,15 +27,15 @@ from typing import Any
 import aiomqtt
 import tendril_wire as wire
 
-from cloud.agent.book import Rejected
-from cloud.agent.config import SiteConfig
-from cloud.agent.core import AgentOptions, Decision, Outdoor, SharedOutdoor, SiteAgent
-from cloud.agent.dispatch import DeviceKey, Dispatcher
-from cloud.agent.ownership import owned
-from cloud.agent.planner import InProcessPlanner, Job, Planner
-from cloud.agent.store import StateStore
-from cloud.settings import BrokerSettings
-from edge.clock import Clock
+from tendril_transactive.cloud.agent.book import Rejected
+from tendril_transactive.cloud.agent.config import SiteConfig
+from tendril_transactive.cloud.agent.core import AgentOptions, Decision, Outdoor, SharedOutdoor, SiteAgent
+from tendril_transactive.cloud.agent.dispatch import DeviceKey, Dispatcher
+from tendril_transactive.cloud.agent.ownership import owned
+from tendril_transactive.cloud.agent.planner import InProcessPlanner, Job, Planner
+from tendril_transactive.cloud.agent.store import StateStore
+from tendril_transactive.cloud.settings import BrokerSettings
+from tendril_transactive.edge.clock import Clock
 
 log = logging.getLogger("tendril.agent")
 
@@ -109,7 +109,7 @@ class AgentService:
         self.planner: Planner = planner or InProcessPlanner(
             {s: c.spec for s, c in self.sites.items()}, self.options.agent.time_limit_s)
         if outdoor is None:
-            from cloud.sources.weather import load_weather
+            from tendril_transactive.cloud.sources.weather import load_weather
             outdoor = load_weather()
         self.outdoor = SharedOutdoor(outdoor)
         limits = {(c.site, d): lim for c in self.sites.values() for d, lim in c.limits.items()}
@@ -137,8 +137,8 @@ class AgentService:
     def from_registry(cls, root: Path, broker: BrokerSettings, clock: Clock, planner: Planner | None = None,
                       options: ServiceOptions | None = None, outdoor: Outdoor | None = None) -> AgentService:
         """Sites and command keys from a registry folder; ConfigError/RegistryError naming what is wrong."""
-        from cloud.agent.config import site_config
-        from cloud.devices.registry import Registry
+        from tendril_transactive.cloud.agent.config import site_config
+        from tendril_transactive.cloud.devices.registry import Registry
 
         reg = Registry(root)
         sites = {r.site: site_config(r, reg.site_devices(r.site)) for r in reg.sites}

@@ -19,9 +19,9 @@ from typing import Any
 
 import tendril_wire as wire
 
-from cloud.agent.config import LOCAL, SiteConfig
-from cloud.optimizer.devices import SiteState
-from cloud.optimizer.schedule import SiteSchedule
+from tendril_transactive.cloud.agent.config import LOCAL, SiteConfig
+from tendril_transactive.cloud.optimizer.devices import SiteState
+from tendril_transactive.cloud.optimizer.schedule import SiteSchedule
 
 DEFAULT_BASE_KW = 0.5  # a household's typical uncontrolled load when the meter is silent
 

@@ -18,14 +18,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
-from cloud.billing import energy_grid
-from cloud.billing.settlement import SettledInterval, price_grid, settle, totals
-from cloud.billing.subscription import Subscription
-from cloud.billing.tariff import Tariff
-from cloud.market.tenders import TenderConfig
-from cloud.market.transactions import Transaction, position_series
-from cloud.sources.greenbutton import UsageInterval
-from cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.billing import energy_grid
+from tendril_transactive.cloud.billing.settlement import SettledInterval, price_grid, settle, totals
+from tendril_transactive.cloud.billing.subscription import Subscription
+from tendril_transactive.cloud.billing.tariff import Tariff
+from tendril_transactive.cloud.market.tenders import TenderConfig
+from tendril_transactive.cloud.market.transactions import Transaction, position_series
+from tendril_transactive.cloud.sources.greenbutton import UsageInterval
+from tendril_transactive.cloud.sources.prices import PriceInterval
 
 CENT = Decimal("0.01")
 WH = Decimal("0.001")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from cloud.sources.greenbutton import UsageInterval
+from tendril_transactive.cloud.sources.greenbutton import UsageInterval
 
 
 def _piece(interval: UsageInterval, start: int, end: int) -> float:

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cloud.billing import energy_grid
-from cloud.market.tenders import TenderConfig, tender_prices
-from cloud.sources.greenbutton import UsageInterval
-from cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.billing import energy_grid
+from tendril_transactive.cloud.market.tenders import TenderConfig, tender_prices
+from tendril_transactive.cloud.sources.greenbutton import UsageInterval
+from tendril_transactive.cloud.sources.prices import PriceInterval
 
 HOUR = 3600
 

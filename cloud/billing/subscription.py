@@ -16,9 +16,9 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cloud.billing import energy_grid
-from cloud.billing.tariff import DAY_TYPES, Tariff
-from cloud.sources.greenbutton import UsageInterval
+from tendril_transactive.cloud.billing import energy_grid
+from tendril_transactive.cloud.billing.tariff import DAY_TYPES, Tariff
+from tendril_transactive.cloud.sources.greenbutton import UsageInterval
 
 HOUR = 3600
 ProfileKey = tuple[int, str, int]  # (month 1..12, day type, local hour 0..23)

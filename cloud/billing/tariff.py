@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from edge.resources import DATA_DIR
+from tendril_transactive.edge.resources import DATA_DIR
 
 WEEKDAY = "weekday"
 WEEKEND = "weekend"

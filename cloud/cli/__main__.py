@@ -1,7 +1,7 @@
-"""`python -m cloud.cli`: the same as the `tendril` command."""
+"""`python -m tendril_transactive.cloud.cli`: the same as the `tendril` command."""
 
 import sys
 
-from cloud.cli.main import main
+from tendril_transactive.cloud.cli.main import main
 
 sys.exit(main())

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import tendril_wire as wire
 
-from cloud.cli.args import positive_float, positive_int
-from cloud.cli.service_log import progress_logging
-from cloud.settings import (
+from tendril_transactive.cloud import command
+from tendril_transactive.cloud.cli.args import positive_float, positive_int
+from tendril_transactive.cloud.cli.service_log import progress_logging
+from tendril_transactive.cloud.settings import (
     DEFAULT_BROKER,
     DEFAULT_DATA_DIR,
     DEFAULT_REGISTRY,
@@ -27,7 +28,7 @@ from cloud.settings import (
     clock_from_env,
     env,
 )
-from edge.clock import Clock
+from tendril_transactive.edge.clock import Clock
 
 log = logging.getLogger("tendril.agent")
 
@@ -104,11 +105,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _argv(args: argparse.Namespace, worker: str) -> list[str]:
-    argv = [sys.executable, "-m", "cloud.cli", "agent", "--broker", args.broker, "--worker-id", worker,
+    argv = command.argv("agent", "--broker", args.broker, "--worker-id", worker,
             "--state-dir", str(args.state_dir), "--time-limit-s", repr(args.time_limit_s),
             "--stale-after-s", repr(args.stale_after_s), "--progress-s", repr(args.progress_s),
             "--tx-resend-s", repr(args.tx_resend_s), "--cmd-retry-s", repr(args.cmd_retry_s),
-            "--command-grace-s", repr(args.command_grace_s)]
+            "--command-grace-s", repr(args.command_grace_s))
     for flag, value in (("--registry", args.registry), ("--username", args.username),
                         ("--stats-file", args.stats_file)):
         if value:
@@ -127,7 +128,7 @@ def run_agent(args: argparse.Namespace) -> int:
         print(f"tendril agent: error: {exc}", file=sys.stderr)
         return 2
     if args.workers > 1:
-        from cloud.ingest.workers import Supervisor, worker_env
+        from tendril_transactive.cloud.ingest.workers import Supervisor, worker_env
 
         log.info("starting %d agent workers", args.workers)
         env_ = worker_env({ENV_MQTT_PASSWORD: broker.password})
@@ -136,11 +137,11 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, broker: BrokerSettings, clock: Clock) -> int:
-    from cloud.agent.config import ConfigError
-    from cloud.agent.core import AgentOptions
-    from cloud.agent.service import AgentService, ServiceOptions
-    from cloud.devices.registry import RegistryError
-    from cloud.settings import registry_dir
+    from tendril_transactive.cloud.agent.config import ConfigError
+    from tendril_transactive.cloud.agent.core import AgentOptions
+    from tendril_transactive.cloud.agent.service import AgentService, ServiceOptions
+    from tendril_transactive.cloud.devices.registry import RegistryError
+    from tendril_transactive.cloud.settings import registry_dir
     worker = args.worker_id or "w0"
     stats = Path(args.stats_file.replace("{worker}", worker)) if args.stats_file else None
     options = ServiceOptions(worker_id=worker, state_dir=args.state_dir, progress_s=args.progress_s,

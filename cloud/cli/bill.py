@@ -28,20 +28,20 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloud.billing import energy_grid
-from cloud.billing.bill import MonthlyBill, monthly_bill
-from cloud.billing.subscription import Profile, Subscription, replay_history, subscribe
-from cloud.billing.tariff import DAY_TYPES, DEFAULT_TARIFF, Tariff, load_tariff
-from cloud.devices.registry import Registry, RegistryError
-from cloud.ledger.chain import Ledger
-from cloud.market.meters import LineProtocolFileReader, MeterReader, meter_reader
-from cloud.market.settle import register_at
-from cloud.market.tenders import TenderConfig
-from cloud.market.transactions import KIND_TRANSACTION, Transaction
-from cloud.settings import ENV_INFLUX_URL, ENV_LEDGER_URL, check_http_url
-from cloud.sources.greenbutton import UsageInterval, load_feed
-from cloud.sources.prices import PriceInterval, default_prices, load_caiso_csv
-from edge.resources import DATA_DIR
+from tendril_transactive.cloud.billing import energy_grid
+from tendril_transactive.cloud.billing.bill import MonthlyBill, monthly_bill
+from tendril_transactive.cloud.billing.subscription import Profile, Subscription, replay_history, subscribe
+from tendril_transactive.cloud.billing.tariff import DAY_TYPES, DEFAULT_TARIFF, Tariff, load_tariff
+from tendril_transactive.cloud.devices.registry import Registry, RegistryError
+from tendril_transactive.cloud.ledger.chain import Ledger
+from tendril_transactive.cloud.market.meters import LineProtocolFileReader, MeterReader, meter_reader
+from tendril_transactive.cloud.market.settle import register_at
+from tendril_transactive.cloud.market.tenders import TenderConfig
+from tendril_transactive.cloud.market.transactions import KIND_TRANSACTION, Transaction
+from tendril_transactive.cloud.settings import ENV_INFLUX_URL, ENV_LEDGER_URL, check_http_url
+from tendril_transactive.cloud.sources.greenbutton import UsageInterval, load_feed
+from tendril_transactive.cloud.sources.prices import PriceInterval, default_prices, load_caiso_csv
+from tendril_transactive.edge.resources import DATA_DIR
 
 DATA = DATA_DIR / "greenbutton"
 KIND_SETTLEMENT = "settlement"

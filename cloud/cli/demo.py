@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from cloud.cli.args import positive_float, positive_int
-from cloud.demo.run import DemoConfig, format_window, run_demo
-from cloud.settings import ENV_INFLUX_TOKEN, ENV_INFLUX_URL
+from tendril_transactive.cloud.cli.args import positive_float, positive_int
+from tendril_transactive.cloud.demo.run import DemoConfig, format_window, run_demo
+from tendril_transactive.cloud.settings import ENV_INFLUX_TOKEN, ENV_INFLUX_URL
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -10,10 +10,10 @@ import secrets
 import sys
 from pathlib import Path
 
-from cloud.devices import broker_conf, broker_tls, ha_discovery
-from cloud.devices import deploy as device_deploy
-from cloud.devices.dynsec import dynsec_json
-from cloud.devices.mosquitto import (
+from tendril_transactive.cloud.devices import broker_conf, broker_tls, ha_discovery
+from tendril_transactive.cloud.devices import deploy as device_deploy
+from tendril_transactive.cloud.devices.dynsec import dynsec_json
+from tendril_transactive.cloud.devices.mosquitto import (
     AGENT_ROLE,
     SERVICE_ROLES,
     ServiceUser,
@@ -24,9 +24,16 @@ from cloud.devices.mosquitto import (
     ingest_users,
     password_text,
 )
-from cloud.devices.registry import DEFAULT_AGENT, DEFAULT_FEEDER, RELAY_LOADS, Registry, RegistryError, SiteRecord
-from cloud.devices.tls_certs import CertError
-from cloud.settings import (
+from tendril_transactive.cloud.devices.registry import (
+    DEFAULT_AGENT,
+    DEFAULT_FEEDER,
+    RELAY_LOADS,
+    Registry,
+    RegistryError,
+    SiteRecord,
+)
+from tendril_transactive.cloud.devices.tls_certs import CertError
+from tendril_transactive.cloud.settings import (
     ENV_MQTT_PASSWORD,
     MQTTS_PORT,
     BrokerSettings,
@@ -35,7 +42,7 @@ from cloud.settings import (
     registry_dir,
     tls_args,
 )
-from edge.firmware_process import MpyCrossNotFound
+from tendril_transactive.edge.firmware_process import MpyCrossNotFound
 
 DEFAULT_ROOT = registry_dir()
 SERVICES_FILE = "secrets/_services.json"

@@ -8,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from cloud.cli.service_log import progress_logging
-from cloud.devices.registry import RegistryError
-from cloud.ingest.known_devices import KnownDevices
-from cloud.settings import (
+from tendril_transactive.cloud.cli.service_log import progress_logging
+from tendril_transactive.cloud.devices.registry import RegistryError
+from tendril_transactive.cloud.ingest.known_devices import KnownDevices
+from tendril_transactive.cloud.settings import (
     DEFAULT_BROKER,
     DEFAULT_DATA_DIR,
     DEFAULT_REGISTRY,
@@ -199,7 +199,9 @@ def run_ingest(args: argparse.Namespace) -> int:
         print(f"tendril ingest: error: {exc}", file=sys.stderr)
         return 2
     progress_logging(log)
-    from cloud.ingest import serve as ingest_serve  # the event loop, the store client: only when serving
+    from tendril_transactive.cloud.ingest import (
+        serve as ingest_serve,  # the event loop, the store client: only when serving
+    )
 
     if args.workers > 1 and args.worker_index is None:
         return ingest_serve.supervise(args, host, port, influx_url, devices)

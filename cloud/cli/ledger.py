@@ -14,9 +14,9 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from cloud.cli.args import positive_int
-from cloud.ledger.chain import DEFAULT_URL, Head, Ledger
-from cloud.settings import ENV_LEDGER_URL
+from tendril_transactive.cloud.cli.args import positive_int
+from tendril_transactive.cloud.ledger.chain import DEFAULT_URL, Head, Ledger
+from tendril_transactive.cloud.settings import ENV_LEDGER_URL
 
 ENV_URL = ENV_LEDGER_URL
 

@@ -15,9 +15,9 @@ import signal
 import sys
 from pathlib import Path
 
-from cloud.cli.args import positive_float
-from cloud.cli.service_log import progress_logging
-from cloud.settings import (
+from tendril_transactive.cloud.cli.args import positive_float
+from tendril_transactive.cloud.cli.service_log import progress_logging
+from tendril_transactive.cloud.settings import (
     DEFAULT_BROKER,
     ENV_BROKER,
     ENV_CLOCK,
@@ -112,9 +112,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_market(args: argparse.Namespace) -> int:
-    from cloud.market.pricing import StaticFeederRatios, parse_feeder_ratios
-    from cloud.market.schedule import MarketConfig
-    from cloud.market.sources import make_source
+    from tendril_transactive.cloud.market.pricing import StaticFeederRatios, parse_feeder_ratios
+    from tendril_transactive.cloud.market.schedule import MarketConfig
+    from tendril_transactive.cloud.market.sources import make_source
 
     try:
         broker = BrokerSettings.from_args(args.broker, args.username, **tls_args(args))
@@ -133,15 +133,15 @@ def run_market(args: argparse.Namespace) -> int:
     progress_logging(log)
     from sqlalchemy.exc import SQLAlchemyError
 
-    from cloud.ledger.chain import Ledger
-    from cloud.market.meters import (
+    from tendril_transactive.cloud.ledger.chain import Ledger
+    from tendril_transactive.cloud.market.meters import (
         LineProtocolFileReader,
         MeterReader,
         MeterReadError,
         VictoriaMeterReader,
         meter_reader,
     )
-    from cloud.market.service import MarketService, registry_sites
+    from tendril_transactive.cloud.market.service import MarketService, registry_sites
 
     url = args.ledger or ledger_url()
     try:

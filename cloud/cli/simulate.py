@@ -9,8 +9,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from cloud.cli.args import positive_int
-from cloud.sim.run import SimConfig, simulate
+from tendril_transactive.cloud.cli.args import positive_int
+from tendril_transactive.cloud.sim.run import SimConfig, simulate
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

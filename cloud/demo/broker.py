@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud.net import LOOPBACK, free_port
+from tendril_transactive.cloud.net import LOOPBACK, free_port
 
 
 @dataclass

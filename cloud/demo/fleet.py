@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from cloud.devices.registry import Registry, SiteRecord
-from edge.firmware_process import FirmwareConfig, FirmwareProcess
-from edge.house import EvPlan, FileHouse
-from edge.site import LOCAL_TZ, SiteModel
+from tendril_transactive.cloud.devices.registry import Registry, SiteRecord
+from tendril_transactive.edge.firmware_process import FirmwareConfig, FirmwareProcess
+from tendril_transactive.edge.house import EvPlan, FileHouse
+from tendril_transactive.edge.site import LOCAL_TZ, SiteModel
 
 # Feeders the demo sites hang off; the second runs hot, so its congestion adder shows.
 FEEDERS = (("feeder-a", 0.55), ("feeder-b", 0.95))

@@ -18,9 +18,9 @@ from typing import Any
 
 import tendril_wire as wire
 
-from cloud.billing.tariff import Tariff
-from cloud.market.settle import KIND_SETTLEMENT
-from cloud.market.transactions import KIND_REFUSAL, KIND_TRANSACTION
+from tendril_transactive.cloud.billing.tariff import Tariff
+from tendril_transactive.cloud.market.settle import KIND_SETTLEMENT
+from tendril_transactive.cloud.market.transactions import KIND_REFUSAL, KIND_TRANSACTION
 
 
 @dataclass(frozen=True)

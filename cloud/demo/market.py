@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cloud.billing.tariff import Tariff, default_tariff
-from cloud.demo.fleet import PUMP_KW, DemoSite
-from cloud.market.tenders import TenderConfig
-from cloud.reports.market_lines import (
+from tendril_transactive.cloud.billing.tariff import Tariff, default_tariff
+from tendril_transactive.cloud.demo.fleet import PUMP_KW, DemoSite
+from tendril_transactive.cloud.market.tenders import TenderConfig
+from tendril_transactive.cloud.reports.market_lines import (
     SitePlan,
     feeder_lines,
     lmp_lines,
@@ -19,9 +19,14 @@ from cloud.reports.market_lines import (
     settlement_lines,
     tender_lines,
 )
-from cloud.sources.prices import PriceInterval
-from cloud.store.line_protocol import FIELD_ENERGY_WH, MEASUREMENT_METER, MEASUREMENT_RELAY, TAG_DEVICE
-from cloud.store.sinks import EmbeddedStore
+from tendril_transactive.cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.store.line_protocol import (
+    FIELD_ENERGY_WH,
+    MEASUREMENT_METER,
+    MEASUREMENT_RELAY,
+    TAG_DEVICE,
+)
+from tendril_transactive.cloud.store.sinks import EmbeddedStore
 
 HOUR = 3600
 PUMP = "pump"

@@ -25,9 +25,9 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from cloud.demo.summary import DemoSummary
-from cloud.reports import market_lines as mk
-from cloud.store.line_protocol import (
+from tendril_transactive.cloud.demo.summary import DemoSummary
+from tendril_transactive.cloud.reports import market_lines as mk
+from tendril_transactive.cloud.store.line_protocol import (
     FIELD_LOAD_W,
     FIELD_POWER_W,
     FIELD_RELAY,
@@ -35,7 +35,7 @@ from cloud.store.line_protocol import (
     MEASUREMENT_RELAY,
     TAG_SITE,
 )
-from cloud.store.sinks import EmbeddedStore, StoredPoint
+from tendril_transactive.cloud.store.sinks import EmbeddedStore, StoredPoint
 
 LOCAL = ZoneInfo("America/Los_Angeles")
 GRID_S = 60

@@ -30,29 +30,29 @@ from zoneinfo import ZoneInfo
 
 import tendril_wire as wire
 
-from cloud.agent.core import AgentOptions
-from cloud.agent.service import AgentService, ServiceOptions
-from cloud.billing.tariff import default_tariff
-from cloud.demo.broker import EmbeddedBroker, embedded_broker, write_password_file
-from cloud.demo.fleet import DemoSite, make_sites
-from cloud.demo.ledger_summary import fleet_market
-from cloud.demo.market import demo_market_lines
-from cloud.demo.report import write_report
-from cloud.demo.summary import DemoSummary, PricePoint, site_result
-from cloud.devices.registry import Registry
-from cloud.ingest.ingestor import Ingestor
-from cloud.ingest.known_devices import KnownDevices
-from cloud.ledger.chain import Ledger
-from cloud.market.meters import EmbeddedMeterReader
-from cloud.market.pricing import StaticFeederRatios
-from cloud.market.schedule import MarketConfig
-from cloud.market.service import MarketService
-from cloud.market.tenders import TenderConfig, tender_prices
-from cloud.mqtt.codec import V311
-from cloud.settings import BrokerSettings, parse_broker_url
-from cloud.sources.prices import default_prices, prices_between
-from cloud.store.sinks import EmbeddedStore, InfluxSink, Sink
-from edge.clock import SimClock
+from tendril_transactive.cloud.agent.core import AgentOptions
+from tendril_transactive.cloud.agent.service import AgentService, ServiceOptions
+from tendril_transactive.cloud.billing.tariff import default_tariff
+from tendril_transactive.cloud.demo.broker import EmbeddedBroker, embedded_broker, write_password_file
+from tendril_transactive.cloud.demo.fleet import DemoSite, make_sites
+from tendril_transactive.cloud.demo.ledger_summary import fleet_market
+from tendril_transactive.cloud.demo.market import demo_market_lines
+from tendril_transactive.cloud.demo.report import write_report
+from tendril_transactive.cloud.demo.summary import DemoSummary, PricePoint, site_result
+from tendril_transactive.cloud.devices.registry import Registry
+from tendril_transactive.cloud.ingest.ingestor import Ingestor
+from tendril_transactive.cloud.ingest.known_devices import KnownDevices
+from tendril_transactive.cloud.ledger.chain import Ledger
+from tendril_transactive.cloud.market.meters import EmbeddedMeterReader
+from tendril_transactive.cloud.market.pricing import StaticFeederRatios
+from tendril_transactive.cloud.market.schedule import MarketConfig
+from tendril_transactive.cloud.market.service import MarketService
+from tendril_transactive.cloud.market.tenders import TenderConfig, tender_prices
+from tendril_transactive.cloud.mqtt.codec import V311
+from tendril_transactive.cloud.settings import BrokerSettings, parse_broker_url
+from tendril_transactive.cloud.sources.prices import default_prices, prices_between
+from tendril_transactive.cloud.store.sinks import EmbeddedStore, InfluxSink, Sink
+from tendril_transactive.edge.clock import SimClock
 
 log = logging.getLogger("tendril.demo")
 LOCAL = ZoneInfo("America/Los_Angeles")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cloud.demo.ledger_summary import SiteMarket
+from tendril_transactive.cloud.demo.ledger_summary import SiteMarket
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.devices import tls_certs
-from cloud.devices.tls_certs import CertError, Pem
+from tendril_transactive.cloud.devices import tls_certs
+from tendril_transactive.cloud.devices.tls_certs import CertError, Pem
 
 CA_CERT = "mqtt-ca.crt"
 CA_KEY = "secrets/mqtt-ca.key"

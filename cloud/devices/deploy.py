@@ -23,9 +23,9 @@ from typing import Any
 
 from tendril_fw import config as fw_config
 
-from cloud.devices.registry import Registry, RegistryError
-from edge.firmware_process import CompileError, compile_mpy, write_config
-from edge.resources import FIRMWARE_DIR
+from tendril_transactive.cloud.devices.registry import Registry, RegistryError
+from tendril_transactive.edge.firmware_process import CompileError, compile_mpy, write_config
+from tendril_transactive.edge.resources import FIRMWARE_DIR
 
 BOARDS = ("esp32", "esp32_bench")
 # Keys only the registry supplies: a settings file cannot redirect a device's identity or secrets.

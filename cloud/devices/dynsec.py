@@ -19,8 +19,15 @@ import base64
 import json
 from collections.abc import Iterable
 
-from cloud.devices.mosquitto import Grant, ServiceUser, client_id_for, device_client_id, grants_for, password_hash
-from cloud.devices.registry import DeviceRecord
+from tendril_transactive.cloud.devices.mosquitto import (
+    Grant,
+    ServiceUser,
+    client_id_for,
+    device_client_id,
+    grants_for,
+    password_hash,
+)
+from tendril_transactive.cloud.devices.registry import DeviceRecord
 
 _WILDCARDS = ("+", "#")
 

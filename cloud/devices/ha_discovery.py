@@ -19,7 +19,7 @@ import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud.devices.registry import DeviceRecord
+from tendril_transactive.cloud.devices.registry import DeviceRecord
 
 TIMEOUT_S = 10.0
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import tendril_wire as wire
 
-from cloud.devices.registry import DeviceRecord
+from tendril_transactive.cloud.devices.registry import DeviceRecord
 
 # Mosquitto 2's `$7$` format: PBKDF2-HMAC-SHA512, 12-byte salt, its default 101 iterations.
 PBKDF2_ITERATIONS = 101

@@ -13,9 +13,9 @@ from typing import Any
 
 import tendril_wire as wire
 
-from cloud.ingest import fast_decode, validation
-from cloud.ingest.known_devices import UNKNOWN_DEVICE, KnownDevices
-from cloud.store.line_protocol import STORED_KINDS, contract_error, message_to_line, seconds_to_ns
+from tendril_transactive.cloud.ingest import fast_decode, validation
+from tendril_transactive.cloud.ingest.known_devices import UNKNOWN_DEVICE, KnownDevices
+from tendril_transactive.cloud.store.line_protocol import STORED_KINDS, contract_error, message_to_line, seconds_to_ns
 
 INGESTED_KINDS = STORED_KINDS
 DEAD_LETTER_PAYLOAD_BYTES = 512

@@ -23,12 +23,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cloud.ingest.dedup import Key
-from cloud.ingest.health import IngestStats, LagHistogram
-from cloud.ingest.spool import Record, Spool, SpoolFull
-from cloud.store.line_protocol import LineProtocolError
-from cloud.store.sinks import BodySink, Sink, StoreRejected
-from edge.clock import Clock
+from tendril_transactive.cloud.ingest.dedup import Key
+from tendril_transactive.cloud.ingest.health import IngestStats, LagHistogram
+from tendril_transactive.cloud.ingest.spool import Record, Spool, SpoolFull
+from tendril_transactive.cloud.store.line_protocol import LineProtocolError
+from tendril_transactive.cloud.store.sinks import BodySink, Sink, StoreRejected
+from tendril_transactive.edge.clock import Clock
 
 log = logging.getLogger("tendril.ingest")
 

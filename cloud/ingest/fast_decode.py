@@ -18,7 +18,7 @@ from typing import Any, cast
 import msgspec
 import tendril_wire as wire
 
-from cloud.store import line_protocol as lp
+from tendril_transactive.cloud.store import line_protocol as lp
 
 Schema = dict[str, tuple[tuple[type, ...], bool]]
 SCHEMAS = cast(dict[str, Schema], wire.SCHEMAS)  # the contract module carries no annotations

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from cloud.store import line_protocol as lp
+from tendril_transactive.cloud.store import line_protocol as lp
 
 # ------------------------------------------------------------------ lag histogram
 

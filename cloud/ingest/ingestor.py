@@ -33,7 +33,7 @@ from typing import IO, Any
 
 import tendril_wire as wire
 
-from cloud.ingest.classify import (
+from tendril_transactive.cloud.ingest.classify import (
     DEAD_LETTER_PAYLOAD_BYTES,
     INGESTED_KINDS,
     INTERNAL_ERROR,
@@ -42,17 +42,17 @@ from cloud.ingest.classify import (
     Rejected,
     classify,
 )
-from cloud.ingest.commit import Batch, Committer
-from cloud.ingest.dedup import DEFAULT_WINDOW, DedupJournal, DedupWindow
-from cloud.ingest.health import IngestStats, LagHistogram, ThrottledLog, health_lines
-from cloud.ingest.known_devices import KnownDevices
-from cloud.ingest.link import BrokerLink, wait_event
-from cloud.ingest.spool import DEFAULT_MAX_BYTES, Spool
-from cloud.ingest.validation import Limits
-from cloud.mqtt.codec import RawPublish
-from cloud.mqtt.session import SessionOptions
-from cloud.store.sinks import Sink
-from edge.clock import Clock, WallClock
+from tendril_transactive.cloud.ingest.commit import Batch, Committer
+from tendril_transactive.cloud.ingest.dedup import DEFAULT_WINDOW, DedupJournal, DedupWindow
+from tendril_transactive.cloud.ingest.health import IngestStats, LagHistogram, ThrottledLog, health_lines
+from tendril_transactive.cloud.ingest.known_devices import KnownDevices
+from tendril_transactive.cloud.ingest.link import BrokerLink, wait_event
+from tendril_transactive.cloud.ingest.spool import DEFAULT_MAX_BYTES, Spool
+from tendril_transactive.cloud.ingest.validation import Limits
+from tendril_transactive.cloud.mqtt.codec import RawPublish
+from tendril_transactive.cloud.mqtt.session import SessionOptions
+from tendril_transactive.cloud.store.sinks import Sink
+from tendril_transactive.edge.clock import Clock, WallClock
 
 __all__ = [
     "DEAD_LETTER_PAYLOAD_BYTES", "INGESTED_KINDS", "INTERNAL_ERROR", "Accepted", "IngestStats", "Ingestor",

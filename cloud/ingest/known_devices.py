@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tendril_wire as wire
 
-from cloud.devices.registry import REGISTRY_FILE, Registry, RegistryError
+from tendril_transactive.cloud.devices.registry import REGISTRY_FILE, Registry, RegistryError
 
 log = logging.getLogger("tendril.ingest")
 

@@ -12,8 +12,8 @@ import contextlib
 import dataclasses
 import logging
 
-from cloud.ingest.health import IngestStats
-from cloud.mqtt.session import MqttError, MqttSession, PublishHandler, SessionOptions, open_session
+from tendril_transactive.cloud.ingest.health import IngestStats
+from tendril_transactive.cloud.mqtt.session import MqttError, MqttSession, PublishHandler, SessionOptions, open_session
 
 log = logging.getLogger("tendril.ingest")
 

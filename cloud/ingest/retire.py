@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.ingest.dedup import write_atomic
+from tendril_transactive.cloud.ingest.dedup import write_atomic
 
 log = logging.getLogger("tendril.ingest")
 

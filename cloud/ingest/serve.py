@@ -14,14 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-from cloud.ingest.dedup import write_atomic
-from cloud.ingest.ingestor import Ingestor, StateDirInUse
-from cloud.ingest.known_devices import KnownDevices
-from cloud.ingest.retire import Identity, existing, plan, retire, wanted, write_identity
-from cloud.ingest.validation import Limits
-from cloud.ingest.workers import Supervisor, worker_env
-from cloud.mqtt.codec import V5, V311
-from cloud.settings import (
+from tendril_transactive.cloud import command
+from tendril_transactive.cloud.ingest.dedup import write_atomic
+from tendril_transactive.cloud.ingest.ingestor import Ingestor, StateDirInUse
+from tendril_transactive.cloud.ingest.known_devices import KnownDevices
+from tendril_transactive.cloud.ingest.retire import Identity, existing, plan, retire, wanted, write_identity
+from tendril_transactive.cloud.ingest.validation import Limits
+from tendril_transactive.cloud.ingest.workers import Supervisor, worker_env
+from tendril_transactive.cloud.mqtt.codec import V5, V311
+from tendril_transactive.cloud.settings import (
     DEFAULT_SHARE_GROUP,
     ENV_INFLUX_TOKEN,
     ENV_MQTT_PASSWORD,
@@ -30,7 +31,7 @@ from cloud.settings import (
     tls_args,
     tls_argv,
 )
-from cloud.store.sinks import EmbeddedStore, InfluxSink, Sink
+from tendril_transactive.cloud.store.sinks import EmbeddedStore, InfluxSink, Sink
 
 log = logging.getLogger("tendril.ingest")
 
@@ -43,8 +44,7 @@ _PROTOCOLS = {"auto": None, "5": V5, "3.1.1": V311}
 
 def worker_argv(args: argparse.Namespace, index: int) -> list[str]:
     """The command line of worker `index`: the same options, minus secrets (they go by env)."""
-    argv = [
-        sys.executable, "-m", "cloud.cli", "ingest",
+    argv = command.argv("ingest",
         "--broker", args.broker, "--client-id", args.client_id, "--mqtt-version", args.mqtt_version,
         "--influx-org", args.influx_org, "--influx-bucket", args.influx_bucket,
         "--store-file", str(args.store_file), "--state-dir", str(args.state_dir),
@@ -54,7 +54,7 @@ def worker_argv(args: argparse.Namespace, index: int) -> list[str]:
         "--receive-maximum", str(args.receive_maximum), "--stats-interval", repr(args.stats_interval),
         "--health-interval", repr(args.health_interval),
         "--max-age", repr(args.max_age), "--max-skew", repr(args.max_skew),
-    ]  # fmt: skip
+    )  # fmt: skip
     optional = {
         "--username": args.username, "--influx-url": args.influx_url, "--share-group": args.share_group,
         "--stats-file": args.stats_file, "--registry": str(args.registry) if args.registry else None,

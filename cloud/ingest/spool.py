@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.ingest.dedup import write_atomic
+from tendril_transactive.cloud.ingest.dedup import write_atomic
 
 log = logging.getLogger("tendril.ingest")
 

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
-from cloud.ledger import schema
+from tendril_transactive.cloud.ledger import schema
 
 GENESIS = "0" * 64
 DEFAULT_URL = "sqlite:///tendril-ledger.db"

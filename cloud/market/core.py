@@ -25,12 +25,12 @@ from typing import Any
 
 import tendril_wire as wire
 
-from cloud.devices.registry import SiteRecord
-from cloud.market import settle as st
-from cloud.market.pricing import DistributionPricing
-from cloud.market.schedule import DAM, RT_STEP_S, RTM, Batch, MarketConfig, batch_tenders
-from cloud.market.tenders import LOCAL_TZ
-from cloud.market.transactions import (
+from tendril_transactive.cloud.devices.registry import SiteRecord
+from tendril_transactive.cloud.market import settle as st
+from tendril_transactive.cloud.market.pricing import DistributionPricing
+from tendril_transactive.cloud.market.schedule import DAM, RT_STEP_S, RTM, Batch, MarketConfig, batch_tenders
+from tendril_transactive.cloud.market.tenders import LOCAL_TZ
+from tendril_transactive.cloud.market.transactions import (
     KIND_REFUSAL,
     KIND_TENDER,
     KIND_TRANSACTION,
@@ -40,7 +40,7 @@ from cloud.market.transactions import (
     Transaction,
     TransactionRefused,
 )
-from cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.sources.prices import PriceInterval
 
 LedgerItem = tuple[str, str, dict[str, Any]]  # (kind, site, body) for Ledger.append_many
 MAX_DETAIL = 200

@@ -24,8 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import Protocol
 
-from cloud.settings import ENV_INFLUX_TOKEN
-from cloud.store.line_protocol import (
+from tendril_transactive.cloud.settings import ENV_INFLUX_TOKEN
+from tendril_transactive.cloud.store.line_protocol import (
     FIELD_ENERGY_WH,
     MEASUREMENT_METER,
     TAG_DEVICE,
@@ -34,7 +34,7 @@ from cloud.store.line_protocol import (
     LineProtocolError,
     parse_line,
 )
-from cloud.store.sinks import EmbeddedStore
+from tendril_transactive.cloud.store.sinks import EmbeddedStore
 
 Readings = dict[str, list[tuple[float, float]]]
 _NS = 1_000_000_000

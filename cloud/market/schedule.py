@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud.devices.registry import SiteRecord
-from cloud.market.tenders import LOCAL_TZ, TenderConfig, build_tenders
-from cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.devices.registry import SiteRecord
+from tendril_transactive.cloud.market.tenders import LOCAL_TZ, TenderConfig, build_tenders
+from tendril_transactive.cloud.sources.prices import PriceInterval
 
 DAM = "DAM"
 RTM = "RTM"

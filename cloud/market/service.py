@@ -34,14 +34,23 @@ from typing import Any, Protocol
 import aiomqtt
 import tendril_wire as wire
 
-from cloud.devices.registry import REGISTRY_FILE, Registry, SiteRecord
-from cloud.market.core import ACCEPTED, REPLAYED, Decision, MarketCore
-from cloud.market.meters import MeterReader, MeterReadError
-from cloud.market.pricing import DistributionPricing, StaticFeederRatios
-from cloud.market.schedule import DAM, RT_STEP_S, RTM, Batch, MarketConfig, due_batches, next_publication, rt_price
-from cloud.market.sources import PriceSource, PriceSourceError, ReplayPrices
-from cloud.settings import BrokerSettings
-from edge.clock import Clock, WallClock
+from tendril_transactive.cloud.devices.registry import REGISTRY_FILE, Registry, SiteRecord
+from tendril_transactive.cloud.market.core import ACCEPTED, REPLAYED, Decision, MarketCore
+from tendril_transactive.cloud.market.meters import MeterReader, MeterReadError
+from tendril_transactive.cloud.market.pricing import DistributionPricing, StaticFeederRatios
+from tendril_transactive.cloud.market.schedule import (
+    DAM,
+    RT_STEP_S,
+    RTM,
+    Batch,
+    MarketConfig,
+    due_batches,
+    next_publication,
+    rt_price,
+)
+from tendril_transactive.cloud.market.sources import PriceSource, PriceSourceError, ReplayPrices
+from tendril_transactive.cloud.settings import BrokerSettings
+from tendril_transactive.edge.clock import Clock, WallClock
 
 log = logging.getLogger("tendril.market")
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import tendril_wire as wire
 
-from cloud.devices.registry import SiteRecord
-from cloud.market.schedule import HOUR_S, RT_STEP_S
-from cloud.market.tenders import local_hour
-from cloud.market.transactions import Transaction
+from tendril_transactive.cloud.devices.registry import SiteRecord
+from tendril_transactive.cloud.market.schedule import HOUR_S, RT_STEP_S
+from tendril_transactive.cloud.market.tenders import local_hour
+from tendril_transactive.cloud.market.transactions import Transaction
 
 KIND_SETTLEMENT = "settlement"
 KWH_DECIMALS = 6

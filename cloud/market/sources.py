@@ -17,7 +17,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from cloud.sources.prices import LMP_LIMIT_USD_PER_MWH, PriceInterval, default_prices, prices_between
+from tendril_transactive.cloud.sources.prices import (
+    LMP_LIMIT_USD_PER_MWH,
+    PriceInterval,
+    default_prices,
+    prices_between,
+)
 
 DAM = "DAM"
 RTM = "RTM"

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import tendril_wire as wire
 
-from cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.sources.prices import PriceInterval
 
 LOCAL_TZ = ZoneInfo("America/Los_Angeles")
 MARKET_IDS = ("DAM", "RTM")

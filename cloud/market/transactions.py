@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import tendril_wire as wire
 
-from cloud.sources.greenbutton import UsageInterval
+from tendril_transactive.cloud.sources.greenbutton import UsageInterval
 
 # The refusal codes are the wire contract's: a confirm carries them to the agent.
 REFUSE_UNKNOWN = wire.TX_REFUSE_UNKNOWN

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cloud.mqtt import codec
-from cloud.mqtt.codec import V5, V311, MqttProtocolError, RawPublish
+from tendril_transactive.cloud.mqtt import codec
+from tendril_transactive.cloud.mqtt.codec import V5, V311, MqttProtocolError, RawPublish
 
 log = logging.getLogger("tendril.mqtt")
 

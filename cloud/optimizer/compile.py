@@ -32,7 +32,7 @@ from pyomo.core.expr.numeric_expr import (
 from pyomo.repn import generate_standard_repn
 from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
 
-from cloud.optimizer.devices import FloatArray, ParamValues
+from tendril_transactive.cloud.optimizer.devices import FloatArray, ParamValues
 
 IntArray = npt.NDArray[np.int32]
 INF = float("inf")

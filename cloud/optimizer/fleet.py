@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from cloud.optimizer.devices import SiteForecast, SiteState
-from cloud.optimizer.horizon import SitePlanner
-from cloud.optimizer.model import SiteSpec
-from cloud.optimizer.schedule import SiteSchedule
-from cloud.optimizer.solve import HighsRunner, SolveError
+from tendril_transactive.cloud.optimizer.devices import SiteForecast, SiteState
+from tendril_transactive.cloud.optimizer.horizon import SitePlanner
+from tendril_transactive.cloud.optimizer.model import SiteSpec
+from tendril_transactive.cloud.optimizer.schedule import SiteSchedule
+from tendril_transactive.cloud.optimizer.solve import HighsRunner, SolveError
 
 # Time a worker may take beyond the solver's own limit before it is presumed hung: covers a
 # first-time model build (~0.1 s per site) and a loaded machine.
@@ -117,7 +117,7 @@ class FleetPool:
         # whose HiGHS already started threads inherits the pool without its threads, so its MIP
         # solves hang. A fork server is a fresh process that forks clean workers quickly.
         self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["cloud.optimizer.fleet"])
+        self._ctx.set_forkserver_preload(["tendril_transactive.cloud.optimizer.fleet"])
         self.time_limit_s = time_limit_s
         self.grace_s = grace_s
         self._owner: dict[str, int] = {}

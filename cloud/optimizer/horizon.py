@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 from pyomo.common.gc_manager import PauseGC
 
-from cloud.optimizer.compile import CompiledSite, compile_model
-from cloud.optimizer.devices import Horizon, SiteForecast, SiteState
-from cloud.optimizer.model import SiteSpec, build_model, model_inputs
-from cloud.optimizer.schedule import SiteSchedule, extract
-from cloud.optimizer.solve import HighsRunner, SolveState
+from tendril_transactive.cloud.optimizer.compile import CompiledSite, compile_model
+from tendril_transactive.cloud.optimizer.devices import Horizon, SiteForecast, SiteState
+from tendril_transactive.cloud.optimizer.model import SiteSpec, build_model, model_inputs
+from tendril_transactive.cloud.optimizer.schedule import SiteSchedule, extract
+from tendril_transactive.cloud.optimizer.solve import HighsRunner, SolveState
 
 REAL_TIME = Horizon(288, 300.0)
 DAY_AHEAD = Horizon(24, 3600.0)

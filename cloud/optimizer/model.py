@@ -18,17 +18,17 @@ from typing import Any
 import numpy as np
 import pyomo.environ as pyo
 
-from cloud.optimizer.devices import Horizon, ParamValues, SiteForecast, SiteState
-from cloud.optimizer.devices import battery as battery_dev
-from cloud.optimizer.devices import ev as ev_dev
-from cloud.optimizer.devices import hvac as hvac_dev
-from cloud.optimizer.devices import pump as pump_dev
-from cloud.optimizer.devices import pv as pv_dev
-from cloud.optimizer.devices.battery import BatterySpec
-from cloud.optimizer.devices.ev import EvSpec
-from cloud.optimizer.devices.hvac import HvacSpec
-from cloud.optimizer.devices.pump import PumpSpec
-from cloud.optimizer.devices.pv import PvSpec
+from tendril_transactive.cloud.optimizer.devices import Horizon, ParamValues, SiteForecast, SiteState
+from tendril_transactive.cloud.optimizer.devices import battery as battery_dev
+from tendril_transactive.cloud.optimizer.devices import ev as ev_dev
+from tendril_transactive.cloud.optimizer.devices import hvac as hvac_dev
+from tendril_transactive.cloud.optimizer.devices import pump as pump_dev
+from tendril_transactive.cloud.optimizer.devices import pv as pv_dev
+from tendril_transactive.cloud.optimizer.devices.battery import BatterySpec
+from tendril_transactive.cloud.optimizer.devices.ev import EvSpec
+from tendril_transactive.cloud.optimizer.devices.hvac import HvacSpec
+from tendril_transactive.cloud.optimizer.devices.pump import PumpSpec
+from tendril_transactive.cloud.optimizer.devices.pv import PvSpec
 
 
 @dataclass(frozen=True)

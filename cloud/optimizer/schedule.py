@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cloud.optimizer.compile import CompiledSite
-from cloud.optimizer.devices import FloatArray, Horizon
-from cloud.optimizer.devices.hvac import violation_ch
-from cloud.optimizer.model import SiteSpec
-from cloud.optimizer.solve import Solution
+from tendril_transactive.cloud.optimizer.compile import CompiledSite
+from tendril_transactive.cloud.optimizer.devices import FloatArray, Horizon
+from tendril_transactive.cloud.optimizer.devices.hvac import violation_ch
+from tendril_transactive.cloud.optimizer.model import SiteSpec
+from tendril_transactive.cloud.optimizer.solve import Solution
 
 # Below this a forward transaction is not worth a ledger record (1 Wh).
 MIN_TRADE_KWH = 1e-3

@@ -18,8 +18,8 @@ from typing import Any
 import highspy
 import numpy as np
 
-from cloud.optimizer.compile import CompiledSite
-from cloud.optimizer.devices import FloatArray
+from tendril_transactive.cloud.optimizer.compile import CompiledSite
+from tendril_transactive.cloud.optimizer.devices import FloatArray
 
 OPTIMAL = "optimal"
 

@@ -15,10 +15,10 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cloud.billing.tariff import Tariff
-from cloud.market.tenders import TenderConfig, tender_prices
-from cloud.sources.prices import PriceInterval
-from cloud.store.line_protocol import TAG_DEVICE, TAG_SITE, LinePoint, format_line, seconds_to_ns
+from tendril_transactive.cloud.billing.tariff import Tariff
+from tendril_transactive.cloud.market.tenders import TenderConfig, tender_prices
+from tendril_transactive.cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.store.line_protocol import TAG_DEVICE, TAG_SITE, LinePoint, format_line, seconds_to_ns
 
 MEASUREMENT_LMP = "lmp"
 MEASUREMENT_TENDER = "tender"

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloud.agent.config import EvPlan, SiteConfig
-from cloud.agent.core import AgentOptions, SiteAgent
-from cloud.optimizer.devices import FloatArray
-from cloud.sim.fleet import LIMITS, HouseState, SimHome
-from cloud.sim.inputs import STEP_S
-from edge.ev import EvSession
+from tendril_transactive.cloud.agent.config import EvPlan, SiteConfig
+from tendril_transactive.cloud.agent.core import AgentOptions, SiteAgent
+from tendril_transactive.cloud.optimizer.devices import FloatArray
+from tendril_transactive.cloud.sim.fleet import LIMITS, HouseState, SimHome
+from tendril_transactive.cloud.sim.inputs import STEP_S
+from tendril_transactive.edge.ev import EvSession
 
 AGENT_PARTY = "sim-agent"  # the party that transacts for every simulated home
 

@@ -17,17 +17,17 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from cloud.agent.dispatch import SafetyLimits
-from cloud.optimizer.devices.battery import BatterySpec
-from cloud.optimizer.devices.ev import EvSpec
-from cloud.optimizer.devices.hvac import HvacSpec
-from cloud.optimizer.devices.pump import PumpSpec
-from cloud.optimizer.devices.pv import PvSpec
-from cloud.optimizer.model import SiteSpec
-from edge import battery, ev, pv, thermal
-from edge.ev import EvSession
-from edge.site import SiteModel
-from edge.thermal import ThermalParams
+from tendril_transactive.cloud.agent.dispatch import SafetyLimits
+from tendril_transactive.cloud.optimizer.devices.battery import BatterySpec
+from tendril_transactive.cloud.optimizer.devices.ev import EvSpec
+from tendril_transactive.cloud.optimizer.devices.hvac import HvacSpec
+from tendril_transactive.cloud.optimizer.devices.pump import PumpSpec
+from tendril_transactive.cloud.optimizer.devices.pv import PvSpec
+from tendril_transactive.cloud.optimizer.model import SiteSpec
+from tendril_transactive.edge import battery, ev, pv, thermal
+from tendril_transactive.edge.ev import EvSession
+from tendril_transactive.edge.site import SiteModel
+from tendril_transactive.edge.thermal import ThermalParams
 
 LOCAL = ZoneInfo("America/Los_Angeles")
 RELAYS = ("hvac", "pump", "ev")

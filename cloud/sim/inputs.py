@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloud.market.tenders import TenderConfig, tender_prices
-from cloud.optimizer.devices import FloatArray
-from cloud.sources.prices import PriceInterval, default_prices
-from cloud.sources.weather import load_weather
-from edge.site import SiteModel
+from tendril_transactive.cloud.market.tenders import TenderConfig, tender_prices
+from tendril_transactive.cloud.optimizer.devices import FloatArray
+from tendril_transactive.cloud.sources.prices import PriceInterval, default_prices
+from tendril_transactive.cloud.sources.weather import load_weather
+from tendril_transactive.edge.site import SiteModel
 
 STEP_S = 300
 LOOKAHEAD_STEPS = 288  # the real-time horizon: a day

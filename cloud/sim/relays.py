@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from tendril_fw.relay import RelayNode
 
-from cloud.agent.dispatch import Dispatcher, OutgoingCommand, SafetyLimits
+from tendril_transactive.cloud.agent.dispatch import Dispatcher, OutgoingCommand, SafetyLimits
 
 RETRY_AFTER_S = 20.0
 

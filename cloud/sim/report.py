@@ -18,15 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloud.billing.bill import tou_lines
-from cloud.billing.settlement import price_grid, settle
-from cloud.billing.subscription import Subscription, subscribe
-from cloud.billing.tariff import Tariff
-from cloud.market.tenders import TenderConfig
-from cloud.market.transactions import Transaction, position_series
-from cloud.sim.inputs import STEP_S
-from cloud.sources.greenbutton import UsageInterval
-from cloud.sources.prices import default_prices
+from tendril_transactive.cloud.billing.bill import tou_lines
+from tendril_transactive.cloud.billing.settlement import price_grid, settle
+from tendril_transactive.cloud.billing.subscription import Subscription, subscribe
+from tendril_transactive.cloud.billing.tariff import Tariff
+from tendril_transactive.cloud.market.tenders import TenderConfig
+from tendril_transactive.cloud.market.transactions import Transaction, position_series
+from tendril_transactive.cloud.sim.inputs import STEP_S
+from tendril_transactive.cloud.sources.greenbutton import UsageInterval
+from tendril_transactive.cloud.sources.prices import default_prices
 
 FIXED = "fixed monthly charge"
 

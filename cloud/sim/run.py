@@ -21,19 +21,35 @@ from typing import Any
 
 import numpy as np
 
-from cloud.agent.core import Decision, SiteAgent
-from cloud.agent.planner import Job, JobResult, Planner, PoolPlanner
-from cloud.billing.subscription import Subscription
-from cloud.billing.tariff import default_tariff
-from cloud.market.tenders import TenderConfig
-from cloud.market.transactions import Transaction
-from cloud.optimizer.devices import FloatArray
-from cloud.sim.agents import Weather, home_agent, measured
-from cloud.sim.fleet import LIMITS, LOCAL, HouseState, SimHome, baseline_decisions, fresh_state, make_homes, step_house
-from cloud.sim.inputs import LOOKAHEAD_STEPS, STEP_S, PriceSeries, base_load_kw, price_series, weather_series
-from cloud.sim.relays import RelayBank
-from cloud.sim.report import RunTotals, render, subscriptions, totals
-from cloud.sim.trades import DA_LEAD_S, RT_LEAD_S, SimMarket
+from tendril_transactive.cloud.agent.core import Decision, SiteAgent
+from tendril_transactive.cloud.agent.planner import Job, JobResult, Planner, PoolPlanner
+from tendril_transactive.cloud.billing.subscription import Subscription
+from tendril_transactive.cloud.billing.tariff import default_tariff
+from tendril_transactive.cloud.market.tenders import TenderConfig
+from tendril_transactive.cloud.market.transactions import Transaction
+from tendril_transactive.cloud.optimizer.devices import FloatArray
+from tendril_transactive.cloud.sim.agents import Weather, home_agent, measured
+from tendril_transactive.cloud.sim.fleet import (
+    LIMITS,
+    LOCAL,
+    HouseState,
+    SimHome,
+    baseline_decisions,
+    fresh_state,
+    make_homes,
+    step_house,
+)
+from tendril_transactive.cloud.sim.inputs import (
+    LOOKAHEAD_STEPS,
+    STEP_S,
+    PriceSeries,
+    base_load_kw,
+    price_series,
+    weather_series,
+)
+from tendril_transactive.cloud.sim.relays import RelayBank
+from tendril_transactive.cloud.sim.report import RunTotals, render, subscriptions, totals
+from tendril_transactive.cloud.sim.trades import DA_LEAD_S, RT_LEAD_S, SimMarket
 
 Progress = Callable[[str], None]
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import tendril_wire as wire
 
-from cloud.market.core import confirm_ok, confirm_refused
-from cloud.market.tenders import TenderConfig, build_tenders
-from cloud.market.transactions import TenderBook, Transaction, TransactionRefused
-from cloud.sim.inputs import STEP_S, PriceSeries
-from cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.market.core import confirm_ok, confirm_refused
+from tendril_transactive.cloud.market.tenders import TenderConfig, build_tenders
+from tendril_transactive.cloud.market.transactions import TenderBook, Transaction, TransactionRefused
+from tendril_transactive.cloud.sim.inputs import STEP_S, PriceSeries
+from tendril_transactive.cloud.sources.prices import PriceInterval
 
 FEEDER = "feeder-a"
 RT_LEAD_S = 10  # real-time tenders go out this long before their interval (the market's --rt-lead-s)

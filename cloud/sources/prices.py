@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from edge.resources import DATA_DIR
+from tendril_transactive.edge.resources import DATA_DIR
 
 Market = Literal["DAM", "RTM"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from edge.resources import DATA_DIR
+from tendril_transactive.edge.resources import DATA_DIR
 
 DEFAULT_WEATHER = DATA_DIR / "weather" / "lax_722950_tmy3_mar_jun.csv"
 LST_OFFSET_S = -8 * 3600  # TMY3 stamps are local standard time, UTC-8 for this station

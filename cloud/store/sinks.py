@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
-from cloud.store.line_protocol import TAG_DEVICE, TAG_SITE, LinePoint, parse_line
+from tendril_transactive.cloud.store.line_protocol import TAG_DEVICE, TAG_SITE, LinePoint, parse_line
 
 StoredPoint = LinePoint
 

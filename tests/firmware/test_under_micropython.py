@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edge.resources import FIRMWARE_DIR
+from tendril_transactive.edge.resources import FIRMWARE_DIR
 
 pytestmark = pytest.mark.firmware
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import tendril_wire as tw
 
-from cloud.agent.core import SiteAgent
-from cloud.agent.planner import InProcessPlanner
-from hil.agent import RT_S, BenchAgent
-from hil.plant import PlantConfig
-from hil.runner import SIM_ORIGIN
+from tendril_transactive.cloud.agent.core import SiteAgent
+from tendril_transactive.cloud.agent.planner import InProcessPlanner
+from tendril_transactive.hil.agent import RT_S, BenchAgent
+from tendril_transactive.hil.plant import PlantConfig
+from tendril_transactive.hil.runner import SIM_ORIGIN
 
 pytestmark = pytest.mark.unit
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from hil import cli as hil_cli
-from hil.record import FAIL, PASS, Measurement, MeasurementSpec, RunRecord, StepRecord
-from hil.report import write_report
-from hil.scenario import ScenarioError, load_scenario, shipped_scenarios
+from tendril_transactive.hil import cli as hil_cli
+from tendril_transactive.hil.record import FAIL, PASS, Measurement, MeasurementSpec, RunRecord, StepRecord
+from tendril_transactive.hil.report import write_report
+from tendril_transactive.hil.scenario import ScenarioError, load_scenario, shipped_scenarios
 
 pytestmark = pytest.mark.hil
 

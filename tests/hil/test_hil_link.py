@@ -14,11 +14,11 @@ import pytest
 import serial  # type: ignore[import-untyped]
 from tendril_fw.bench_link import Endpoint, encode_frame
 
-from edge.clock import SimClock
-from edge.firmware_process import FirmwareConfig
-from hil.dut import SerialDriver, UnixPortDriver
-from hil.link import LinkTimeout
-from hil.servers import LOOPBACK, Mosquitto
+from tendril_transactive.edge.clock import SimClock
+from tendril_transactive.edge.firmware_process import FirmwareConfig
+from tendril_transactive.hil.dut import SerialDriver, UnixPortDriver
+from tendril_transactive.hil.link import LinkTimeout
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto
 
 pytestmark = pytest.mark.hil
 
@@ -115,7 +115,7 @@ def test_serial_driver_checks_its_arguments() -> None:
         SerialDriver("COM3")
     with pytest.raises(ValueError, match="baud"):
         SerialDriver("/dev/ttyUSB0", baud=123)
-    from hil.dut import PowerCycleUnavailable
+    from tendril_transactive.hil.dut import PowerCycleUnavailable
 
     with pytest.raises(PowerCycleUnavailable, match="power-cycle hook"):
         SerialDriver("/dev/ttyUSB0").power_cycle()

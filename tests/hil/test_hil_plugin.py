@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.scenario import SCENARIO_DIR
+from tendril_transactive.hil.scenario import SCENARIO_DIR
 
 pytestmark = pytest.mark.hil
 
@@ -23,8 +23,8 @@ def test_plugin_fails_a_scenario_outside_its_limits_and_names_the_measurement(
     (tmp_path / "impossible.yaml").write_text(impossible)
     (tmp_path / "not_a_scenario.yaml").write_text("just: data\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "hil.pytest_plugin", "-p", "no:cacheprovider", "--rootdir",
-         str(tmp_path), "--hil-out", str(tmp_path / "runs"), str(tmp_path)],
+        [sys.executable, "-m", "pytest", "-p", "tendril_transactive.hil.pytest_plugin", "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), "--hil-out", str(tmp_path / "runs"), str(tmp_path)],
         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "1 failed" in proc.stdout and "passed" not in proc.stdout, proc.stdout

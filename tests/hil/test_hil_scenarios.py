@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hil.record import FAIL, PASS, RunRecord
-from hil.report import write_report
-from hil.runner import RunOptions, run_scenario
-from hil.scenario import SCENARIO_DIR, load_scenario, shipped_scenarios
-from hil.servers import Mosquitto
+from tendril_transactive.hil.record import FAIL, PASS, RunRecord
+from tendril_transactive.hil.report import write_report
+from tendril_transactive.hil.runner import RunOptions, run_scenario
+from tendril_transactive.hil.scenario import SCENARIO_DIR, load_scenario, shipped_scenarios
+from tendril_transactive.hil.servers import Mosquitto
 
 pytestmark = pytest.mark.hil
 

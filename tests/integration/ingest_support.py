@@ -18,8 +18,8 @@ import paho.mqtt.client as paho
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.devices.registry import Registry
-from hil.servers import LOOPBACK, VictoriaMetrics
+from tendril_transactive.cloud.devices.registry import Registry
+from tendril_transactive.hil.servers import LOOPBACK, VictoriaMetrics
 
 TIMEOUT_S = 60.0
 

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,12 +22,13 @@ import paho.mqtt.client as mqtt
 import pytest
 import tendril_wire as wire
 
-from cloud.agent.config import LOCAL
-from cloud.devices.registry import Registry, SiteRecord
-from cloud.market.tenders import TenderConfig, build_tenders
-from cloud.sources.prices import PriceInterval
-from edge.clock import SimClock
-from hil.servers import Mosquitto
+from tendril_transactive.cloud import command
+from tendril_transactive.cloud.agent.config import LOCAL
+from tendril_transactive.cloud.devices.registry import Registry, SiteRecord
+from tendril_transactive.cloud.market.tenders import TenderConfig, build_tenders
+from tendril_transactive.cloud.sources.prices import PriceInterval
+from tendril_transactive.edge.clock import SimClock
+from tendril_transactive.hil.servers import Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -140,9 +140,9 @@ class World:
 
 def start_agent(tmp: Path, mosquitto: Mosquitto, clock: SimClock, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, TENDRIL_CLOCK=clock.env_value())
-    argv = [sys.executable, "-m", "cloud.cli", "agent", "--registry", str(tmp / "registry"), "--broker", mosquitto.url,
+    argv = command.argv("agent", "--registry", str(tmp / "registry"), "--broker", mosquitto.url,
             "--state-dir", str(tmp / "state"), "--stats-file", str(tmp / "stats-{worker}.json"), "--progress-s", "0.5",
-            "--time-limit-s", "2", *extra]
+            "--time-limit-s", "2", *extra)
     with log.open("ab") as fh:
         return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
 

@@ -22,19 +22,25 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from cloud.demo.fleet import make_sites
-from cloud.demo.market import demo_market_lines
-from cloud.demo.report import write_report
-from cloud.demo.run import HOUR, DemoConfig, run_demo
-from cloud.demo.summary import DemoSummary
-from cloud.devices.registry import Registry
-from cloud.market.tenders import TenderConfig
-from cloud.sources.prices import default_prices, prices_between
-from cloud.store.line_protocol import FIELD_POWER_W, MEASUREMENT_METER, LinePoint, format_line, parse_line
-from cloud.store.sinks import EmbeddedStore
-from dashboards.checks import ALL, load_dir
-from dashboards.verify import verify
-from hil.servers import InfluxDB1
+from tendril_transactive.cloud.demo.fleet import make_sites
+from tendril_transactive.cloud.demo.market import demo_market_lines
+from tendril_transactive.cloud.demo.report import write_report
+from tendril_transactive.cloud.demo.run import HOUR, DemoConfig, run_demo
+from tendril_transactive.cloud.demo.summary import DemoSummary
+from tendril_transactive.cloud.devices.registry import Registry
+from tendril_transactive.cloud.market.tenders import TenderConfig
+from tendril_transactive.cloud.sources.prices import default_prices, prices_between
+from tendril_transactive.cloud.store.line_protocol import (
+    FIELD_POWER_W,
+    MEASUREMENT_METER,
+    LinePoint,
+    format_line,
+    parse_line,
+)
+from tendril_transactive.cloud.store.sinks import EmbeddedStore
+from tendril_transactive.dashboards.checks import ALL, load_dir
+from tendril_transactive.dashboards.verify import verify
+from tendril_transactive.hil.servers import InfluxDB1
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware, pytest.mark.slow]
 

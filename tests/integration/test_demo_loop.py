@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from cloud.demo.run import DemoConfig, run_demo
-from cloud.ledger.chain import Ledger
-from cloud.market.settle import KIND_SETTLEMENT
-from cloud.market.transactions import KIND_REFUSAL, KIND_TENDER, KIND_TRANSACTION
-from cloud.store.line_protocol import parse_line
+from tendril_transactive.cloud.demo.run import DemoConfig, run_demo
+from tendril_transactive.cloud.ledger.chain import Ledger
+from tendril_transactive.cloud.market.settle import KIND_SETTLEMENT
+from tendril_transactive.cloud.market.transactions import KIND_REFUSAL, KIND_TENDER, KIND_TRANSACTION
+from tendril_transactive.cloud.store.line_protocol import parse_line
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware, pytest.mark.slow]
 SITES = 2

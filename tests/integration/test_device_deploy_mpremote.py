@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import tendril_wire
 
-from cloud.cli.main import main
-from cloud.devices import deploy as device_deploy
-from cloud.devices.registry import Registry
+from tendril_transactive.cloud.cli.main import main
+from tendril_transactive.cloud.devices import deploy as device_deploy
+from tendril_transactive.cloud.devices.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware]
 

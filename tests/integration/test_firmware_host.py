@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.firmware_process import (
+from tendril_transactive.edge.firmware_process import (
     CompileError,
     FirmwareConfig,
     FirmwareProcess,
@@ -20,7 +20,7 @@ from edge.firmware_process import (
     precompile,
     write_config,
 )
-from edge.resources import FIRMWARE_DIR
+from tendril_transactive.edge.resources import FIRMWARE_DIR
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware]
 

@@ -21,9 +21,9 @@ import pytest
 import tendril_wire as tw
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.clock import SimClock
-from edge.firmware_process import FirmwareConfig, FirmwareProcess
-from hil.servers import LOOPBACK, Mosquitto, start_mosquitto
+from tendril_transactive.edge.clock import SimClock
+from tendril_transactive.edge.firmware_process import FirmwareConfig, FirmwareProcess
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto, start_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware]
 

@@ -12,8 +12,8 @@ import pytest
 import tendril_wire as tw
 from test_firmware_safety import SITE, Watcher, wait_file
 
-from edge.firmware_process import FirmwareConfig, FirmwareProcess
-from hil.servers import LOOPBACK, Mosquitto
+from tendril_transactive.edge.firmware_process import FirmwareConfig, FirmwareProcess
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware]
 

@@ -23,12 +23,12 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.ingest.ingestor import Ingestor
-from cloud.store.line_protocol import seconds_to_ns
-from cloud.store.sinks import InfluxSink
-from edge.clock import SimClock
-from edge.firmware_process import FirmwareConfig, FirmwareProcess
-from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
+from tendril_transactive.cloud.ingest.ingestor import Ingestor
+from tendril_transactive.cloud.store.line_protocol import seconds_to_ns
+from tendril_transactive.cloud.store.sinks import InfluxSink
+from tendril_transactive.edge.clock import SimClock
+from tendril_transactive.edge.firmware_process import FirmwareConfig, FirmwareProcess
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware]
 

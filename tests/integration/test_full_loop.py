@@ -22,7 +22,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,14 +37,22 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.cli.main import main as tendril
-from cloud.demo.fleet import DemoSite, make_sites
-from cloud.devices.mosquitto import password_hash
-from cloud.devices.registry import Registry
-from cloud.ledger.chain import Ledger
-from cloud.market.tenders import LOCAL_TZ
-from edge.clock import SimClock
-from hil.servers import LOOPBACK, Postgres, VictoriaMetrics, find_binary, free_port, start_mosquitto_generated
+from tendril_transactive.cloud import command
+from tendril_transactive.cloud.cli.main import main as tendril
+from tendril_transactive.cloud.demo.fleet import DemoSite, make_sites
+from tendril_transactive.cloud.devices.mosquitto import password_hash
+from tendril_transactive.cloud.devices.registry import Registry
+from tendril_transactive.cloud.ledger.chain import Ledger
+from tendril_transactive.cloud.market.tenders import LOCAL_TZ
+from tendril_transactive.edge.clock import SimClock
+from tendril_transactive.hil.servers import (
+    LOOPBACK,
+    Postgres,
+    VictoriaMetrics,
+    find_binary,
+    free_port,
+    start_mosquitto_generated,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware, pytest.mark.slow]
 
@@ -172,7 +179,7 @@ def _services(root: Path) -> dict[str, str]:
 def _start(run: Run, name: str, argv: list[str], password: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TENDRIL_CLOCK": run.clock.env_value(), "TENDRIL_MQTT_PASSWORD": password}
     with (run.base / f"{name}.log").open("ab") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "cloud.cli", *argv], stdout=fh, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command.argv(*argv), stdout=fh, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
     run.procs[name] = proc
     return proc
@@ -236,7 +243,7 @@ def _cpu_of(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def full_run(micropython: str) -> Iterator[Run]:
-    from hil.servers import start_postgres, start_victoria_metrics
+    from tendril_transactive.hil.servers import start_postgres, start_victoria_metrics
 
     find_binary("mosquitto", "mosquitto")
     # Outside pytest's 0700 tmp folder: the broker drops to user mosquitto and must reach its files.
@@ -561,7 +568,7 @@ def test_each_bill_from_the_ledger_equals_a_recomputation_from_the_meters_and_te
 
 
 def test_ledger_verify_passes(full_run: Run) -> None:
-    verify = subprocess.run([sys.executable, "-m", "cloud.cli", "ledger", "verify", "--url", full_run.ledger_url],
+    verify = subprocess.run(command.argv("ledger", "verify", "--url", full_run.ledger_url),
                             capture_output=True, text=True, timeout=120)
     assert verify.returncode == 0 and verify.stdout.startswith("ok:"), verify.stdout + verify.stderr
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,8 +16,9 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.devices.registry import Registry
-from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
+from tendril_transactive.cloud import command
+from tendril_transactive.cloud.devices.registry import Registry
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def messages() -> list[tuple[str, bytes]]:
 def run_cli(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "cloud.cli", "ingest", "--stats-interval", "0.2", *args],
+            command.argv("ingest", "--stats-interval", "0.2", *args),
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -23,8 +22,9 @@ from pathlib import Path
 import pytest
 from ingest_support import Publisher, Sent, assert_exactly_once, fleet, readings, stored_counts, wait_until_sync
 
-from hil import servers
-from hil.servers import Mosquitto, VictoriaMetrics
+from tendril_transactive.cloud import command
+from tendril_transactive.hil import servers
+from tendril_transactive.hil.servers import Mosquitto, VictoriaMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,11 +46,10 @@ class Ingest:
     """`tendril ingest` as a process, watched through its --stats-file."""
 
     def __init__(self, broker: Mosquitto, vm: VictoriaMetrics, tmp: Path) -> None:
-        self.argv = [
-            sys.executable, "-m", "cloud.cli", "ingest", "--broker", broker.url, "--influx-url", vm.url,
+        self.argv = command.argv("ingest", "--broker", broker.url, "--influx-url", vm.url,
             "--accept-any-device", "--state-dir", str(tmp / "state"), "--stats-file", str(tmp / "stats.json"),
             "--stats-interval", "0.1", "--health-interval", "0", "--batch-max", "100", "--flush-interval", "0.05",
-        ]  # fmt: skip
+        )  # fmt: skip
         self.stats_path = tmp / "stats.json"
         self.log_path = tmp / "ingest.log"
         self.proc: subprocess.Popen[bytes] | None = None

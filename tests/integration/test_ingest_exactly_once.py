@@ -21,10 +21,10 @@ from ingest_support import (
     wait_until,
 )
 
-from cloud.ingest.ingestor import Ingestor
-from cloud.ingest.known_devices import UNKNOWN_DEVICE, KnownDevices
-from cloud.store.sinks import InfluxSink
-from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
+from tendril_transactive.cloud.ingest.ingestor import Ingestor
+from tendril_transactive.cloud.ingest.known_devices import UNKNOWN_DEVICE, KnownDevices
+from tendril_transactive.cloud.store.sinks import InfluxSink
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

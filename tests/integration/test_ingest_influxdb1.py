@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_ingest_cli_process import messages, publish, run_cli, stop_cli, wait_for
 
-from cloud.devices.registry import Registry
-from hil.servers import InfluxDB1, Mosquitto
+from tendril_transactive.cloud.devices.registry import Registry
+from tendril_transactive.hil.servers import InfluxDB1, Mosquitto
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from ingest_support import Publisher, assert_exactly_once, fleet, readings, stored_counts, wait_until
 
-from cloud.ingest.ingestor import Ingestor
-from cloud.store.sinks import InfluxSink
-from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
+from tendril_transactive.cloud.ingest.ingestor import Ingestor
+from tendril_transactive.cloud.store.sinks import InfluxSink
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

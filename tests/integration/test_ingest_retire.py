@@ -10,7 +10,6 @@ import contextlib
 import json
 import re
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from ingest_support import (
 )
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
+from tendril_transactive.cloud import command
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ BASE_MS = 1_717_400_000_000
 
 def start(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "cloud.cli", "ingest", *argv], stdout=log,
+        return subprocess.Popen(command.argv("ingest", *argv), stdout=log,
                                 stderr=subprocess.STDOUT)  # fmt: skip
 
 

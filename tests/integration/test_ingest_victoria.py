@@ -21,10 +21,10 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.ingest.ingestor import Ingestor
-from cloud.store.line_protocol import LinePoint, parse_line
-from cloud.store.sinks import EmbeddedStore, InfluxSink, Sink
-from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics, free_port
+from tendril_transactive.cloud.ingest.ingestor import Ingestor
+from tendril_transactive.cloud.store.line_protocol import LinePoint, parse_line
+from tendril_transactive.cloud.store.sinks import EmbeddedStore, InfluxSink, Sink
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,8 @@ from ingest_support import (
     wait_until_sync,
 )
 
-from hil.servers import Mosquitto, VictoriaMetrics
+from tendril_transactive.cloud import command
+from tendril_transactive.hil.servers import Mosquitto, VictoriaMetrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,11 +44,10 @@ def test_two_workers_share_the_subscription_and_survive_a_killed_worker(
     sent = readings(devices, 100, BASE_MS)  # 60 devices, 6,000 readings
     first, second = sent[:4000], sent[4000:]
     log_path = tmp_path / "ingest.log"
-    argv = [
-        sys.executable, "-m", "cloud.cli", "ingest", "--workers", "2", "--broker", mosquitto.url,
+    argv = command.argv("ingest", "--workers", "2", "--broker", mosquitto.url,
         "--influx-url", victoria.url, "--registry", str(tmp_path / "registry"), "--state-dir", str(tmp_path / "state"),
         "--stats-file", str(tmp_path / "stats-{worker}.json"), "--stats-interval", "0.1", "--health-interval", "0.5",
-    ]  # fmt: skip
+    )  # fmt: skip
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     publisher = Publisher(mosquitto.port, "fleet")

@@ -13,11 +13,11 @@ import sqlalchemy as sa
 import tendril_wire as wire
 from sqlalchemy.exc import DBAPIError
 
-from cloud.cli import ledger as ledger_cli
-from cloud.ledger import schema
-from cloud.ledger.chain import GENESIS, Head, Ledger, LedgerError, record_hash
-from cloud.market.transactions import REFUSE_EXPIRED, Market, TenderBook, TransactionRefused
-from hil.servers import Postgres
+from tendril_transactive.cloud.cli import ledger as ledger_cli
+from tendril_transactive.cloud.ledger import schema
+from tendril_transactive.cloud.ledger.chain import GENESIS, Head, Ledger, LedgerError, record_hash
+from tendril_transactive.cloud.market.transactions import REFUSE_EXPIRED, Market, TenderBook, TransactionRefused
+from tendril_transactive.hil.servers import Postgres
 
 pytestmark = pytest.mark.integration
 

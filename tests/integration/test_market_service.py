@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -24,10 +23,11 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.devices.registry import Registry, SiteRecord
-from cloud.ledger.chain import Ledger
-from cloud.market.tenders import LOCAL_TZ
-from hil.servers import LOOPBACK, Mosquitto, Postgres, VictoriaMetrics
+from tendril_transactive.cloud import command
+from tendril_transactive.cloud.devices.registry import Registry, SiteRecord
+from tendril_transactive.cloud.ledger.chain import Ledger
+from tendril_transactive.cloud.market.tenders import LOCAL_TZ
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto, Postgres, VictoriaMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +114,7 @@ def write_meter(victoria: VictoriaMetrics) -> None:
 
 def start_market(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "cloud.cli", "market", *args], stdout=fh,
+        return subprocess.Popen(command.argv("market", *args), stdout=fh,
                                 stderr=subprocess.STDOUT, env={**os.environ, **env})
 
 
@@ -231,7 +231,7 @@ def test_market_service_end_to_end_with_kill_and_restart(
     assert first["amountUsd"] == pytest.approx((0.2 - position) * first["priceUsdPerKwh"], abs=1e-6)
     stats = json.loads((tmp_path / "state" / "market-stats.json").read_text())
     assert stats["intervals_settled"] >= 1 and stats["connects"] == 1
-    verify = subprocess.run([sys.executable, "-m", "cloud.cli", "ledger", "verify", "--url", postgres.url],
+    verify = subprocess.run(command.argv("ledger", "verify", "--url", postgres.url),
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0 and verify.stdout.startswith("ok:"), verify.stderr
 

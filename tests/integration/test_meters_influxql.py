@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.market.meters import InfluxQLMeterReader, VictoriaMeterReader, meter_reader
-from hil.servers import InfluxDB1, VictoriaMetrics
+from tendril_transactive.cloud.market.meters import InfluxQLMeterReader, VictoriaMeterReader, meter_reader
+from tendril_transactive.hil.servers import InfluxDB1, VictoriaMetrics
 
 pytestmark = pytest.mark.integration
 

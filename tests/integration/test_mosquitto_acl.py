@@ -19,11 +19,11 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.cli.device import service_users
-from cloud.cli.main import main as tendril
-from cloud.devices import ha_discovery
-from cloud.devices.registry import Registry
-from hil.servers import LOOPBACK, Server, free_port
+from tendril_transactive.cloud.cli.device import service_users
+from tendril_transactive.cloud.cli.main import main as tendril
+from tendril_transactive.cloud.devices import ha_discovery
+from tendril_transactive.cloud.devices.registry import Registry
+from tendril_transactive.hil.servers import LOOPBACK, Server, free_port
 
 pytestmark = pytest.mark.integration
 

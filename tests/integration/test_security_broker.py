@@ -20,11 +20,11 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.cli.device import service_users
-from cloud.cli.main import main as tendril
-from cloud.devices.mosquitto import ServiceUser, ingest_users
-from cloud.devices.registry import Registry, SiteRecord
-from hil.servers import LOOPBACK, Mosquitto, find_binary, free_port, start_mosquitto_generated
+from tendril_transactive.cloud.cli.device import service_users
+from tendril_transactive.cloud.cli.main import main as tendril
+from tendril_transactive.cloud.devices.mosquitto import ServiceUser, ingest_users
+from tendril_transactive.cloud.devices.registry import Registry, SiteRecord
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto, find_binary, free_port, start_mosquitto_generated
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.ingest.ingestor import Ingestor
-from cloud.ingest.known_devices import KnownDevices
-from cloud.ingest.validation import Limits
-from cloud.store.sinks import InfluxSink
-from hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
+from tendril_transactive.cloud.ingest.ingestor import Ingestor
+from tendril_transactive.cloud.ingest.known_devices import KnownDevices
+from tendril_transactive.cloud.ingest.validation import Limits
+from tendril_transactive.cloud.store.sinks import InfluxSink
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto, VictoriaMetrics
 
 pytestmark = pytest.mark.integration
 

@@ -27,13 +27,20 @@ import pytest
 import tendril_wire as tw
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.cli.main import main as tendril
-from cloud.devices import tls_certs
-from cloud.devices.registry import Registry
-from cloud.mqtt.codec import RawPublish
-from cloud.mqtt.session import MqttError, SessionOptions, open_session
-from cloud.settings import BrokerSettings, UsageError, broker_tls, parse_broker
-from hil.servers import LOOPBACK, Mosquitto, ServerUnavailable, find_binary, free_port, wait_for_port
+from tendril_transactive.cloud.cli.main import main as tendril
+from tendril_transactive.cloud.devices import tls_certs
+from tendril_transactive.cloud.devices.registry import Registry
+from tendril_transactive.cloud.mqtt.codec import RawPublish
+from tendril_transactive.cloud.mqtt.session import MqttError, SessionOptions, open_session
+from tendril_transactive.cloud.settings import BrokerSettings, UsageError, broker_tls, parse_broker
+from tendril_transactive.hil.servers import (
+    LOOPBACK,
+    Mosquitto,
+    ServerUnavailable,
+    find_binary,
+    free_port,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ import pytest
 import tendril_wire as tw
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.devices import tls_certs
-from edge.firmware_process import FirmwareConfig, FirmwareProcess
-from hil.servers import LOOPBACK, Mosquitto, ServerUnavailable, start_mosquitto
+from tendril_transactive.cloud.devices import tls_certs
+from tendril_transactive.edge.firmware_process import FirmwareConfig, FirmwareProcess
+from tendril_transactive.hil.servers import LOOPBACK, Mosquitto, ServerUnavailable, start_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.firmware]
 

@@ -7,11 +7,11 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from cloud.market.tenders import TenderConfig, tender_prices
-from cloud.optimizer.devices import FloatArray, Horizon, SiteForecast
-from cloud.sources.prices import default_prices, prices_between
-from cloud.sources.weather import load_weather
-from edge.ev import EvSession
+from tendril_transactive.cloud.market.tenders import TenderConfig, tender_prices
+from tendril_transactive.cloud.optimizer.devices import FloatArray, Horizon, SiteForecast
+from tendril_transactive.cloud.sources.prices import default_prices, prices_between
+from tendril_transactive.cloud.sources.weather import load_weather
+from tendril_transactive.edge.ev import EvSession
 
 LOCAL = ZoneInfo("America/Los_Angeles")
 START = datetime(2024, 3, 14, tzinfo=LOCAL).timestamp()

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import tendril_wire as wire
 
-from cloud.agent.book import Rejected, transaction_id
-from cloud.agent.config import LOCAL, ConfigError, SiteConfig, site_config
-from cloud.agent.core import AgentOptions, SiteAgent
-from cloud.agent.dispatch import Dispatcher
-from cloud.agent.ownership import owned, owner
-from cloud.agent.planner import InProcessPlanner, JobResult
-from cloud.devices.registry import DeviceRecord, SiteRecord
-from cloud.market.tenders import TenderConfig, build_tenders
-from cloud.optimizer.devices import FloatArray
-from cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.agent.book import Rejected, transaction_id
+from tendril_transactive.cloud.agent.config import LOCAL, ConfigError, SiteConfig, site_config
+from tendril_transactive.cloud.agent.core import AgentOptions, SiteAgent
+from tendril_transactive.cloud.agent.dispatch import Dispatcher
+from tendril_transactive.cloud.agent.ownership import owned, owner
+from tendril_transactive.cloud.agent.planner import InProcessPlanner, JobResult
+from tendril_transactive.cloud.devices.registry import DeviceRecord, SiteRecord
+from tendril_transactive.cloud.market.tenders import TenderConfig, build_tenders
+from tendril_transactive.cloud.optimizer.devices import FloatArray
+from tendril_transactive.cloud.sources.prices import PriceInterval
 
 pytestmark = pytest.mark.unit
 

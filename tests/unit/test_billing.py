@@ -18,14 +18,14 @@ from zoneinfo import ZoneInfo
 import pytest
 import tendril_wire as wire
 
-from cloud.billing.bill import MonthlyBill, monthly_bill
-from cloud.billing.subscription import Subscription, subscribe
-from cloud.billing.tariff import default_tariff
-from cloud.cli import bill as bill_cli
-from cloud.market.tenders import TenderConfig, build_tenders, tender_prices
-from cloud.market.transactions import TenderBook, Transaction
-from cloud.sources.greenbutton import UsageInterval, load_usage
-from cloud.sources.prices import PriceInterval, default_prices
+from tendril_transactive.cloud.billing.bill import MonthlyBill, monthly_bill
+from tendril_transactive.cloud.billing.subscription import Subscription, subscribe
+from tendril_transactive.cloud.billing.tariff import default_tariff
+from tendril_transactive.cloud.cli import bill as bill_cli
+from tendril_transactive.cloud.market.tenders import TenderConfig, build_tenders, tender_prices
+from tendril_transactive.cloud.market.transactions import TenderBook, Transaction
+from tendril_transactive.cloud.sources.greenbutton import UsageInterval, load_usage
+from tendril_transactive.cloud.sources.prices import PriceInterval, default_prices
 
 pytestmark = pytest.mark.unit
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
-from cloud.cli.main import ORDER, build_parser, subcommand_modules
+from tendril_transactive.cloud import command
+from tendril_transactive.cloud.cli.main import ORDER, build_parser, subcommand_modules
 
 pytestmark = pytest.mark.unit
 
@@ -44,13 +44,13 @@ def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[s
     ],
 )
 def test_bad_arguments_exit_2_with_a_reason(argv: list[str], message: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "cloud.cli", *argv], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(command.argv(*argv), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr
 
 
 def test_demo_outside_the_bundled_prices_is_a_clear_error() -> None:
-    proc = subprocess.run([sys.executable, "-m", "cloud.cli", "demo", "--start", "2019-01-01", "--hours", "1"],
+    proc = subprocess.run(command.argv("demo", "--start", "2019-01-01", "--hours", "1"),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "March 2024" in proc.stderr

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from cloud.reports import market_lines as mk
-from cloud.store import line_protocol as lp
-from dashboards.__main__ import main as dashboards_main
-from dashboards.checks import JSON_DIR, load_dir, problems, queries, substitute, variable_queries
-from dashboards.export import rendered, stale, write
-from dashboards.model import DATASOURCE_UID, SCHEMA_VERSION
+from tendril_transactive.cloud.reports import market_lines as mk
+from tendril_transactive.cloud.store import line_protocol as lp
+from tendril_transactive.dashboards.__main__ import main as dashboards_main
+from tendril_transactive.dashboards.checks import JSON_DIR, load_dir, problems, queries, substitute, variable_queries
+from tendril_transactive.dashboards.export import rendered, stale, write
+from tendril_transactive.dashboards.model import DATASOURCE_UID, SCHEMA_VERSION
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +23,7 @@ EXPECTED = {"tendril-fleet.json", "tendril-site.json", "tendril-prices.json", "t
 
 
 def test_committed_json_is_what_the_code_renders() -> None:
-    assert stale() == [], "run `python -m dashboards` and commit dashboards/json"
+    assert stale() == [], "run `python -m tendril_transactive.dashboards` and commit dashboards/json"
     assert set(load_dir()) == EXPECTED
 
 

@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from cloud.billing.tariff import default_tariff
-from cloud.demo.fleet import make_sites
-from cloud.demo.market import demo_market_lines, site_plan
-from cloud.devices.registry import Registry
-from cloud.market.tenders import TenderConfig, tender_prices
-from cloud.reports import market_lines as mk
-from cloud.sources.prices import PriceInterval
-from cloud.store.line_protocol import parse_line
-from cloud.store.sinks import EmbeddedStore
+from tendril_transactive.cloud.billing.tariff import default_tariff
+from tendril_transactive.cloud.demo.fleet import make_sites
+from tendril_transactive.cloud.demo.market import demo_market_lines, site_plan
+from tendril_transactive.cloud.devices.registry import Registry
+from tendril_transactive.cloud.market.tenders import TenderConfig, tender_prices
+from tendril_transactive.cloud.reports import market_lines as mk
+from tendril_transactive.cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.store.line_protocol import parse_line
+from tendril_transactive.cloud.store.sinks import EmbeddedStore
 
 pytestmark = pytest.mark.unit
 

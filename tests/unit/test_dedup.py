@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.ingest.dedup import SNAPSHOT_FILE, DedupJournal, DedupWindow, Key
+from tendril_transactive.cloud.ingest.dedup import SNAPSHOT_FILE, DedupJournal, DedupWindow, Key
 
 pytestmark = pytest.mark.unit
 

@@ -10,15 +10,21 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cloud.billing.tariff import default_tariff
-from cloud.demo.report import ReportError, fleet_load, write_report
-from cloud.demo.summary import DemoSummary, SiteResult
-from cloud.market.tenders import TenderConfig
-from cloud.reports.market_lines import SitePlan, lmp_lines, schedule_lines, settlement_lines, tender_lines
-from cloud.sources.prices import default_prices, prices_between
-from cloud.store.line_protocol import LinePoint, format_line, seconds_to_ns
-from cloud.store.sinks import EmbeddedStore
-from edge.site import SiteModel
+from tendril_transactive.cloud.billing.tariff import default_tariff
+from tendril_transactive.cloud.demo.report import ReportError, fleet_load, write_report
+from tendril_transactive.cloud.demo.summary import DemoSummary, SiteResult
+from tendril_transactive.cloud.market.tenders import TenderConfig
+from tendril_transactive.cloud.reports.market_lines import (
+    SitePlan,
+    lmp_lines,
+    schedule_lines,
+    settlement_lines,
+    tender_lines,
+)
+from tendril_transactive.cloud.sources.prices import default_prices, prices_between
+from tendril_transactive.cloud.store.line_protocol import LinePoint, format_line, seconds_to_ns
+from tendril_transactive.cloud.store.sinks import EmbeddedStore
+from tendril_transactive.edge.site import SiteModel
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from cloud.demo.summary import DemoSummary, PricePoint, energy_cost, price_at, relay_activity, site_result
+from tendril_transactive.cloud.demo.summary import (
+    DemoSummary,
+    PricePoint,
+    energy_cost,
+    price_at,
+    relay_activity,
+    site_result,
+)
 
 pytestmark = pytest.mark.unit
 

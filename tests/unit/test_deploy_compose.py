@@ -19,11 +19,11 @@ import pytest
 import yaml
 from cryptography import x509
 
-from cloud.cli import device as device_cli
-from cloud.devices import broker_tls
-from cloud.settings import ENV_MQTT_CA, BrokerAddress, parse_broker
-from dashboards import cli as dashboards_cli
-from dashboards.checks import JSON_DIR
+from tendril_transactive.cloud.cli import device as device_cli
+from tendril_transactive.cloud.devices import broker_tls
+from tendril_transactive.cloud.settings import ENV_MQTT_CA, BrokerAddress, parse_broker
+from tendril_transactive.dashboards import cli as dashboards_cli
+from tendril_transactive.dashboards.checks import JSON_DIR
 
 pytestmark = pytest.mark.unit
 
@@ -183,7 +183,8 @@ def test_dockerfile_copies_what_the_install_needs() -> None:
     copied = {word for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")
               for word in line.split()[1:-1]}
     # pyproject's build hook (hatch_build.py) is loaded even by `pip install -e .`
-    for needed in ("pyproject.toml", "hatch_build.py", "cloud", "edge", "hil", "dashboards", "firmware", "data"):
+    for needed in ("pyproject.toml", "hatch_build.py", "tendril_transactive", "cloud", "edge", "hil", "dashboards",
+                   "firmware", "data"):
         assert needed in copied, f"Dockerfile does not COPY {needed}"
 
 
@@ -292,7 +293,7 @@ def test_mosquitto_requires_authentication(compose: dict[str, Any]) -> None:
 def test_mosquitto_conf_follows_what_the_generator_writes(tmp_path: Path) -> None:
     """The compose broker config is the generated one (README step 3) with the container's paths:
     the same directives, TLS included, and a server certificate for the names clients dial."""
-    from cloud.devices.registry import Registry
+    from tendril_transactive.cloud.devices.registry import Registry
 
     reg = Registry(tmp_path / "reg")
     reg.add("site-1", "meter", "meter")

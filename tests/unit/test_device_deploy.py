@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from cloud.cli.main import main
-from cloud.devices import deploy as device_deploy
-from cloud.devices.deploy import DeployError, device_config, mpremote_commands
-from cloud.devices.registry import Registry
+from tendril_transactive.cloud.cli.main import main
+from tendril_transactive.cloud.devices import deploy as device_deploy
+from tendril_transactive.cloud.devices.deploy import DeployError, device_config, mpremote_commands
+from tendril_transactive.cloud.devices.registry import Registry
 
 pytestmark = pytest.mark.unit
 

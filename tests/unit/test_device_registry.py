@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import tendril_wire as wire
 
-from cloud.devices.mosquitto import ServiceUser, acl_text, password_line
-from cloud.devices.registry import DeviceRecord, Registry, RegistryError
+from tendril_transactive.cloud.devices.mosquitto import ServiceUser, acl_text, password_line
+from tendril_transactive.cloud.devices.registry import DeviceRecord, Registry, RegistryError
 
 pytestmark = pytest.mark.unit
 

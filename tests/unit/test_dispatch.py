@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import tendril_wire as wire
 
-from cloud.agent.dispatch import Dispatcher
+from tendril_transactive.cloud.agent.dispatch import Dispatcher
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import pytest
 import tendril_wire as wire
 from tendril_fw.relay import RelayNode
 
-from cloud.agent.dispatch import MAX_SWITCHES, Dispatcher, SafetyLimits
+from tendril_transactive.cloud.agent.dispatch import MAX_SWITCHES, Dispatcher, SafetyLimits
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.store.line_protocol import LinePoint, LineProtocolError, format_line, parse_line
-from cloud.store.sinks import EmbeddedStore, InfluxSink, Sink
+from tendril_transactive.cloud.store.line_protocol import LinePoint, LineProtocolError, format_line, parse_line
+from tendril_transactive.cloud.store.sinks import EmbeddedStore, InfluxSink, Sink
 
 pytestmark = pytest.mark.unit
 

@@ -16,9 +16,9 @@ import tendril_wire as wire
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.ingest import fast_decode, validation
-from cloud.ingest.classify import Accepted, Classifier, Rejected, classify
-from cloud.store.line_protocol import STORED_KINDS, parse_line, seconds_to_ns
+from tendril_transactive.cloud.ingest import fast_decode, validation
+from tendril_transactive.cloud.ingest.classify import Accepted, Classifier, Rejected, classify
+from tendril_transactive.cloud.store.line_protocol import STORED_KINDS, parse_line, seconds_to_ns
 
 pytestmark = pytest.mark.unit
 

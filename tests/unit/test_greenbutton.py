@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.sources.greenbutton import GreenButtonError, load_feed, load_usage, parse_feed
+from tendril_transactive.cloud.sources.greenbutton import GreenButtonError, load_feed, load_usage, parse_feed
 
 pytestmark = pytest.mark.unit
 

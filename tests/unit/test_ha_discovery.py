@@ -9,9 +9,9 @@ import re
 import pytest
 import tendril_wire as wire
 
-from cloud.devices.ha_discovery import discovery_messages
-from cloud.devices.mosquitto import ServiceUser, acl_text
-from cloud.devices.registry import DeviceRecord
+from tendril_transactive.cloud.devices.ha_discovery import discovery_messages
+from tendril_transactive.cloud.devices.mosquitto import ServiceUser, acl_text
+from tendril_transactive.cloud.devices.registry import DeviceRecord
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.house import EvPlan, FileHouse, outdoor_c
-from edge.site import LOCAL_TZ, SiteModel
+from tendril_transactive.edge.house import EvPlan, FileHouse, outdoor_c
+from tendril_transactive.edge.site import LOCAL_TZ, SiteModel
 
 pytestmark = pytest.mark.unit
 

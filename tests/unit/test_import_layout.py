@@ -14,6 +14,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("edge", "cloud", "hil", "dashboards")
+IMPORT_ROOT = "tendril_transactive."  # the packages are imported through it (tendril_transactive/__init__.py)
 
 
 def _modules() -> dict[str, Path]:
@@ -33,18 +34,25 @@ def _resolve(name: str, modules: dict[str, Path]) -> str | None:
     return name or None
 
 
+def _imports(path: Path) -> list[str]:
+    """What the module at `path` imports (absolute imports only; the product has no relative ones)."""
+    targets: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            targets += [f"{node.module}.{a.name}" for a in node.names]
+    return targets
+
+
 def _graph() -> dict[str, set[str]]:
+    """Module -> the product modules it imports, named by their folder (cloud.ingest.serve)."""
     modules = _modules()
     graph: dict[str, set[str]] = defaultdict(set)
     for mod, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [f"{node.module}.{a.name}" for a in node.names]
-            for target in targets:
-                dep = _resolve(target, modules)
+        for target in _imports(path):
+            if target.startswith(IMPORT_ROOT):
+                dep = _resolve(target.removeprefix(IMPORT_ROOT), modules)
                 if dep is not None and dep != mod and not mod.startswith(dep + "."):
                     graph[mod].add(dep)
     return graph
@@ -116,3 +124,14 @@ def test_the_graph_is_read() -> None:
     graph = _graph()
     assert "cloud.ingest.ingestor" in graph["cloud.ingest.serve"]
     assert "cloud.agent.dispatch" in graph["hil.bench"]
+
+
+def test_every_import_goes_through_the_import_root() -> None:
+    """`import cloud.x` would work in a checkout (its root is on the path) and load a second copy
+    of the module beside tendril_transactive.cloud.x, with its own settings and state; in an
+    installed wheel it fails. Product, tests and benches import through the root only."""
+    bare = []
+    for folder in (*PACKAGES, "tests", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            bare += [f"{path.relative_to(ROOT)}: {t}" for t in _imports(path) if t.split(".")[0] in PACKAGES]
+    assert bare == []

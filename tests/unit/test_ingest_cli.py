@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from cloud.cli.ingest import (
+from tendril_transactive.cloud.cli.ingest import (
     DEFAULT_STORE_FILE,
     UsageError,
     check_http_url,
     register,
     run_ingest,
 )
-from cloud.settings import parse_broker_url
+from tendril_transactive.cloud.settings import parse_broker_url
 
 pytestmark = pytest.mark.unit
 
@@ -114,7 +114,7 @@ def test_a_missing_registry_is_an_error_that_says_what_to_do(
 
 
 def test_worker_command_lines_carry_every_option_but_no_secret() -> None:
-    from cloud.ingest.serve import worker_argv
+    from tendril_transactive.cloud.ingest.serve import worker_argv
 
     args = parser().parse_args(
         ["ingest", "--workers", "3", "--influx-url", "http://127.0.0.1:8086", "--password", "pw-secret",

@@ -13,10 +13,10 @@ import tendril_wire as wire
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cloud.ingest.ingestor import DEAD_LETTER_PAYLOAD_BYTES, Accepted, Ingestor, Rejected, classify
-from cloud.store.line_protocol import MEASUREMENTS, parse_line
-from cloud.store.sinks import EmbeddedStore
-from edge.clock import SimClock
+from tendril_transactive.cloud.ingest.ingestor import DEAD_LETTER_PAYLOAD_BYTES, Accepted, Ingestor, Rejected, classify
+from tendril_transactive.cloud.store.line_protocol import MEASUREMENTS, parse_line
+from tendril_transactive.cloud.store.sinks import EmbeddedStore
+from tendril_transactive.edge.clock import SimClock
 
 pytestmark = pytest.mark.unit
 

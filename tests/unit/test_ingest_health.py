@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import tendril_wire as wire
 
-from cloud.devices.registry import Registry, RegistryError
-from cloud.ingest.health import IngestStats, LagHistogram, ThrottledLog, health_lines
-from cloud.ingest.ingestor import Ingestor
-from cloud.ingest.known_devices import UNKNOWN_DEVICE, KnownDevices
-from cloud.store import line_protocol as lp
-from cloud.store.sinks import EmbeddedStore
+from tendril_transactive.cloud.devices.registry import Registry, RegistryError
+from tendril_transactive.cloud.ingest.health import IngestStats, LagHistogram, ThrottledLog, health_lines
+from tendril_transactive.cloud.ingest.ingestor import Ingestor
+from tendril_transactive.cloud.ingest.known_devices import UNKNOWN_DEVICE, KnownDevices
+from tendril_transactive.cloud.store import line_protocol as lp
+from tendril_transactive.cloud.store.sinks import EmbeddedStore
 
 pytestmark = pytest.mark.unit
 

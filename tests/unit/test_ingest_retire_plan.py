@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from cloud.ingest.retire import IDENTITY_FILE, Identity, existing, plan, read_identity, retire, wanted, write_identity
+from tendril_transactive.cloud.ingest.retire import (
+    IDENTITY_FILE,
+    Identity,
+    existing,
+    plan,
+    read_identity,
+    retire,
+    wanted,
+    write_identity,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import tendril_wire as wire
 
-from cloud.ingest.ingestor import Ingestor, StateDirInUse
-from cloud.store.sinks import EmbeddedStore, StoreRejected
+from tendril_transactive.cloud.ingest.ingestor import Ingestor, StateDirInUse
+from tendril_transactive.cloud.store.sinks import EmbeddedStore, StoreRejected
 
 pytestmark = pytest.mark.unit
 

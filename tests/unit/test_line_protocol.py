@@ -10,8 +10,8 @@ import tendril_wire as wire
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.store import line_protocol as lp
-from cloud.store.line_protocol import LinePoint, LineProtocolError
+from tendril_transactive.cloud.store import line_protocol as lp
+from tendril_transactive.cloud.store.line_protocol import LinePoint, LineProtocolError
 
 pytestmark = pytest.mark.unit
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cloud.cli import bill as bill_cli
-from cloud.devices.registry import Registry, SiteRecord
-from cloud.ledger import schema
-from cloud.ledger.chain import Ledger
-from cloud.market.tenders import LOCAL_TZ
-from cloud.market.transactions import Transaction
+from tendril_transactive.cloud.cli import bill as bill_cli
+from tendril_transactive.cloud.devices.registry import Registry, SiteRecord
+from tendril_transactive.cloud.ledger import schema
+from tendril_transactive.cloud.ledger.chain import Ledger
+from tendril_transactive.cloud.market.tenders import LOCAL_TZ
+from tendril_transactive.cloud.market.transactions import Transaction
 
 pytestmark = pytest.mark.unit
 

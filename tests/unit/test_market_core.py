@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import tendril_wire as wire
 
-from cloud.devices.registry import SiteRecord
-from cloud.market.core import ACCEPTED, REFUSED, REPLAYED, MarketCore
-from cloud.market.pricing import StaticFeederRatios
-from cloud.market.schedule import (
+from tendril_transactive.cloud.devices.registry import SiteRecord
+from tendril_transactive.cloud.market.core import ACCEPTED, REFUSED, REPLAYED, MarketCore
+from tendril_transactive.cloud.market.pricing import StaticFeederRatios
+from tendril_transactive.cloud.market.schedule import (
     DAM,
     RTM,
     MarketConfig,
@@ -25,10 +25,10 @@ from cloud.market.schedule import (
     rt_batch,
     rt_price,
 )
-from cloud.market.settle import metered_kwh, register_at
-from cloud.market.tenders import LOCAL_TZ
-from cloud.market.transactions import KIND_REFUSAL, KIND_TENDER, KIND_TRANSACTION
-from cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.market.settle import metered_kwh, register_at
+from tendril_transactive.cloud.market.tenders import LOCAL_TZ
+from tendril_transactive.cloud.market.transactions import KIND_REFUSAL, KIND_TENDER, KIND_TRANSACTION
+from tendril_transactive.cloud.sources.prices import PriceInterval
 
 pytestmark = pytest.mark.unit
 

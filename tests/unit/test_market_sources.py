@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from cloud.market.pricing import StaticFeederRatios, parse_feeder_ratios
-from cloud.market.sources import OasisPrices, PriceSourceError, ReplayPrices, make_source
-from cloud.sources.prices import default_prices, prices_between
+from tendril_transactive.cloud.market.pricing import StaticFeederRatios, parse_feeder_ratios
+from tendril_transactive.cloud.market.sources import OasisPrices, PriceSourceError, ReplayPrices, make_source
+from tendril_transactive.cloud.sources.prices import default_prices, prices_between
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.mqtt import codec
-from cloud.mqtt.codec import V5, V311, MqttProtocolError, PacketReader
+from tendril_transactive.cloud.mqtt import codec
+from tendril_transactive.cloud.mqtt.codec import V5, V311, MqttProtocolError, PacketReader
 
 pytestmark = pytest.mark.unit
 

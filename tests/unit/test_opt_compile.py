@@ -7,17 +7,17 @@ import pyomo.environ as pyo
 import pytest
 from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
 
-from cloud.optimizer.compile import CompileError, compile_model
-from cloud.optimizer.devices import SiteState
-from cloud.optimizer.devices.battery import BatterySpec
-from cloud.optimizer.devices.ev import EvSpec
-from cloud.optimizer.devices.hvac import HvacSpec
-from cloud.optimizer.devices.pump import PumpSpec
-from cloud.optimizer.devices.pv import PvSpec
-from cloud.optimizer.horizon import DAY_AHEAD
-from cloud.optimizer.model import SiteSpec, build_model, model_inputs, set_inputs
-from cloud.optimizer.solve import HighsRunner, SolveState
-from edge.ev import EvSession
+from tendril_transactive.cloud.optimizer.compile import CompileError, compile_model
+from tendril_transactive.cloud.optimizer.devices import SiteState
+from tendril_transactive.cloud.optimizer.devices.battery import BatterySpec
+from tendril_transactive.cloud.optimizer.devices.ev import EvSpec
+from tendril_transactive.cloud.optimizer.devices.hvac import HvacSpec
+from tendril_transactive.cloud.optimizer.devices.pump import PumpSpec
+from tendril_transactive.cloud.optimizer.devices.pv import PvSpec
+from tendril_transactive.cloud.optimizer.horizon import DAY_AHEAD
+from tendril_transactive.cloud.optimizer.model import SiteSpec, build_model, model_inputs, set_inputs
+from tendril_transactive.cloud.optimizer.solve import HighsRunner, SolveState
+from tendril_transactive.edge.ev import EvSession
 from tests.unit.opt_fixtures import START, forecast
 
 pytestmark = pytest.mark.unit

@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.optimizer.devices import Horizon, SiteState
-from cloud.optimizer.devices.battery import BatterySpec
-from cloud.optimizer.devices.ev import EvSpec
-from cloud.optimizer.devices.hvac import HvacSpec
-from cloud.optimizer.devices.pump import PumpSpec
-from cloud.optimizer.devices.pv import PvSpec
-from cloud.optimizer.horizon import DAY_AHEAD, REAL_TIME, SitePlanner
-from cloud.optimizer.model import SiteSpec
-from edge import battery, thermal
-from edge.battery import BatteryParams
-from edge.ev import EvParams, EvSession
+from tendril_transactive.cloud.optimizer.devices import Horizon, SiteState
+from tendril_transactive.cloud.optimizer.devices.battery import BatterySpec
+from tendril_transactive.cloud.optimizer.devices.ev import EvSpec
+from tendril_transactive.cloud.optimizer.devices.hvac import HvacSpec
+from tendril_transactive.cloud.optimizer.devices.pump import PumpSpec
+from tendril_transactive.cloud.optimizer.devices.pv import PvSpec
+from tendril_transactive.cloud.optimizer.horizon import DAY_AHEAD, REAL_TIME, SitePlanner
+from tendril_transactive.cloud.optimizer.model import SiteSpec
+from tendril_transactive.edge import battery, thermal
+from tendril_transactive.edge.battery import BatteryParams
+from tendril_transactive.edge.ev import EvParams, EvSession
 from tests.unit.opt_fixtures import START, forecast
 
 pytestmark = pytest.mark.unit
@@ -114,7 +114,7 @@ def test_real_time_pump_follows_its_plan_and_pv_reduces_what_is_bought() -> None
     sched = SitePlanner(spec).solve("rt", SiteState(), forecast(RT, pump_plan=plan))
     assert np.array_equal(sched.pump_on, plan)
     fc = forecast(RT, pump_plan=plan)
-    from edge.pv import power_kw
+    from tendril_transactive.edge.pv import power_kw
     pv = np.array([power_kw(g, spec.pv.params) for g in fc.ghi_w_m2])  # type: ignore[union-attr]
     net = (0.4 + 1.5 * plan - pv) * 300 / 3600
     assert np.allclose(sched.buy_kwh - sched.sell_kwh, net, atol=1e-9)

@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from cloud.optimizer.devices import SiteState
-from cloud.optimizer.devices.battery import BatterySpec
-from cloud.optimizer.devices.hvac import HvacSpec
-from cloud.optimizer.fleet import FleetPool, Job
-from cloud.optimizer.horizon import REAL_TIME
-from cloud.optimizer.model import SiteSpec
+from tendril_transactive.cloud.optimizer.devices import SiteState
+from tendril_transactive.cloud.optimizer.devices.battery import BatterySpec
+from tendril_transactive.cloud.optimizer.devices.hvac import HvacSpec
+from tendril_transactive.cloud.optimizer.fleet import FleetPool, Job
+from tendril_transactive.cloud.optimizer.horizon import REAL_TIME
+from tendril_transactive.cloud.optimizer.model import SiteSpec
 from tests.unit.opt_fixtures import START, forecast
 
 pytestmark = pytest.mark.unit
@@ -98,8 +98,8 @@ def test_a_worker_dying_mid_round_fails_only_its_current_site() -> None:
 
 
 def test_the_time_limit_is_per_solve_not_per_worker_lifetime() -> None:
-    from cloud.optimizer.horizon import SitePlanner
-    from cloud.optimizer.solve import HighsRunner
+    from tendril_transactive.cloud.optimizer.horizon import SitePlanner
+    from tendril_transactive.cloud.optimizer.solve import HighsRunner
 
     # HiGHS's clock adds up over an instance's runs: 200 re-solves take well over the 0.5 s each
     # one may use, which failed every solve after the first half-second before the fix
@@ -112,9 +112,9 @@ def test_the_time_limit_is_per_solve_not_per_worker_lifetime() -> None:
 def test_day_ahead_milp_in_workers_after_the_parent_ran_highs() -> None:
     # HiGHS's process-wide thread pool does not survive a fork: a worker forked from this
     # process would hang on its first MIP. The pool must start clean workers regardless.
-    from cloud.optimizer.devices.pump import PumpSpec
-    from cloud.optimizer.horizon import DAY_AHEAD
-    from cloud.optimizer.relay import schedule_relay
+    from tendril_transactive.cloud.optimizer.devices.pump import PumpSpec
+    from tendril_transactive.cloud.optimizer.horizon import DAY_AHEAD
+    from tendril_transactive.cloud.optimizer.relay import schedule_relay
 
     schedule_relay([0.3, 0.1, 0.2, 0.4], 3600, 1.5, 2, max_starts=1)  # a MIP here, in the parent
     specs = [SiteSpec("p0", hvac=HvacSpec(), pump=PumpSpec()), SiteSpec("p1", pump=PumpSpec())]

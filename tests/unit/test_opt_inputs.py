@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud.optimizer.schedule import DutyRounder
-from cloud.sources.weather import WeatherDataError, load_weather
-from edge import battery, thermal
-from edge.battery import BatteryParams
+from tendril_transactive.cloud.optimizer.schedule import DutyRounder
+from tendril_transactive.cloud.sources.weather import WeatherDataError, load_weather
+from tendril_transactive.edge import battery, thermal
+from tendril_transactive.edge.battery import BatteryParams
 from tests.unit.opt_fixtures import LOCAL
 
 pytestmark = pytest.mark.unit

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.market.tenders import TenderConfig, tender_prices
-from cloud.optimizer.relay import RelaySchedule, schedule_relay
-from cloud.sources.prices import default_prices, prices_between
+from tendril_transactive.cloud.market.tenders import TenderConfig, tender_prices
+from tendril_transactive.cloud.optimizer.relay import RelaySchedule, schedule_relay
+from tendril_transactive.cloud.sources.prices import default_prices, prices_between
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cloud.sources.prices import PriceDataError, PriceInterval, default_prices, load_caiso_csv, prices_between
+from tendril_transactive.cloud.sources.prices import (
+    PriceDataError,
+    PriceInterval,
+    default_prices,
+    load_caiso_csv,
+    prices_between,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -20,8 +20,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from dashboards import cli as dashboards_cli
-from dashboards.checks import load_dir
+from tendril_transactive.dashboards import cli as dashboards_cli
+from tendril_transactive.dashboards.checks import load_dir
 
 pytestmark = pytest.mark.unit
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import tendril_wire as wire
 
-from cloud.billing.energy_grid import on_cells
-from cloud.billing.settlement import SettlementError, price_grid, settle, totals
-from cloud.market.tenders import TenderConfig, build_tenders, tender_prices
-from cloud.market.transactions import (
+from tendril_transactive.cloud.billing.energy_grid import on_cells
+from tendril_transactive.cloud.billing.settlement import SettlementError, price_grid, settle, totals
+from tendril_transactive.cloud.market.tenders import TenderConfig, build_tenders, tender_prices
+from tendril_transactive.cloud.market.transactions import (
     REFUSE_BAD_QUANTITY,
     REFUSE_EXPIRED,
     REFUSE_OVER_QUANTITY,
@@ -23,8 +23,8 @@ from cloud.market.transactions import (
     TransactionRefused,
     position_series,
 )
-from cloud.sources.greenbutton import UsageInterval
-from cloud.sources.prices import PriceInterval, default_prices
+from tendril_transactive.cloud.sources.greenbutton import UsageInterval
+from tendril_transactive.cloud.sources.prices import PriceInterval, default_prices
 
 pytestmark = pytest.mark.unit
 

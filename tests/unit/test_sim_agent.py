@@ -11,14 +11,22 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud.agent.core import Decision, SiteAgent
-from cloud.agent.planner import InProcessPlanner
-from cloud.billing.tariff import default_tariff
-from cloud.market.tenders import TenderConfig
-from cloud.sim.inputs import LOOKAHEAD_STEPS
-from cloud.sim.report import subscriptions
-from cloud.sim.run import SimConfig, World, _subscribed_hours, make_agents, make_world, run_baseline, run_optimized
-from cloud.sim.trades import SimMarket
+from tendril_transactive.cloud.agent.core import Decision, SiteAgent
+from tendril_transactive.cloud.agent.planner import InProcessPlanner
+from tendril_transactive.cloud.billing.tariff import default_tariff
+from tendril_transactive.cloud.market.tenders import TenderConfig
+from tendril_transactive.cloud.sim.inputs import LOOKAHEAD_STEPS
+from tendril_transactive.cloud.sim.report import subscriptions
+from tendril_transactive.cloud.sim.run import (
+    SimConfig,
+    World,
+    _subscribed_hours,
+    make_agents,
+    make_world,
+    run_baseline,
+    run_optimized,
+)
+from tendril_transactive.cloud.sim.trades import SimMarket
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.sim.fleet import make_homes
-from cloud.sim.run import SimConfig, simulate
+from tendril_transactive.cloud.sim.fleet import make_homes
+from tendril_transactive.cloud.sim.run import SimConfig, simulate
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge.plant import FilePlant
-from edge.site import DEFAULT_LOAD, LoadDataError, SiteModel, load_uci_minutes
+from tendril_transactive.edge.plant import FilePlant
+from tendril_transactive.edge.site import DEFAULT_LOAD, LoadDataError, SiteModel, load_uci_minutes
 
 pytestmark = pytest.mark.unit
 

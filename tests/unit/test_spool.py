@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.ingest.spool import Record, Spool, SpoolFull
+from tendril_transactive.cloud.ingest.spool import Record, Spool, SpoolFull
 
 pytestmark = pytest.mark.unit
 

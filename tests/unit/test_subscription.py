@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cloud.billing.subscription import SubscriptionError, replay_history, shape_profile, subscribe
-from cloud.billing.tariff import default_tariff
-from cloud.sources.greenbutton import UsageInterval, load_usage
+from tendril_transactive.cloud.billing.subscription import SubscriptionError, replay_history, shape_profile, subscribe
+from tendril_transactive.cloud.billing.tariff import default_tariff
+from tendril_transactive.cloud.sources.greenbutton import UsageInterval, load_usage
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cloud.billing.tariff import DEFAULT_TARIFF, TariffError, default_tariff, load_tariff, parse_tariff
+from tendril_transactive.cloud.billing.tariff import (
+    DEFAULT_TARIFF,
+    TariffError,
+    default_tariff,
+    load_tariff,
+    parse_tariff,
+)
 
 pytestmark = pytest.mark.unit
 

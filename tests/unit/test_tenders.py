@@ -8,8 +8,14 @@ from zoneinfo import ZoneInfo
 import pytest
 import tendril_wire as wire
 
-from cloud.market.tenders import TenderConfig, build_tenders, live_tenders, local_hour, tender_prices
-from cloud.sources.prices import PriceInterval, default_prices, prices_between
+from tendril_transactive.cloud.market.tenders import (
+    TenderConfig,
+    build_tenders,
+    live_tenders,
+    local_hour,
+    tender_prices,
+)
+from tendril_transactive.cloud.sources.prices import PriceInterval, default_prices, prices_between
 
 pytestmark = pytest.mark.unit
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge.ev import EvSession
+from tendril_transactive.edge.ev import EvSession
 
 FloatArray = npt.NDArray[np.float64]
 ParamValues = dict[str, "FloatArray | float"]

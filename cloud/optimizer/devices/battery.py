@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import pyomo.environ as pyo
 
-from cloud.optimizer.devices import DeviceTerms, Horizon, ParamValues, SiteForecast, SiteState
-from edge.battery import BatteryParams
+from tendril_transactive.cloud.optimizer.devices import DeviceTerms, Horizon, ParamValues, SiteForecast, SiteState
+from tendril_transactive.edge.battery import BatteryParams
 
 
 @dataclass(frozen=True)

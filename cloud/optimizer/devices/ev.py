@@ -15,8 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyomo.environ as pyo
 
-from cloud.optimizer.devices import DeviceTerms, Horizon, ParamValues, SiteForecast, SiteState, step_starts
-from edge.ev import EvParams
+from tendril_transactive.cloud.optimizer.devices import (
+    DeviceTerms,
+    Horizon,
+    ParamValues,
+    SiteForecast,
+    SiteState,
+    step_starts,
+)
+from tendril_transactive.edge.ev import EvParams
 
 
 @dataclass(frozen=True)

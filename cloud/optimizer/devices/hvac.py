@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyomo.environ as pyo
 
-from cloud.optimizer.devices import DeviceTerms, FloatArray, Horizon, ParamValues, SiteForecast, SiteState
-from edge.thermal import ThermalParams, coefficients
+from tendril_transactive.cloud.optimizer.devices import (
+    DeviceTerms,
+    FloatArray,
+    Horizon,
+    ParamValues,
+    SiteForecast,
+    SiteState,
+)
+from tendril_transactive.edge.thermal import ThermalParams, coefficients
 
 
 @dataclass(frozen=True)

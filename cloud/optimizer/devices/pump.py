@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyomo.environ as pyo
 
-from cloud.optimizer.devices import DeviceTerms, Horizon, ParamValues, SiteForecast, SiteState
+from tendril_transactive.cloud.optimizer.devices import DeviceTerms, Horizon, ParamValues, SiteForecast, SiteState
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyomo.environ as pyo
 
-from cloud.optimizer.devices import DeviceTerms, Horizon, ParamValues, SiteForecast, SiteState
-from edge.pv import PvParams, power_kw
+from tendril_transactive.cloud.optimizer.devices import DeviceTerms, Horizon, ParamValues, SiteForecast, SiteState
+from tendril_transactive.edge.pv import PvParams, power_kw
 
 
 @dataclass(frozen=True)
