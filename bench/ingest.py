@@ -233,7 +233,7 @@ def _start_ingest(workers: int, broker: servers.Mosquitto, vm: servers.VictoriaM
     stats_paths = [tmp / f"stats-{run}-{i}.json" for i in range(workers)]
     ingest_log = tmp / f"ingest-{run}.log"
     proc = subprocess.Popen(
-        command.argv("ingest", "--broker", broker.url, "--influx-url", vm.url,
+        command.argv("ingest", "--max-age", "0", "--broker", broker.url, "--influx-url", vm.url,
          "--registry", str(registry), "--state-dir", str(tmp / f"state-{run}"), "--workers", str(workers),
          "--stats-file", str(tmp / f"stats-{run}-{{worker}}.json"), "--stats-interval", "0.2",
          "--health-interval", "1"),

@@ -64,7 +64,7 @@ class Ingest:
         url = self.broker.tls_url if tls else self.broker.url
         self.stats = [work / "stats-0.json"]
         self.log = work / "ingest.log"
-        argv = command.argv("ingest", "--broker", url, "--accept-any-device",
+        argv = command.argv("ingest", "--max-age", "0", "--broker", url, "--accept-any-device",
                 "--store-file", str(work / "store.lp"), "--state-dir", str(work / "state"), "--no-fsync",
                 "--stats-file", str(self.stats[0]), "--stats-interval", "0.2", "--health-interval", "0")
         if tls:

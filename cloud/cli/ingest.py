@@ -84,6 +84,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+# The oldest reading that can legitimately arrive: the firmware's offline backlog (queue_max 2048
+# at telemetry_s 10 = 20,480 s) delivered after the broker bridged an ingest outage of the
+# mosquitto-config default --outage-minutes (60), with margin. Older is replayed or forged history
+# (docs/security.md); `--max-age 0` lets an operator load history on purpose.
+DEFAULT_MAX_AGE_S = 28_800.0
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -139,9 +146,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help=f"MQTT shared-subscription group (default {DEFAULT_SHARE_GROUP} with --workers > 1)")
     scale.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     checks = p.add_argument_group("plausibility (docs/security.md)")
-    checks.add_argument("--max-age", type=_non_negative_float, default=0.0, metavar="SECONDS",
-                        help="refuse readings older than this; the firmware holds ~20480 s offline "
-                             "(0: off, default)")
+    checks.add_argument("--max-age", type=_non_negative_float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
+                        help="refuse readings older than this (default %(default)s: what a device holds offline, "
+                             "2048 readings at 10 s = 5.7 h, plus the broker's 60-minute queue, rounded up; "
+                             "0: off, e.g. to load history)")
     checks.add_argument("--max-skew", type=_non_negative_float, default=300.0, metavar="SECONDS",
                         help="refuse readings this far ahead of our clock (at most 172800, what the store "
                              "accepts; default %(default)s)")

@@ -61,10 +61,12 @@ def messages() -> list[tuple[str, bytes]]:
     return [*good[:5], (wire.device_topic("s1", "m1", wire.TELEMETRY), b"not json"), *good[5:]]
 
 
-def run_cli(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def run_cli(args: list[str], log_path: Path, env: dict[str, str] | None = None,
+            history: bool = True) -> subprocess.Popen[bytes]:
+    """`history`: the fixed 2024 readings are history to this ingest's wall clock (--max-age 0)."""
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            command.argv("ingest", "--stats-interval", "0.2", *args),
+            command.argv("ingest", "--stats-interval", "0.2", *(["--max-age", "0"] if history else []), *args),
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -147,3 +149,27 @@ def test_cli_writes_to_the_influx_url_from_the_environment_and_stops_on_sigterm(
         json.dumps(series["metric"], sort_keys=True)
         == '{"__name__": "meter_power_w", "device": "m1", "site": "s1"}'
     )
+
+
+def test_cli_refuses_a_reading_older_than_a_device_can_hold_by_default(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Issue 13: readings are accepted only inside [now - what the firmware holds offline plus
+    the broker's queue, now + skew] unless the operator says otherwise (--max-age 0)."""
+    store_file = tmp_path / "telemetry.lp"
+    log_path = tmp_path / "ingest.log"
+    registry = tmp_path / "registry"
+    Registry(registry).add("s1", "m1", "meter")
+    now = time.time()
+    topic = wire.device_topic("s1", "m1", wire.TELEMETRY)
+    readings = [(topic, wire.encode(wire.TELEMETRY, wire.telemetry_meter(i, ts, 100.0, 1000.0 + i)))
+                for i, ts in enumerate((now - 8 * 3600 - 60, now - 7 * 3600, now))]  # too old, backlog, live
+    proc = run_cli(["--broker", mosquitto.url, "--store-file", str(store_file), "--registry", str(registry),
+                    "--state-dir", str(tmp_path / "state"), "--health-interval", "0"], log_path, history=False)
+    try:
+        wait_for(lambda: "subscribed on" in log_path.read_text(), lambda: log_path.read_text())
+        publish(mosquitto.port, readings)
+        wait_for(lambda: store_file.exists() and len(store_file.read_text().splitlines()) == 2,
+                 lambda: f"2 lines in {store_file}; log:\n{log_path.read_text()}")
+    finally:
+        log = stop_cli(proc, signal.SIGTERM, log_path)
+    assert "3 received, 2 written, 1 rejected {'ts_too_old': 1}, 0 lost" in log, log
+    assert [line.split()[1].split(",")[0] for line in store_file.read_text().splitlines()] == ["seq=1i", "seq=2i"]

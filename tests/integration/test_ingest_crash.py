@@ -46,7 +46,7 @@ class Ingest:
     """`tendril ingest` as a process, watched through its --stats-file."""
 
     def __init__(self, broker: Mosquitto, vm: VictoriaMetrics, tmp: Path) -> None:
-        self.argv = command.argv("ingest", "--broker", broker.url, "--influx-url", vm.url,
+        self.argv = command.argv("ingest", "--max-age", "0", "--broker", broker.url, "--influx-url", vm.url,
             "--accept-any-device", "--state-dir", str(tmp / "state"), "--stats-file", str(tmp / "stats.json"),
             "--stats-interval", "0.1", "--health-interval", "0", "--batch-max", "100", "--flush-interval", "0.05",
         )  # fmt: skip

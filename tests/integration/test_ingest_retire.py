@@ -36,7 +36,7 @@ BASE_MS = 1_717_400_000_000
 
 def start(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
-        return subprocess.Popen(command.argv("ingest", *argv), stdout=log,
+        return subprocess.Popen(command.argv("ingest", "--max-age", "0", *argv), stdout=log,
                                 stderr=subprocess.STDOUT)  # fmt: skip
 
 

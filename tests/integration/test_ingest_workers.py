@@ -44,7 +44,7 @@ def test_two_workers_share_the_subscription_and_survive_a_killed_worker(
     sent = readings(devices, 100, BASE_MS)  # 60 devices, 6,000 readings
     first, second = sent[:4000], sent[4000:]
     log_path = tmp_path / "ingest.log"
-    argv = command.argv("ingest", "--workers", "2", "--broker", mosquitto.url,
+    argv = command.argv("ingest", "--workers", "2", "--max-age", "0", "--broker", mosquitto.url,
         "--influx-url", victoria.url, "--registry", str(tmp_path / "registry"), "--state-dir", str(tmp_path / "state"),
         "--stats-file", str(tmp_path / "stats-{worker}.json"), "--stats-interval", "0.1", "--health-interval", "0.5",
     )  # fmt: skip
