@@ -26,7 +26,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 import tendril_wire as tw
+from ingest_support import wait_until_sync as wait
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tendril_transactive.cloud import command
@@ -50,7 +51,6 @@ ROGUE = ("site-9", "rogue")  # registered, its credentials stolen
 TELEMETRY_S = 0.25  # each meter: 4 readings a second
 INGEST_DOWN_S = 10.0
 VM_DOWN_S = 60.0
-WAIT_S = 60.0  # a bound for things to happen, never a speed assertion
 
 
 @dataclass
@@ -129,16 +129,6 @@ def chaos(micropython: str) -> Iterator[Chaos]:
         broker.stop()
         victoria.stop()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def wait(cond: Callable[[], Any], what: Callable[[], str], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting: {what()}")
 
 
 def stored(victoria: VictoriaMetrics) -> dict[tuple[str, str], list[tuple[int, int]]]:

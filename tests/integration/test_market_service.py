@@ -118,6 +118,11 @@ def start_market(args: list[str], env: dict[str, str], log: Path) -> subprocess.
                                 stderr=subprocess.STDOUT, env={**os.environ, **env})
 
 
+def stop_market(proc: subprocess.Popen[bytes], log: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(TIMEOUT_S) == 0, log.read_text()[-3000:]
+
+
 def test_market_service_end_to_end_with_kill_and_restart(
         mosquitto: Mosquitto, postgres: Postgres, victoria: VictoriaMetrics, tmp_path: Path) -> None:
     registry = tmp_path / "registry"
@@ -187,8 +192,7 @@ def test_market_service_end_to_end_with_kill_and_restart(
                 return [r.body for r in ledger.records(kind="settlement", site="site-1")]
 
             wait_for(lambda: len(settled()) >= 2, "two settled intervals", proc, log)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(TIMEOUT_S) == 0, log.read_text()[-3000:]
+        stop_market(proc, log)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -276,8 +280,7 @@ def test_a_transaction_the_market_was_killed_while_recording_is_answered_after_t
         proc = start_market(args, env, log)
         wait_for(lambda: agent.confirms_for("held"), "the held transaction's confirm after the restart", proc, log)
         assert agent.confirms_for("held")[0]["ok"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(TIMEOUT_S) == 0, log.read_text()[-3000:]
+        stop_market(proc, log)
     finally:
         if proc.poll() is None:
             proc.kill()
