@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,17 @@ from tendril_transactive.cloud.net import LOOPBACK  # noqa: E402
 from tendril_transactive.cloud.settings import clock_from_env  # noqa: E402
 
 BASE_W = 500.0
+BASE_SWING = 0.3  # the base load swings +-30 % over an hour, each site in its own phase
 PUMP_W = 1500.0
+
+
+def base_w(site: str, t: float) -> float:
+    """A site's base load at `t`. It moves, so each real-time plan (made from the latest meter
+    reading) differs from the day-ahead one and the agent trades in every interval: a constant
+    load left the real-time tenders untraded once the day-ahead trades covered the hour, and
+    the bench without a tender -> confirm figure."""
+    phase = (zlib.crc32(site.encode()) % 3600) / 3600.0
+    return BASE_W * (1.0 + BASE_SWING * math.sin(2.0 * math.pi * (t / 3600.0 + phase)))
 
 
 class Fleet:
@@ -121,7 +133,7 @@ class Fleet:
             with self.lock:  # energy over the period that just ended, at the relay state now
                 for site, device in self.meters:
                     on = self.relay.get((site, self.relay_of_site.get(site, "")), 0)
-                    self.energy_wh[(site, device)] += (BASE_W + on * PUMP_W) * (now - last) / 3600.0
+                    self.energy_wh[(site, device)] += (base_w(site, now) + on * PUMP_W) * (now - last) / 3600.0
             last = now
 
     def _publish_telemetry(self, site: str, device: str, kind: str) -> None:
@@ -131,7 +143,8 @@ class Fleet:
         with self.lock:
             if kind == wire.DEVICE_METER:
                 on = self.relay.get((site, self.relay_of_site.get(site, "")), 0)
-                msg = wire.telemetry_meter(self.seq[dev], now, BASE_W + on * PUMP_W, round(self.energy_wh[dev], 3))
+                msg = wire.telemetry_meter(self.seq[dev], now, base_w(site, now) + on * PUMP_W,
+                                           round(self.energy_wh[dev], 3))
             else:
                 msg = wire.telemetry_relay(self.seq[dev], now, self.relay[dev], self.relay[dev] * PUMP_W)
         self.client.publish(wire.device_topic(site, device, wire.TELEMETRY), wire.encode(wire.TELEMETRY, msg), qos=1)

@@ -212,15 +212,20 @@ class AgentService:
         """Per site, not `+`: the broker grants an agent user its own sites' topics only
         (cloud.devices.mosquitto), and the dynamic-security plugin refuses a wildcard filter over
         all sites with a SUBACK failure, not an error, so every refusal is checked and logged."""
-        filters = [wire.agent_filter()]
+        filters = [(wire.agent_filter(), 1)]
         for site in sorted(self.sites):
-            filters += [wire.site_topic(site, wire.TENDER), wire.site_topic(site, wire.CONFIRM)]
-            filters += [wire.device_filter(kind, site) for kind in (wire.TELEMETRY, wire.STATUS, wire.ACK)]
+            filters += [(wire.site_topic(site, wire.TENDER), 1), (wire.site_topic(site, wire.CONFIRM), 1),
+                        (wire.device_filter(wire.ACK, site), 1)]
+            # Telemetry and status at QoS 0: the agent wants the latest state, not every reading.
+            # bench/loop.py: at 1,000 sites a PUBACK per reading was the largest single cost of
+            # the agent's event loop (a send per message), and while a worker is away the broker
+            # would queue hours of stale readings for it to wade through before the next tender.
+            filters += [(wire.device_filter(kind, site), 0) for kind in (wire.TELEMETRY, wire.STATUS)]
         refused = []
         for i in range(0, len(filters), SUBSCRIBE_BATCH):
             batch = filters[i:i + SUBSCRIBE_BATCH]
-            granted = await client.subscribe([(f, 1) for f in batch])
-            refused += [f for f, code in zip(batch, granted, strict=False) if _failed(code)]
+            granted = await client.subscribe(batch)
+            refused += [f for (f, _), code in zip(batch, granted, strict=False) if _failed(code)]
         if refused:
             log.error("worker %s: the broker refused %d subscription(s), e.g. %s: this user may not serve those sites",
                       self.me, len(refused), ", ".join(refused[:3]))
