@@ -42,6 +42,7 @@ log = logging.getLogger("tendril.agent")
 DEAD_LETTER_PAYLOAD_BYTES = 1024
 RECONNECT_MAX_S = 10.0
 PUBLISH_WINDOW = 8  # QoS 1 publications awaiting their PUBACK at once (aiomqtt warns past 10)
+STUCK_AFTER_S = 60.0  # wall seconds without a decision while tenders wait: report where it waits
 PLAN_CHUNK = 20  # real-time jobs per solver call: answers go out chunk by chunk
 PRUNE_EVERY_S = 60.0  # clock seconds between passes that drop expired tenders and old trades
 SUBSCRIBE_BATCH = 100  # filters per SUBSCRIBE packet (the broker's packet size limit is 8 KiB)
@@ -123,6 +124,10 @@ class AgentService:
         self._client: aiomqtt.Client | None = None
         self._ready_rt: dict[str, float] = {}  # site -> interval start with both RT tenders in
         self._planning: set[str] = set()
+        self._progress_mark: tuple[int, int] = (0, 0)
+        self._progress_at = time.monotonic()
+        self._stuck_reported = False
+        self._in_flight = 0
         self._wake = asyncio.Event()
         self._seen_notes: dict[tuple[str, str], float] = {}
         self._silent_reported: set[DeviceKey] = set()
@@ -358,8 +363,12 @@ class AgentService:
         if client is None:
             return
         async with self._publish_window:  # a round's sites publish concurrently, a few at a time
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(topic, payload, qos=qos, retain=retain)
+            self._in_flight += 1
+            try:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.publish(topic, payload, qos=qos, retain=retain)
+            finally:
+                self._in_flight -= 1
 
     async def _send_transactions(self, site: str, txs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> None:
         for tx in txs:
@@ -422,17 +431,36 @@ class AgentService:
         return {(r.site, r.mode): r for r in results}
 
     async def _plan_round(self) -> None:
+        """Real-time first (its tenders live minutes), then day-ahead (hours). bench/loop.py at
+        1,000 sites: a day-ahead batch re-planned first, its trades published one PUBACK after
+        another, held every real-time tender until it expired, and the round looked stalled."""
+        await self._rt_round()
+        await self._da_round()
+
+    async def _da_round(self) -> None:
+        """Day-ahead re-plans in chunks, each chunk's trades published concurrently; a real-time
+        interval that becomes ready meanwhile goes first (the rest of the sites stay dirty)."""
+        waiting = [a for a in self.agents.values() if a.da_dirty]
+        for i in range(0, len(waiting), PLAN_CHUNK):
+            if self._ready_rt:
+                self._wake.set()
+                return
+            now = self.clock.now()
+            jobs = [j for j in (a.da_job(now) for a in waiting[i:i + PLAN_CHUNK]) if j is not None]
+            sends = []
+            for (site, _), result in (await self._solve(jobs)).items():
+                agent = self.agents.get(site)
+                if agent is None:
+                    continue
+                txs, note = agent.apply_da(self.clock.now(), result)
+                if note:
+                    _notes(site, [note], self._seen_notes, now)
+                sends.append(asyncio.create_task(self._send_transactions(site, txs)))
+                self._save(site)
+            await asyncio.gather(*sends)
+
+    async def _rt_round(self) -> None:
         now = self.clock.now()
-        da_jobs = [j for j in (a.da_job(now) for a in list(self.agents.values())) if j is not None]
-        for (site, _), result in (await self._solve(da_jobs)).items():
-            agent = self.agents.get(site)
-            if agent is None:
-                continue
-            txs, note = agent.apply_da(self.clock.now(), result)
-            if note:
-                _notes(site, [note], self._seen_notes, now)
-            await self._send_transactions(site, txs)
-            self._save(site)
         ready, self._ready_rt = self._ready_rt, {}
         jobs, notes = [], {}
         for site, start in ready.items():
@@ -500,6 +528,28 @@ class AgentService:
             await asyncio.sleep(self.options.progress_s)
             log.info("worker %s: %s", self.me, self.progress_line())
             self._write_stats()
+            self._report_stuck()
+
+    def _report_stuck(self) -> None:
+        """A round (or the tick loop) that has not moved for STUCK_AFTER_S while tenders wait is
+        logged once with where every task waits: bench/loop.py at 1,000 sites has seen rounds
+        stop for good, with the solver idle and the connection up, and nothing said where."""
+        mark = (self.stats.tenders_answered, self.stats.no_tender)
+        now = time.monotonic()
+        if mark != self._progress_mark or not self._ready_rt:
+            self._progress_mark, self._progress_at, self._stuck_reported = mark, now, False
+            return
+        if self._stuck_reported or now - self._progress_at < STUCK_AFTER_S:
+            return
+        self._stuck_reported = True
+        where = []
+        for task in asyncio.all_tasks():
+            frames = task.get_stack(limit=6)
+            trail = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+            where.append(f"{task.get_name()}: {trail or 'not started'}")
+        log.error("worker %s: no real-time round and no subscription-only decision for %.0f s while %d sites "
+                  "wait; publications in flight %d; tasks: %s", self.me, now - self._progress_at,
+                  len(self._ready_rt), self._in_flight, " | ".join(where))
 
     def progress_line(self) -> str:
         s, d = self.stats, self.dispatcher.stats
