@@ -25,6 +25,7 @@ from tendril_transactive.cloud.settings import (
     add_tls_options,
     broker_tls,
     check_http_url,
+    clock_from_env,
     parse_broker,
     tls_args,
 )
@@ -185,6 +186,7 @@ def check_options(args: argparse.Namespace) -> tuple[str, int, str | None]:
         raise UsageError(f"--receive-maximum is at most 65535, got {args.receive_maximum}")
     if args.worker_index is not None and not 0 <= args.worker_index < args.workers:
         raise UsageError(f"--worker-index must be 0..{args.workers - 1}")
+    clock_from_env()  # a malformed $TENDRIL_CLOCK is said once, here, not by each worker
     return host, port, influx_url
 
 

@@ -27,6 +27,7 @@ from tendril_transactive.cloud.settings import (
     ENV_INFLUX_TOKEN,
     ENV_MQTT_PASSWORD,
     broker_tls,
+    clock_from_env,
     parse_broker,
     tls_args,
     tls_argv,
@@ -168,6 +169,9 @@ def _ingestor(
         host,
         port,
         sink,
+        # the simulated clock a demo or test runs on ($TENDRIL_CLOCK), as the market and agent do:
+        # --max-age and --max-skew judge a reading against the time the fleet lives in
+        clock=clock_from_env(),
         client_id=identity.client_id,
         username=args.username,
         password=args.password or os.environ.get(ENV_MQTT_PASSWORD),

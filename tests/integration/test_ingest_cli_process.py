@@ -151,19 +151,25 @@ def test_cli_writes_to_the_influx_url_from_the_environment_and_stops_on_sigterm(
     )
 
 
-def test_cli_refuses_a_reading_older_than_a_device_can_hold_by_default(mosquitto: Mosquitto, tmp_path: Path) -> None:
+@pytest.mark.parametrize("simulated", [False, True], ids=["wall-clock", "simulated-2024-clock"])
+def test_cli_refuses_a_reading_older_than_a_device_can_hold_by_default(
+    mosquitto: Mosquitto, tmp_path: Path, simulated: bool
+) -> None:
     """Issue 13: readings are accepted only inside [now - what the firmware holds offline plus
-    the broker's queue, now + skew] unless the operator says otherwise (--max-age 0)."""
+    the broker's queue, now + skew] unless the operator says otherwise (--max-age 0). On a
+    simulated clock ($TENDRIL_CLOCK, as the demo and the full-loop test run the fleet) "now" is
+    the simulated time, as it is for the market and the agent."""
     store_file = tmp_path / "telemetry.lp"
     log_path = tmp_path / "ingest.log"
     registry = tmp_path / "registry"
     Registry(registry).add("s1", "m1", "meter")
-    now = time.time()
+    now = 1_710_500_000.0 if simulated else time.time()
+    env = {"TENDRIL_CLOCK": f"{time.time()!r},{now!r},1"} if simulated else None
     topic = wire.device_topic("s1", "m1", wire.TELEMETRY)
     readings = [(topic, wire.encode(wire.TELEMETRY, wire.telemetry_meter(i, ts, 100.0, 1000.0 + i)))
                 for i, ts in enumerate((now - 8 * 3600 - 60, now - 7 * 3600, now))]  # too old, backlog, live
     proc = run_cli(["--broker", mosquitto.url, "--store-file", str(store_file), "--registry", str(registry),
-                    "--state-dir", str(tmp_path / "state"), "--health-interval", "0"], log_path, history=False)
+                    "--state-dir", str(tmp_path / "state"), "--health-interval", "0"], log_path, env, history=False)
     try:
         wait_for(lambda: "subscribed on" in log_path.read_text(), lambda: log_path.read_text())
         publish(mosquitto.port, readings)
