@@ -16,9 +16,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hsub.required = True
 
     run = hsub.add_parser("run", help="run one scenario (YAML) and write its record",
-                          description="Run a scenario; writes record.json, junit.xml and report.html into --out. "
-                                      "Exit 0 if every measurement passed, 1 if any failed, 2 on bad input.")
-    run.add_argument("scenario", help="scenario YAML file, or the name of a shipped one (see --list)")
+                          description="Run a scenario. Each run gets its own folder, OUT/SCENARIO/<UTC start time> "
+                                      "(default OUT: hil-runs), holding record.json, junit.xml, report.html and "
+                                      "device.log; no run overwrites another's. OUT/SCENARIO/latest links to the "
+                                      "newest run, OUT/SCENARIO/last-pass to the newest that passed. "
+                                      "Exit 0 if every measurement passed, 1 if any failed, 2 on bad input, "
+                                      "3 if the run could not finish (e.g. the device could not be contacted; "
+                                      "its record says so).")
+    # Optional so that --list stands alone; _run insists on it otherwise.
+    run.add_argument("scenario", nargs="?", default=None, metavar="SCENARIO",
+                     help="scenario YAML file, or the name of a shipped one (see --list)")
     run.add_argument("--device", default="unix",
                      help="'unix' (MicroPython unix port over a pty, default) or 'serial:/dev/ttyUSB0'")
     run.add_argument("--baud", type=int, default=115200, help="serial baud rate (serial devices)")
@@ -32,8 +39,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="override a firmware setting for this run, e.g. --set min_off_s=0 (a test-only build)")
     run.add_argument("--heapsize", default=None,
                      help="unix device: MicroPython heap, e.g. 52wK for an ESP32-sized heap (default: 2 MiB)")
-    run.add_argument("--out", type=Path, default=Path("hil-runs"), help="folder for the run (default hil-runs/NAME)")
-    run.add_argument("--list", action="store_true", help="list shipped scenarios and exit")
+    run.add_argument("--out", type=Path, default=Path("hil-runs"),
+                     help="root folder for records; this run's go to OUT/SCENARIO/<UTC start time>/ "
+                          "(default hil-runs)")
+    run.add_argument("--list", action="store_true", help="list shipped scenarios and exit (no SCENARIO needed)")
     run.set_defaults(func=_run)
 
     rep = hsub.add_parser("report", help="render a run's record.json as HTML with a plot",
@@ -70,6 +79,7 @@ def _scenario_path(name: str) -> Path:
 
 def _run(args: argparse.Namespace) -> int:
     from tendril_transactive.hil.dut import parse_device
+    from tendril_transactive.hil.record import ERROR, PASS, new_run_dir, point_to
     from tendril_transactive.hil.report import write_report
     from tendril_transactive.hil.runner import RunOptions, run_scenario
     from tendril_transactive.hil.scenario import ScenarioError, load_scenario, shipped_scenarios
@@ -78,6 +88,10 @@ def _run(args: argparse.Namespace) -> int:
         for path in shipped_scenarios():
             print(path.stem)
         return 0
+    if args.scenario is None:
+        names = ", ".join(path.stem for path in shipped_scenarios())
+        print(f"tendril hil run: name a SCENARIO: a YAML file or a shipped one ({names})", file=sys.stderr)
+        return 2
     try:
         parse_device(args.device)
         scenario = load_scenario(_scenario_path(args.scenario))
@@ -86,18 +100,27 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, ScenarioError) as exc:
         print(f"tendril hil run: {exc}", file=sys.stderr)
         return 2
-    out = args.out / scenario.name
+    try:
+        out = new_run_dir(args.out, scenario.name)
+    except OSError as exc:
+        print(f"tendril hil run: cannot create a folder for the run under {args.out}: {exc}", file=sys.stderr)
+        return 2
     options = RunOptions(device=args.device, baud=args.baud, power_cycle_cmd=args.power_cycle_cmd, key=key,
                          broker_port=args.broker_port, config_overrides=overrides, heapsize=args.heapsize)
     record = run_scenario(scenario, out, options)
     write_report(out / "record.json")
-    print(f"{scenario.name}: {record.outcome} in {record.duration_s:.1f} s ({record.device}, fw {record.fw_version})")
+    point_to(out, record.outcome)
+    print(f"{scenario.name}: {record.outcome} in {record.duration_s:.1f} s ({record.device}, fw {record.fw_label()})")
     for m in record.measurements():
         print(f"  {m.describe()}")
     for line in record.failures():
         print(f"  FAILED {line}")
     print(f"record: {out / 'record.json'}\njunit:  {out / 'junit.xml'}\nreport: {out / 'report.html'}")
-    return 0 if record.outcome == "PASS" else 1
+    if record.outcome == ERROR:
+        what = "the run could not finish" if record.contacted else f"the run did not reach the device {record.device}"
+        print(f"tendril hil run: {what}: {record.error}", file=sys.stderr)
+        return 3
+    return 0 if record.outcome == PASS else 1
 
 
 def _report(args: argparse.Namespace) -> int:

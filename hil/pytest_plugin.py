@@ -1,6 +1,7 @@
 """A pytest plugin that runs HIL scenario files as tests: each `*.yaml` scenario collected is one
 test item, which passes when every measurement is within its limits and otherwise fails naming
-them. Records land in --hil-out.
+them. Records land in --hil-out, a folder per run as `tendril hil run` keeps them
+(--hil-out/SCENARIO/<UTC start time>/, with `latest` and `last-pass` links beside).
 
     pytest -p hil.pytest_plugin hil/scenarios/                          # unix-port firmware
     pytest -p hil.pytest_plugin my_scenarios/ --hil-device serial:/dev/ttyUSB0 \\
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tendril_transactive.hil.record import PASS
+from tendril_transactive.hil.record import PASS, new_run_dir, point_to
 from tendril_transactive.hil.runner import RunOptions, run_scenario
 from tendril_transactive.hil.scenario import ScenarioError, load_scenario
 
@@ -28,7 +29,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--hil-baud", type=int, default=115200, help="serial baud rate")
     group.addoption("--hil-key-hex", default=None, help="a real board's command-signing key (hex)")
     group.addoption("--hil-power-cycle-cmd", default=None, help="command that power-cycles a real board")
-    group.addoption("--hil-out", default="hil-runs", help="folder for records (default hil-runs)")
+    group.addoption("--hil-out", default="hil-runs",
+                    help="root folder for records: HIL_OUT/SCENARIO/<UTC start time>/ per run (default hil-runs)")
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
@@ -68,8 +70,9 @@ class ScenarioItem(pytest.Item):
         options = RunOptions(device=opt("--hil-device"), baud=opt("--hil-baud"),
                              power_cycle_cmd=opt("--hil-power-cycle-cmd"),
                              key=bytes.fromhex(key_hex) if key_hex else None)
-        out = Path(opt("--hil-out")) / scenario.name
+        out = new_run_dir(Path(opt("--hil-out")), scenario.name)
         record = run_scenario(scenario, out, options)
+        point_to(out, record.outcome)
         self.user_properties.append(("record", str(out / "record.json")))
         if record.outcome != PASS:
             raise ScenarioFailed("\n".join([f"{scenario.name}: {record.outcome}", *record.failures()]))

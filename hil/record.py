@@ -1,12 +1,22 @@
 """What a HIL run leaves behind: a JSON record (device, firmware, every step with its timing and
-measurements, pass/fail against the limits, the plant's trace) and a JUnit XML for CI."""
+measurements, pass/fail against the limits, the plant's trace) and a JUnit XML for CI; and where
+runs keep them: a folder per run, never reused, so a failed run cannot replace the evidence of
+the last passing one.
+
+    hil-runs/anti_short_cycle/20260101T120000Z/   record.json junit.xml report.html device.log
+    hil-runs/anti_short_cycle/latest    -> 20260101T120000Z   the newest run, whatever its outcome
+    hil-runs/anti_short_cycle/last-pass -> 20251231T090000Z   the newest run that passed
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +24,9 @@ PASS = "PASS"
 FAIL = "FAIL"
 ERROR = "ERROR"
 SKIPPED = "SKIPPED"
+NOT_CONTACTED = "not contacted"  # shown for firmware and device id when the device never answered
+LATEST = "latest"
+LAST_PASS = "last-pass"
 
 
 @dataclass(frozen=True)
@@ -81,8 +94,10 @@ class RunRecord:
     scenario: str
     description: str
     device: str  # driver name, e.g. unix:pump-1 or serial:/dev/ttyUSB0
-    device_id: str
-    fw_version: str
+    # Both as the device reported them: None until it answers, so a run that never reached it
+    # claims no firmware (the bench's own copy of the version says nothing about a real board).
+    device_id: str | None
+    fw_version: str | None
     started_unix: float
     outcome: str = ERROR
     duration_s: float = 0.0
@@ -90,6 +105,13 @@ class RunRecord:
     trace: list[dict[str, Any]] = field(default_factory=list)  # plant samples: t, t_in_c, relay, power_w, price
     link: dict[str, Any] = field(default_factory=dict)  # link counters, both sides
     error: str | None = None
+
+    @property
+    def contacted(self) -> bool:
+        return self.fw_version is not None
+
+    def fw_label(self) -> str:
+        return self.fw_version if self.fw_version is not None else NOT_CONTACTED
 
     def measurements(self) -> list[Measurement]:
         return [m for step in self.steps for m in step.measurements]
@@ -124,7 +146,8 @@ class RunRecord:
                            failures=str(failures), errors=str(errors), skipped=str(skipped),
                            time=f"{self.duration_s:.3f}")
         props = ET.SubElement(suite, "properties")
-        for key, value in (("device", self.device), ("device_id", self.device_id), ("fw_version", self.fw_version)):
+        for key, value in (("device", self.device), ("device_id", self.device_id or NOT_CONTACTED),
+                           ("fw_version", self.fw_label())):
             ET.SubElement(props, "property", name=key, value=value)
         for step in self.steps:
             case = ET.SubElement(suite, "testcase", classname=f"hil.{self.scenario}", name=step.name,
@@ -156,3 +179,33 @@ def load_record(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or not {"scenario", "steps", "outcome", "trace"} <= set(doc):
         raise ValueError(f"{path}: not a HIL record (needs scenario, steps, outcome, trace)")
     return doc
+
+
+def new_run_dir(root: Path, scenario: str, now: float | None = None) -> Path:
+    """Create and return ROOT/SCENARIO/<UTC time, e.g. 20260101T120000Z>, a folder no earlier run
+    used: a second run within the same second gets -2, -3, ... (mkdir is the lock, so two benches
+    writing to one shared ROOT cannot pick the same folder)."""
+    parent = Path(root) / scenario
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.fromtimestamp(time.time() if now is None else now, UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1, 1000):
+        run_dir = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        return run_dir
+    raise FileExistsError(f"{parent}: 999 runs started in the second {stamp}")  # an OSError: the CLI reports it
+
+
+def point_to(run_dir: Path, outcome: str) -> None:
+    """Move the scenario's `latest` link to this run, and `last-pass` too when it passed. The links
+    are relative, so a copied or archived hil-runs/ still resolves; each is swapped in with a
+    rename, so a reader never finds it missing."""
+    names = [LATEST, LAST_PASS] if outcome == PASS else [LATEST]
+    for name in names:
+        link = run_dir.parent / name
+        tmp = run_dir.parent / f".{name}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: never a display
 import matplotlib.pyplot as plt
 
-from tendril_transactive.hil.record import load_record
+from tendril_transactive.hil.record import NOT_CONTACTED, load_record
 
 _COLORS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "ERROR": "#9a6700", "SKIPPED": "#6e7781"}
 
@@ -84,14 +84,17 @@ def render_html(doc: dict[str, Any]) -> str:
     link = "".join(f"<tr><td>{esc(side)}</td><td>{esc(', '.join(f'{k}={v}' for k, v in counts.items()))}</td></tr>"
                    for side, counts in doc.get("link", {}).items())
     run_error = f"<p><code>{esc(doc['error'])}</code></p>" if doc.get("error") else ""
+    # null: the device never answered, so nothing is known of what it runs
+    fw = NOT_CONTACTED if doc.get("fw_version") is None else str(doc["fw_version"])
+    ident = NOT_CONTACTED if doc.get("device_id") is None else f"id {doc['device_id']}"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>HIL {esc(doc['scenario'])}: {esc(doc['outcome'])}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{border-bottom:1px solid #ddd;
 padding:4px 8px;vertical-align:top;text-align:left}}table{{border-collapse:collapse}}</style></head><body>
 <h1>HIL scenario <code>{esc(doc['scenario'])}</code>: {_badge(doc['outcome'])}</h1>
 <p>{esc(doc.get('description', ''))}</p>
-<table><tr><th>device</th><td>{esc(doc.get('device', ''))} (id {esc(doc.get('device_id', ''))})</td></tr>
-<tr><th>firmware</th><td>{esc(doc.get('fw_version', ''))}</td></tr>
+<table><tr><th>device</th><td>{esc(doc.get('device', ''))} ({esc(ident)})</td></tr>
+<tr><th>firmware</th><td>{esc(fw)}</td></tr>
 <tr><th>started</th><td>{started}</td></tr><tr><th>duration</th><td>{doc.get('duration_s', 0):.1f} s</td></tr></table>
 {run_error}
 <h2>Steps</h2>

@@ -111,19 +111,19 @@ def run_step(bench: Bench, step: Step, rec: StepRecord, t_run: float) -> None:
 
 
 def run_scenario(scenario: Scenario, out_dir: Path, options: RunOptions | None = None) -> RunRecord:
-    """Run `scenario`; writes record.json and junit.xml into `out_dir` and returns the record."""
+    """Run `scenario`; writes record.json and junit.xml into `out_dir` and returns the record. Files
+    already in `out_dir` are overwritten: give each run its own (record.new_run_dir)."""
     options = options or RunOptions()
     out_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="tendril-hil-"))
     device_id = "dut-" + secrets.token_hex(3)
-    record = RunRecord(scenario.name, scenario.description, options.device, device_id, "?", time.time())
+    record = RunRecord(scenario.name, scenario.description, options.device, None, None, time.time())
     record.steps = [StepRecord(s.name, s.action, s.args) for s in scenario.steps]
     t_run = time.monotonic()
     try:
         with _broker(options, workdir) as (host, port):
             key = options.key or secrets.token_bytes(32)
             config = firmware_config(scenario, device_id, port, key, workdir, options.config_overrides)
-            record.fw_version = config.fw_version
             clock = _clock(options, scenario)
             dut = _make_dut(options, config, workdir, clock)
             broker: BrokerSide | None = None
@@ -133,7 +133,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, options: RunOptions | None =
                 boot = dut.link.wait_event("boot", 15.0) if isinstance(dut, UnixPortDriver) else None
                 ident = dut.link.get()  # whom the bench is really talking to
                 site, device = str(ident.get("site", SITE)), str(ident.get("device", device_id))
-                record.device_id, record.fw_version = device, str(ident.get("fw", config.fw_version))
+                record.device_id, record.fw_version = device, str(ident.get("fw", "unreported by the device"))
                 broker = BrokerSide(host, port, site, device)
                 bench = Bench(dut, broker, HousePlant(scenario.plant, clock.now()), clock,
                               Dispatcher({(site, device): key}, grace_s=0.0), site, device,

@@ -29,4 +29,5 @@ def test_plugin_fails_a_scenario_outside_its_limits_and_names_the_measurement(
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "1 failed" in proc.stdout and "passed" not in proc.stdout, proc.stdout
     assert "fallback_after_expiry_s" in proc.stdout and "limits [-2, -1] s: FAIL" in proc.stdout, proc.stdout
-    assert (tmp_path / "runs" / "safe_default_after_expiry" / "record.json").exists()
+    runs = tmp_path / "runs" / "safe_default_after_expiry"
+    assert (runs / "latest" / "record.json").exists() and not (runs / "last-pass").exists()
