@@ -30,9 +30,10 @@ from tendril_transactive.cloud.sources.prices import PriceInterval, default_pric
 pytestmark = pytest.mark.unit
 
 LA = ZoneInfo("America/Los_Angeles")
-GB = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "greenbutton"
-HOMES = {"coastal": "Coastal_Single_Family_Jan_1_2011_to_Jan_1_2012.xml",
-         "inland": "Inland_Single_Family_Jan_1_2011_to_Jan_1_2012.xml"}
+# whole years: every month is billed below (tests/data/greenbutton/README.md)
+GB = Path(__file__).resolve().parents[2] / "tests" / "data" / "greenbutton"
+HOMES = {"coastal": "Coastal_Single_Family_Jan_1_2011_to_Jan_1_2012.xml.gz",
+         "inland": "Inland_Single_Family_Jan_1_2011_to_Jan_1_2012.xml.gz"}
 RTM_CSV = Path(__file__).resolve().parents[2] / "data" / "caiso" / "sp15_rtm_5min_2024-03.csv"
 # Stated here rather than taken from the defaults, so the hand computation below stays true.
 def by_hour(overnight: float, daytime: float, peak: float) -> tuple[float, ...]:
@@ -46,10 +47,7 @@ CONFIG = TenderConfig(loss_factor=0.06, distribution_adder_by_hour=by_hour(0.11,
 
 @pytest.fixture(scope="module", params=sorted(HOMES))
 def home(request: pytest.FixtureRequest) -> Subscription:
-    path = GB / HOMES[request.param]
-    if not path.exists():
-        pytest.skip(f"shared Green Button data not present at {path}")
-    return subscribe(request.param, load_usage(path), default_tariff())
+    return subscribe(request.param, load_usage(GB / HOMES[request.param]), default_tariff())
 
 
 def layers() -> list[list[PriceInterval]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import re
 from pathlib import Path
@@ -12,19 +13,15 @@ from tendril_transactive.cloud.sources.greenbutton import GreenButtonError, load
 
 pytestmark = pytest.mark.unit
 
-GB = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "greenbutton"
-COASTAL = GB / "Coastal_Single_Family_Jan_1_2011_to_Jan_1_2012.xml"
-BUNDLED = Path(__file__).resolve().parents[2] / "data" / "greenbutton"
-
-
-def _require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared Green Button data not present at {path}")
-    return path
+ROOT = Path(__file__).resolve().parents[2]
+GB = ROOT / "tests" / "data" / "greenbutton"  # provenance: tests/data/greenbutton/README.md
+COASTAL = GB / "Coastal_Single_Family_Jan_1_2011_to_Jan_1_2012.xml.gz"
+FIFTEEN_MIN_DST_DAY = GB / "15minLP_15Days_2012-03-11.xml"
+BUNDLED = ROOT / "data" / "greenbutton"
 
 
 def test_coastal_file_scaled_from_wh_with_its_quirks_reported() -> None:
-    feed = load_feed(_require(COASTAL))
+    feed = load_feed(COASTAL)
     (point,) = feed.usage_points
     assert point.title == "Coastal Single Family"
     (meter,) = point.meter_readings
@@ -34,7 +31,7 @@ def test_coastal_file_scaled_from_wh_with_its_quirks_reported() -> None:
     assert usage[0].start == 1293868800 and usage[0].kwh == pytest.approx(0.703)
     # Independent total: every <value> inside an IntervalReading, in Wh, less the two readings
     # the parser must drop (a zero-length one of 462 Wh, a repeated hour of 721 Wh).
-    text = COASTAL.read_text()
+    text = gzip.decompress(COASTAL.read_bytes()).decode()
     values = [int(v) for v in re.findall(r"<IntervalReading>.*?<value>(-?\d+)</value>", text, re.S)]
     assert len(values) == 8760
     assert sum(iv.kwh for iv in usage) == pytest.approx((sum(values) - 462 - 721) / 1000)
@@ -48,11 +45,16 @@ def test_coastal_file_scaled_from_wh_with_its_quirks_reported() -> None:
     assert all(a.end <= b.start for a, b in itertools.pairwise(usage))
 
 
-def test_fifteen_minute_file_with_reading_type_after_its_blocks() -> None:
-    usage = load_usage(_require(GB / "15minLP_15Days.xml"))
-    assert len(usage) == 1340
+def test_fifteen_minute_spring_forward_day_with_reading_type_after_its_block() -> None:
+    """This sample (US Eastern, tzOffset -18000) stamps its 23-hour DST day correctly: read as is."""
+    feed = load_feed(FIFTEEN_MIN_DST_DAY)
+    usage = feed.electricity_usage()
+    assert feed.warnings == []
+    midnight_est, midnight_edt = 1331442000, 1331524800  # 2012-03-11T05:00Z, 2012-03-12T04:00Z
+    assert [iv.start for iv in usage] == list(range(midnight_est, midnight_edt, 900))
     assert {iv.duration_s for iv in usage} == {900}
-    assert usage[0].kwh == pytest.approx(0.324)
+    values = re.findall(r"<IntervalReading>.*?<value>(-?\d+)</value>", FIFTEEN_MIN_DST_DAY.read_text(), re.S)
+    assert [iv.kwh for iv in usage] == [int(v) / 1000 for v in values]
 
 
 def test_bundled_slices_are_march_2011() -> None:
@@ -186,3 +188,12 @@ def test_exact_repeat_kept_once_with_a_warning() -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(GreenButtonError, match="cannot read"):
         load_feed(tmp_path / "none.xml")
+
+
+def test_gzip_file_read_and_a_corrupt_one_refused(tmp_path: Path) -> None:
+    packed = tmp_path / "t.xml.gz"
+    packed.write_bytes(gzip.compress(feed()))
+    assert load_usage(packed) == parse_feed(feed(), "t.xml").electricity_usage()
+    packed.write_bytes(gzip.compress(feed())[:-9])
+    with pytest.raises(GreenButtonError, match="cannot decompress"):
+        load_feed(packed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +21,11 @@ from tendril_transactive.cloud.sources.prices import (
 pytestmark = pytest.mark.unit
 
 LA = ZoneInfo("America/Los_Angeles")
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "caiso"
+ROOT = Path(__file__).resolve().parents[2]
+# The source rows of local 2024-02-29 .. 2024-04-01, cut from the full-year file (tests/data/caiso/README.md).
+DAM_SOURCE_ROWS = ROOT / "tests" / "data" / "caiso" / "sp15_dam_hourly_2024-02-29_2024-04-01.csv"
+# sha256 of the source file the bundled RTM file was copied from whole (tests/data/caiso/README.md).
+RTM_SOURCE_SHA256 = "3b2cb6c9c6d3a44d32843b57740b2d3ea8fdfb216149bad13dd858111f8d11d1"
 HEADER = (
     "interval_start_utc,interval_end_utc,node,market,lmp_usd_per_mwh,energy_usd_per_mwh,"
     "congestion_usd_per_mwh,loss_usd_per_mwh\n"
@@ -73,12 +78,14 @@ def test_default_prices_returns_a_copy() -> None:
     assert len(default_prices("DAM")) == 743
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="shared source data not present")
 def test_bundled_slice_is_the_source_rows_unchanged() -> None:
-    full = load_caiso_csv(SHARED / "sp15_dam_hourly_2024.csv")
-    march = prices_between(full, _local(2024, 3, 1), _local(2024, 4, 1))
+    source = load_caiso_csv(DAM_SOURCE_ROWS)
+    march = prices_between(source, _local(2024, 3, 1), _local(2024, 4, 1))
+    # the source reaches past March on both sides, so the slice's edges are tested too
+    assert source[0].start < march[0].start and source[-1].start > march[-1].start
     assert march == default_prices("DAM")
-    assert load_caiso_csv(SHARED / "sp15_rtm_5min_2024-03.csv") == default_prices("RTM")
+    rtm = ROOT / "data" / "caiso" / "sp15_rtm_5min_2024-03.csv"
+    assert hashlib.sha256(rtm.read_bytes()).hexdigest() == RTM_SOURCE_SHA256
 
 
 def test_unknown_market_is_refused() -> None:
