@@ -17,12 +17,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from tendril_transactive.cloud.market.tenders import LOCAL_TZ
 from tendril_transactive.cloud.sources.prices import (
     LMP_LIMIT_USD_PER_MWH,
     PriceInterval,
     default_prices,
     prices_between,
 )
+from tendril_transactive.cloud.timefmt import local_time
 
 DAM = "DAM"
 RTM = "RTM"
@@ -87,7 +89,8 @@ def frame_to_intervals(frame: Any, market: str, node: str) -> list[PriceInterval
     out.sort(key=lambda p: p.start)
     for a, b in itertools.pairwise(out):
         if b.start < a.end:
-            raise PriceSourceError(f"OASIS {market} {node}: intervals at {a.start} and {b.start} overlap")
+            raise PriceSourceError(f"OASIS {market} {node}: intervals at {local_time(a.start, LOCAL_TZ)} and "
+                                   f"{local_time(b.start, LOCAL_TZ)} overlap")
     return out
 
 

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import tendril_wire as wire
 
 from tendril_transactive.cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.timefmt import local_time
 
 LOCAL_TZ = ZoneInfo("America/Los_Angeles")
 MARKET_IDS = ("DAM", "RTM")
@@ -137,7 +138,7 @@ def build_tenders(
     tenders: list[dict[str, Any]] = []
     for p in prices:
         if p.market != market_id:
-            raise ValueError(f"{p.market} price at {p.start} given for a {market_id} tender")
+            raise ValueError(f"{p.market} price at {local_time(p.start, LOCAL_TZ)} given for a {market_id} tender")
         if p.end <= now:
             continue
         buy, sell = tender_prices(p.lmp_usd_per_mwh, p.start, config, feeder_load_ratio)

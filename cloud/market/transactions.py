@@ -19,7 +19,9 @@ from typing import Any, Protocol
 
 import tendril_wire as wire
 
+from tendril_transactive.cloud.market.tenders import LOCAL_TZ
 from tendril_transactive.cloud.sources.greenbutton import UsageInterval
+from tendril_transactive.cloud.timefmt import local_time
 
 # The refusal codes are the wire contract's: a confirm carries them to the agent.
 REFUSE_UNKNOWN = wire.TX_REFUSE_UNKNOWN
@@ -133,7 +135,8 @@ class TenderBook:
                                      f"quantity must be a number > 0 kWh, got {quantity_kwh!r}")
         if now >= tender["expirationTime"]:
             expiry = tender["expirationTime"]
-            raise TransactionRefused(REFUSE_EXPIRED, f"tender {tender_id} expired at {expiry}, now is {now}")
+            raise TransactionRefused(REFUSE_EXPIRED, f"tender {tender_id} expired at "
+                                     f"{local_time(expiry, LOCAL_TZ)}, now is {local_time(now, LOCAL_TZ)}")
         left = self.remaining_kwh(tender_id)
         if left is not None and quantity_kwh > left + QUANTITY_EPS_KWH:
             raise TransactionRefused(REFUSE_OVER_QUANTITY,
