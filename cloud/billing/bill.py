@@ -25,7 +25,7 @@ from tendril_transactive.cloud.billing.tariff import Tariff
 from tendril_transactive.cloud.market.tenders import TenderConfig
 from tendril_transactive.cloud.market.transactions import Transaction, position_series
 from tendril_transactive.cloud.sources.greenbutton import UsageInterval
-from tendril_transactive.cloud.sources.prices import PriceInterval
+from tendril_transactive.cloud.sources.prices import MARKET_LABELS, PriceInterval
 
 CENT = Decimal("0.01")
 WH = Decimal("0.001")
@@ -94,6 +94,63 @@ def _sum(lines: Iterable[BillLine]) -> Decimal:
     return sum((line.amount_usd for line in lines), Decimal("0.00"))
 
 
+@dataclass(frozen=True)
+class PriceUse:
+    """How much of a month's ex-post settlement one market's prices priced (0 intervals: none)."""
+
+    market: str
+    node: str
+    intervals: int
+    seconds: int
+    steps_s: frozenset[int]  # the durations of those intervals (gaps clip a cell short)
+
+    @property
+    def source(self) -> str:
+        node = f" {self.node}" if self.node else ""
+        return f"CAISO{node} {MARKET_LABELS.get(self.market, self.market)}"
+
+    def amount(self) -> str:
+        if self.steps_s == {HOUR}:
+            return f"{self.intervals:,} hours"
+        if len(self.steps_s) == 1:
+            return f"{self.intervals:,} intervals of {next(iter(self.steps_s)) // 60} min"
+        return f"{self.intervals:,} intervals, {self.seconds / HOUR:,.1f} h"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"market": self.market, "node": self.node, "intervals": self.intervals,
+                "hours": round(self.seconds / HOUR, 3)}
+
+
+def price_uses(settled: Sequence[SettledInterval],
+               price_layers: Sequence[Sequence[PriceInterval]]) -> list[PriceUse]:
+    """One PriceUse per market of the layers given, finest first, counting the settled cells it priced."""
+    nodes: dict[str, str] = {}  # market -> node, in layer order
+    for layer in price_layers:
+        for p in layer:
+            nodes.setdefault(p.market, p.node)
+    for s in settled:
+        if s.market:
+            nodes.setdefault(s.market, "")
+    uses = []
+    for market, node in nodes.items():
+        cells = [s.duration_s for s in settled if s.market == market]
+        uses.append(PriceUse(market, node, len(cells), sum(cells), frozenset(cells)))
+    return uses
+
+
+def priced_at(uses: Sequence[PriceUse], month: str, unpriced_s: int) -> str:
+    """'ex-post priced at: CAISO SP-15 day-ahead hourly (743 hours); no real-time 5-minute prices for
+    2025-03': what the ex-post lines of the bill were priced at, the sources that priced none named too."""
+    used = [u for u in uses if u.intervals]
+    parts = [f"{u.source} ({u.amount()})" if i == 0 else
+             f"{u.source} in the gaps of the {MARKET_LABELS.get(used[0].market, used[0].market)} prices "
+             f"({u.amount()})" for i, u in enumerate(used)]
+    parts += [f"no {MARKET_LABELS.get(u.market, u.market)} prices for {month}" for u in uses if not u.intervals]
+    if unpriced_s:
+        parts.append(f"{unpriced_s / HOUR:,.1f} h without a price (nothing to settle in them)")
+    return "ex-post priced at: " + "; ".join(parts or [f"no prices for {month}"])
+
+
 @dataclass
 class MonthlyBill:
     site: str
@@ -111,7 +168,13 @@ class MonthlyBill:
     subscribed_kwh: Decimal
     settled: list[SettledInterval] = field(default_factory=list, repr=False)
     price_markets: dict[str, int] = field(default_factory=dict)
+    price_uses: list[PriceUse] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # where the data came from, data warnings
+
+    @property
+    def priced_at(self) -> str:
+        unpriced = sum(s.duration_s for s in self.settled if not s.market)
+        return priced_at(self.price_uses, self.month, unpriced)
 
     @property
     def pays_usd(self) -> Decimal:
@@ -126,6 +189,8 @@ class MonthlyBill:
                 "shadow_bill_usd": str(self.shadow_usd), "net_credit_usd": str(self.net_credit_usd),
                 "rebate_usd": str(self.rebate_usd), "customer_pays_usd": str(self.pays_usd),
                 "settlement_intervals_by_market": dict(self.price_markets),
+                "ex_post_prices": [u.as_dict() for u in self.price_uses],
+                "ex_post_priced_at": self.priced_at,
                 "notes": list(self.notes),
                 "lines": [line.as_dict() for line in self.lines]}
 
@@ -140,6 +205,7 @@ class MonthlyBill:
             qty = "" if line.kwh is None else f"{line.kwh:,.3f}"
             rate = "" if line.rate_usd_per_kwh is None else f"{line.rate_usd_per_kwh:.4f}"
             out.append(f"{'':2}{line.label:<44}{qty:>11}{rate:>10}{line.amount_usd:>11,.2f}")
+        out.append(self.priced_at)
         return "\n".join(out)
 
 
@@ -157,7 +223,7 @@ def monthly_bill(site: str, year: int, month: int, tariff: Tariff, metered: Sequ
     sub_total = _sum(subscribed)
 
     settled = settle(energy_grid.clip(metered, start, end), position_series(sub, trades),
-                     price_grid(start, end, *price_layers), config, feeder_load_ratio)
+                     price_grid(start, end, *price_layers, tz=tariff.tz), config, feeder_load_ratio, tariff.tz)
     expost = totals(settled)
     buys = [tx for tx in trades if tx.signed_kwh > 0]
     sells = [tx for tx in trades if tx.signed_kwh < 0]
@@ -186,4 +252,5 @@ def monthly_bill(site: str, year: int, month: int, tariff: Tariff, metered: Sequ
         lines=[*oat, *subscribed, *transactive, *summary], oat_usd=oat_total, subscription_usd=sub_total,
         shadow_usd=shadow, net_credit_usd=credit, rebate_usd=rebate,
         metered_kwh=kwh(energy_grid.total(energy_grid.clip(metered, start, end))),
-        subscribed_kwh=kwh(energy_grid.total(sub)), settled=settled, price_markets=expost.markets)
+        subscribed_kwh=kwh(energy_grid.total(sub)), settled=settled, price_markets=expost.markets,
+        price_uses=price_uses(settled, price_layers))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from tendril_transactive.cloud.billing import energy_grid
 from tendril_transactive.cloud.billing.tariff import DAY_TYPES, Tariff
 from tendril_transactive.cloud.sources.greenbutton import UsageInterval
+from tendril_transactive.cloud.timefmt import local_span
 
 HOUR = 3600
 ProfileKey = tuple[int, str, int]  # (month 1..12, day type, local hour 0..23)
@@ -83,7 +84,8 @@ class Subscription:
     def quantities(self, start: int, end: int) -> list[UsageInterval]:
         """Subscribed kWh for every UTC hour in [start, end) (hour-aligned), by local month/day type/hour."""
         if start % HOUR or end % HOUR or end <= start:
-            raise SubscriptionError(f"window [{start}, {end}) must be whole UTC hours, end after start")
+            raise SubscriptionError(f"window {local_span(start, end, self.tariff.tz)} must be whole UTC hours, "
+                                    "end after start")
         cached = self._cache.get((start, end))
         if cached is not None:
             return list(cached)
@@ -115,6 +117,11 @@ def _history_days(history: Sequence[UsageInterval], tariff: Tariff) -> dict[dt.d
         # setdefault keeps the first of a repeated (fall-back) clock hour
         days.setdefault(local.date(), {}).setdefault(local.hour, kwh)
     return days
+
+
+def replay_months(history: Sequence[UsageInterval], tariff: Tariff, month: int) -> list[str]:
+    """The history's months ('2011-07') whose days `replay_history` lays onto a `month` of another year."""
+    return sorted({f"{d:%Y-%m}" for d in _history_days(history, tariff) if d.month == month})
 
 
 def replay_history(history: Sequence[UsageInterval], tariff: Tariff, year: int, month: int,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
 import os
 import re
@@ -30,7 +29,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tendril_transactive.cloud.billing import energy_grid
 from tendril_transactive.cloud.billing.bill import MonthlyBill, monthly_bill
-from tendril_transactive.cloud.billing.subscription import Profile, Subscription, replay_history, subscribe
+from tendril_transactive.cloud.billing.settlement import SettlementError
+from tendril_transactive.cloud.billing.subscription import (
+    Profile,
+    Subscription,
+    replay_history,
+    replay_months,
+    subscribe,
+)
 from tendril_transactive.cloud.billing.tariff import DAY_TYPES, DEFAULT_TARIFF, Tariff, load_tariff
 from tendril_transactive.cloud.devices.registry import Registry, RegistryError
 from tendril_transactive.cloud.ledger.chain import Ledger
@@ -40,18 +46,33 @@ from tendril_transactive.cloud.market.tenders import TenderConfig
 from tendril_transactive.cloud.market.transactions import KIND_TRANSACTION, Transaction
 from tendril_transactive.cloud.settings import ENV_INFLUX_URL, ENV_LEDGER_URL, check_http_url
 from tendril_transactive.cloud.sources.greenbutton import UsageInterval, load_feed
-from tendril_transactive.cloud.sources.prices import PriceInterval, default_prices, load_caiso_csv
+from tendril_transactive.cloud.sources.prices import (
+    BUNDLED_MONTH,
+    DEFAULT_FILES,
+    PriceInterval,
+    default_prices,
+    load_caiso_csv,
+)
 from tendril_transactive.edge.resources import DATA_DIR
 
 DATA = DATA_DIR / "greenbutton"
 KIND_SETTLEMENT = "settlement"
 KIND_BILL = "bill"
+BUNDLED_DATA = (
+    f"Bundled data bills {BUNDLED_MONTH} only: the Green Button files (data/greenbutton) hold March 2011, "
+    "laid onto March of the billed year, and the CAISO SP-15 prices (data/caiso) cover "
+    f"{BUNDLED_MONTH}. To bill another month, pass --greenbutton FILE with a history that covers "
+    "that calendar month (any year) and --rt-prices / --da-prices CAISO CSVs that cover the billed "
+    "month (columns in data/caiso/README.md). A month that only the --da-prices file covers is "
+    "settled at day-ahead hourly prices, and the bill says so in its 'ex-post priced at' line.")
 
 
 def _month(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d{4})-(\d{2})", text)
-    if not match or not 1 <= int(match[2]) <= 12:
+    if not match:
         raise argparse.ArgumentTypeError(f"--month must be YYYY-MM, got {text!r}")
+    if not 1 <= int(match[2]) <= 12:
+        raise argparse.ArgumentTypeError(f"month {match[2]} is not 01-12 (in {text!r})")
     return int(match[1]), int(match[2])
 
 
@@ -70,19 +91,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "bill", help="a site's monthly OAT bill, shadow bill and rebate (prints, writes CSV and JSON)",
         description="Bill one site for one month: OAT bill on metered usage, shadow bill = subscription at "
                     "the OAT + forward buys - sells + ex-post settlement at real-time tender prices, "
-                    "rebate = max(0, OAT - shadow).")
+                    "rebate = max(0, OAT - shadow).",
+        epilog=BUNDLED_DATA)
     p.add_argument("--site", required=True,
                    help="site id; its Green Button file defaults to data/greenbutton/SITE_*.xml "
                         "(bundled: coastal, inland)")
-    p.add_argument("--month", required=True, type=_month, help="local calendar month to bill, YYYY-MM")
+    p.add_argument("--month", required=True, type=_month,
+                   help=f"local calendar month to bill, YYYY-MM (bundled data: {BUNDLED_MONTH} only; see below)")
     p.add_argument("--greenbutton", type=Path, default=None,
                    help="Green Button ESPI file with the site's usage (default: the bundled one for --site)")
     p.add_argument("--tariff", type=Path, default=DEFAULT_TARIFF,
                    help=f"OAT tariff TOML (default data/tariffs/{DEFAULT_TARIFF.name})")
     p.add_argument("--rt-prices", type=Path, default=None,
-                   help="real-time CAISO price CSV for ex-post settlement (default: bundled RTM 5-minute)")
+                   help="real-time CAISO price CSV for ex-post settlement "
+                        f"(default: bundled RTM 5-minute, {BUNDLED_MONTH})")
     p.add_argument("--da-prices", type=Path, default=None,
-                   help="price CSV that fills gaps in the real-time one (default: bundled DAM hourly)")
+                   help="price CSV that fills gaps in the real-time one, or prices a month it does not "
+                        f"cover (default: bundled DAM hourly, {BUNDLED_MONTH})")
     p.add_argument("--feeder-load", type=_ratio, default=0.0,
                    help="feeder forecast load / limit for the distribution adder (default 0: uncongested)")
     p.add_argument("--ledger", default=os.environ.get(ENV_LEDGER_URL),
@@ -117,6 +142,19 @@ def _greenbutton_file(site: str, given: Path | None) -> Path:
 
 def _prices(given: Path | None, market: str) -> list[PriceInterval]:
     return load_caiso_csv(given) if given is not None else default_prices("RTM" if market == "RTM" else "DAM")
+
+
+def _price_files(args: argparse.Namespace) -> str:
+    def name(given: Path | None, market: str) -> str:
+        return given.name if given is not None else f"{Path(DEFAULT_FILES[market]).name} (bundled)"
+    return f"--rt-prices {name(args.rt_prices, 'RTM')}, --da-prices {name(args.da_prices, 'DAM')}"
+
+
+def _no_price_hint(args: argparse.Namespace) -> str:
+    year, month = args.month
+    bundled = f"bundled prices cover {BUNDLED_MONTH} only; " if None in (args.rt_prices, args.da_prices) else ""
+    return (f"price files: {_price_files(args)}; {bundled}for {year:04d}-{month:02d} pass --rt-prices "
+            "and/or --da-prices CAISO CSVs that cover it")
 
 
 def _metered(history: list[UsageInterval], start: int, end: int,
@@ -243,6 +281,7 @@ def registered_bill(args: argparse.Namespace, ledger: Ledger | None) -> MonthlyB
 
 
 def _finish(args: argparse.Namespace, bill: MonthlyBill, ledger: Ledger | None) -> int:
+    bill.notes.append(f"price files: {_price_files(args)}")
     print(bill.render())
     csv_path, json_path = write_outputs(bill, args.out)
     print()
@@ -285,9 +324,9 @@ def main(args: argparse.Namespace) -> int:
                             for r in ledger.records(kind=KIND_TRANSACTION, site=args.site)]
         bill = monthly_bill(args.site, year, month, tariff, metered, subscription, transactions, layers,
                             TenderConfig(), args.feeder_load)
-        first = dt.datetime.fromtimestamp(history[0].start, tariff.tz)
+        days_of = ", ".join(replay_months(history, tariff, month))
         bill.notes.append(
-            f"metered: {gb_path.name} days of {first:%Y-%m} laid onto {bill.month} by day type and "
+            f"metered: {gb_path.name} days of {days_of} laid onto {bill.month} by day type and "
             "clock hour (stand-in meter)" if replayed else f"metered: {gb_path.name} readings")
         trades = f"{len(transactions)} forward transactions in the ledger" if args.ledger \
             else "no ledger given, so no forward transactions"
@@ -298,6 +337,9 @@ def main(args: argparse.Namespace) -> int:
     except LedgerTampered as exc:
         print(f"tendril bill: {exc}", file=sys.stderr)
         return 1
+    except SettlementError as exc:
+        print(f"tendril bill: {exc} ({_no_price_hint(args)})", file=sys.stderr)
+        return 2
     except (ValueError, OSError, RegistryError) as exc:  # every data error of the modules used is a ValueError
         print(f"tendril bill: {exc}", file=sys.stderr)
         return 2

@@ -10,22 +10,26 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from tendril_transactive.cloud.timefmt import local_time
 from tendril_transactive.edge.resources import DATA_DIR
 
 Market = Literal["DAM", "RTM"]
 
 MARKETS = ("DAM", "RTM", "FMM")
+# What a bill says it priced at: the market's step, not its code.
+MARKET_LABELS: dict[str, str] = {"DAM": "day-ahead hourly", "RTM": "real-time 5-minute", "FMM": "15-minute"}
 REQUIRED_COLUMNS = ("interval_start_utc", "interval_end_utc", "market", "lmp_usd_per_mwh")
 DEFAULT_FILES: dict[str, str] = {
     "DAM": "caiso/sp15_dam_hourly_2024-03.csv",
     "RTM": "caiso/sp15_rtm_5min_2024-03.csv",
 }
+BUNDLED_MONTH = "2024-03"  # the one local month DEFAULT_FILES cover (data/caiso/README.md)
 # Real LMPs have reached about -$150 and +$2,000/MWh; anything beyond this is a unit or parse error.
 LMP_LIMIT_USD_PER_MWH = 20_000.0
 
@@ -40,6 +44,9 @@ class PriceInterval:
     duration_s: int
     lmp_usd_per_mwh: float
     market: str
+    # Where the price is from (e.g. SP-15; "" when the source does not say), for what a bill prints:
+    # provenance, not price, so two intervals with the same time, market and LMP still compare equal.
+    node: str = field(default="", compare=False)
 
     @property
     def end(self) -> int:
@@ -66,7 +73,7 @@ def _parse_row(row: dict[str, str]) -> PriceInterval:
     lmp = float(row["lmp_usd_per_mwh"])
     if not math.isfinite(lmp) or abs(lmp) > LMP_LIMIT_USD_PER_MWH:
         raise ValueError(f"implausible LMP {row['lmp_usd_per_mwh']!r} $/MWh")
-    return PriceInterval(start, end - start, lmp, market)
+    return PriceInterval(start, end - start, lmp, market, (row.get("node") or "").strip())
 
 
 def load_caiso_csv(path: Path | str) -> list[PriceInterval]:
@@ -123,5 +130,6 @@ def default_prices(market: Market) -> list[PriceInterval]:
 def prices_between(prices: Sequence[PriceInterval], start: float, end: float) -> list[PriceInterval]:
     """The intervals that start in [start, end), in their original order."""
     if end < start:
-        raise ValueError(f"window ends ({end}) before it starts ({start})")
+        # Prices carry no site, so no site zone: UTC, which is how the price files write time.
+        raise ValueError(f"window ends ({local_time(end, UTC)}) before it starts ({local_time(start, UTC)})")
     return [p for p in prices if start <= p.start < end]
