@@ -22,6 +22,11 @@ def local_time(t: float, tz: dt.tzinfo) -> str:
     return f"{stamp:%Y-%m-%d} {clock} {stamp:%Z}"
 
 
+def utc_time(t: float) -> str:
+    """'2024-03-15T19:05:00Z': for service logs and dead letters, read across sites and zones."""
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def local_span(start: float, end: float, tz: dt.tzinfo) -> str:
     """[start, end) as '2011-03-01 00:00 to 01:00 PST', repeating only what changes at the end."""
     first, last = local_time(start, tz), local_time(end, tz)

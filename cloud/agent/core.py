@@ -48,6 +48,7 @@ from tendril_transactive.cloud.agent.telemetry import SiteTelemetry
 from tendril_transactive.cloud.optimizer.devices import FloatArray, SiteForecast, SiteState
 from tendril_transactive.cloud.optimizer.horizon import DAY_AHEAD, REAL_TIME
 from tendril_transactive.cloud.optimizer.schedule import DutyRounder, SiteSchedule
+from tendril_transactive.cloud.timefmt import utc_time
 
 RT_STEP_S = int(REAL_TIME.step_s)
 PUMP_TIMER_START_H = 10  # the pump's fallback timer when no day-ahead price is known
@@ -387,7 +388,7 @@ class SiteAgent:
         return start
 
     def decide_without_tender(self, now: float, start: float) -> Decision:
-        return self._default(now, start, [f"no real-time tender for {start:.0f}: subscription only"])
+        return self._default(now, start, [f"no real-time tender for {utc_time(start)}: subscription only"])
 
     def _default(self, now: float, start: float, notes: list[str]) -> Decision:
         spec = self.cfg.spec

@@ -24,6 +24,8 @@ from typing import Any
 
 import tendril_wire as wire
 
+from tendril_transactive.cloud.timefmt import utc_time
+
 DeviceKey = tuple[str, str]  # (site, device)
 
 # How many finished command ids are remembered to recognise a redelivered (QoS 1) ack.
@@ -174,7 +176,8 @@ class Dispatcher:
             self.stats.clamped[reason] += 1
         if not valid_until > now:
             raise ValueError(
-                f"command for {site}/{device} would be born expired: valid_until {valid_until} <= now {now}"
+                f"command for {site}/{device} would be born expired: valid until {utc_time(valid_until)}, "
+                f"now {utc_time(now)}"
             )
         topic = wire.device_topic(site, device, wire.CMD)
         seq = self._seq.get((site, device), 0) + 1

@@ -22,6 +22,8 @@ from typing import Any
 
 import tendril_wire as wire
 
+from tendril_transactive.cloud.timefmt import utc_time
+
 DUPLICATE_KEY = "duplicate_key"
 TYPE_MISMATCH = "type_mismatch"
 IMPLAUSIBLE = "implausible"
@@ -74,9 +76,9 @@ def check(kind: str, get: Callable[[str], Any], present: int, payload: bytes, pr
     if kind in _TIMED:
         ts = get("ts")
         if limits.max_skew_s is not None and ts > now + limits.max_skew_s:
-            return TS_IN_FUTURE, f"ts {ts} is {ts - now:.0f} s ahead"
+            return TS_IN_FUTURE, f"ts {ts} ({utc_time(ts)}) is {ts - now:.0f} s ahead"
         if limits.max_age_s is not None and ts < now - limits.max_age_s:
-            return TS_TOO_OLD, f"ts {ts} is {now - ts:.0f} s old"
+            return TS_TOO_OLD, f"ts {ts} ({utc_time(ts)}) is {now - ts:.0f} s old"
     if kind != wire.TELEMETRY:
         return None
     registered, rating = profile

@@ -51,6 +51,7 @@ from tendril_transactive.cloud.market.schedule import (
 from tendril_transactive.cloud.market.sources import PriceSource, PriceSourceError, ReplayPrices
 from tendril_transactive.cloud.settings import BrokerSettings
 from tendril_transactive.edge.clock import Clock, WallClock
+from tendril_transactive.cloud.timefmt import utc_time
 
 log = logging.getLogger("tendril.market")
 
@@ -379,7 +380,7 @@ class MarketService:
         for site, start in given_up:
             self.stats.intervals_given_up += 1
             log.warning("market: %s interval %s left unsettled: no complete meter data %.0f s after it",
-                        site, _utc(start), self.config.settle_give_up_s)
+                        site, utc_time(start), self.config.settle_give_up_s)
         waiting = 0
         for name, starts in ready.items():
             record = sites.get(name)
@@ -409,7 +410,7 @@ class MarketService:
                 self.stats.intervals_settled += len(items)
                 net = sum(body["amountUsd"] for _, _, body in items)
                 log.info("market: settled %d interval(s) of %s up to %s: %+.4f $", len(items), name,
-                         _utc(done[-1]), net)
+                         utc_time(done[-1]), net)
         self.stats.settle_waiting = waiting
 
     # ------------------------------------------------------------------------ health
@@ -426,7 +427,7 @@ class MarketService:
         if time.monotonic() - self._last_health < self.health_s:
             return
         self._last_health = time.monotonic()
-        log.info("market: health at %s: %s", _utc(self.stats.now), self._summary())
+        log.info("market: health at %s: %s", utc_time(self.stats.now), self._summary())
         self._write_stats()
 
     def _write_stats(self) -> None:
@@ -454,9 +455,5 @@ def _payload(message: aiomqtt.Message) -> bytes:
     return message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
 
 
-def _utc(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
 def _window(batch: Batch) -> str:
-    return f"{_utc(batch.start)}..{_utc(batch.end)}"
+    return f"{utc_time(batch.start)}..{utc_time(batch.end)}"

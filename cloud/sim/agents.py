@@ -20,6 +20,7 @@ from tendril_transactive.cloud.agent.core import AgentOptions, SiteAgent
 from tendril_transactive.cloud.optimizer.devices import FloatArray
 from tendril_transactive.cloud.sim.fleet import LIMITS, HouseState, SimHome
 from tendril_transactive.cloud.sim.inputs import STEP_S
+from tendril_transactive.cloud.timefmt import utc_time
 from tendril_transactive.edge.ev import EvSession
 
 AGENT_PARTY = "sim-agent"  # the party that transacts for every simulated home
@@ -64,7 +65,7 @@ class StepSeries:
         k = round((start - self.start) / STEP_S)
         per = round(step_s / STEP_S)
         if k < 0 or per < 1 or k + steps * per > len(a):
-            raise ValueError(f"series asked for {steps} x {step_s} s from {start}: outside the run's data")
+            raise ValueError(f"series asked for {steps} x {step_s} s from {utc_time(start)}: outside the run's data")
         out: FloatArray = a[k:k + steps * per].reshape(steps, per).mean(axis=1)
         return out
 

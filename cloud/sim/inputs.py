@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tendril_transactive.cloud.market.tenders import TenderConfig, tender_prices
+from tendril_transactive.cloud.market.tenders import LOCAL_TZ, TenderConfig, tender_prices
 from tendril_transactive.cloud.optimizer.devices import FloatArray
 from tendril_transactive.cloud.sources.prices import PriceInterval, default_prices
 from tendril_transactive.cloud.sources.weather import load_weather
+from tendril_transactive.cloud.timefmt import local_time
 from tendril_transactive.edge.site import SiteModel
 
 STEP_S = 300
@@ -59,7 +60,7 @@ def price_series(start: float, steps: int, config: TenderConfig) -> PriceSeries:
         t = int(start + k * STEP_S)
         hour = t - t % 3600
         if hour not in dam:
-            raise ValueError(f"no day-ahead price for the hour starting {hour} (bundled data: March 2024; "
+            raise ValueError(f"no day-ahead price for the hour starting {local_time(hour, LOCAL_TZ)} (bundled data: March 2024; "
                              "the optimizer looks a day past the simulated window)")
         da_lmp[k] = dam[hour]
         rt_lmp[k] = rtm.get(t, dam[hour])
