@@ -14,12 +14,16 @@ The parser is expat (stdlib) rather than ElementTree because it reports line num
 elements, and a DOCTYPE is refused outright: ESPI files have none, and refusing it closes
 the entity-expansion attacks that defusedxml exists for.
 
-A file path ending in `.gz` is decompressed first (a year of hourly ESPI XML is 1.7 MB,
-60 kB gzipped).
+An IntervalBlock whose stamps show the daylight-saving error of the 2011 SGIP samples (an
+interval one DST offset too long or short, then a run of stamps off by that offset, while
+the readings in file order tile the block exactly) is read by position, with a warning
+naming what was re-placed; docs/greenbutton.md gives the evidence. A file path ending in
+`.gz` is decompressed first (a year of hourly ESPI XML is 1.7 MB, 60 kB gzipped).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import xml.parsers.expat
 from dataclasses import dataclass, field
@@ -272,13 +276,84 @@ def _reading_type(entry: _Entry, source: str) -> ReadingType:
     )
 
 
-def _interval_readings(block: _Node, rtype: ReadingType, source: str,
-                       warnings: list[str]) -> list[IntervalReading]:
+def _utc(t: int) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+@dataclass(frozen=True)
+class _Stamped:
+    start: int
+    duration_s: int
+    value: int
+    line: int
+    period_line: int
+
+
+def _dst_episodes(readings: list[_Stamped], step: int, shift: int) -> list[tuple[int, int, int]] | None:
+    """(index, run, sign) of each DST stamp error in a block, or None if the block does not fit.
+
+    The 2011 SGIP samples were stamped from local wall-clock time: at each clock change one
+    reading is `shift` too long (spring) or too short (fall), and the next `run` stamps are
+    `shift` off in the same direction, while the readings in file order still tile the block
+    hour by hour (docs/greenbutton.md). Only that exact shape counts: every other reading must
+    sit on the grid of the block's first start, each run must end back on the grid within a
+    day, and anything else (a gap, a true repeat, another offset) leaves the block as stated.
+    """
+    if not readings or step <= 0 or shift <= 0:
+        return None
+    first = readings[0].start
+    per_day = 86400 // step
+    episodes = []
+    i = 0
+    while i < len(readings):
+        r = readings[i]
+        if r.start != first + i * step:
+            return None
+        if r.duration_s == step:
+            i += 1
+            continue
+        if abs(r.duration_s - step) != shift:
+            return None
+        sign = 1 if r.duration_s > step else -1
+        j = i + 1
+        while (j < len(readings) and readings[j].duration_s == step
+               and readings[j].start == first + j * step + sign * shift):
+            j += 1
+        if j == len(readings) or j - i - 1 >= per_day:
+            return None  # a run that never returns to the grid is not this error
+        episodes.append((i, j - i - 1, sign))
+        i = j
+    return episodes
+
+
+def _replace_dst_runs(readings: list[_Stamped], step: int, shift: int, source: str,
+                      warnings: list[str]) -> list[_Stamped] | None:
+    episodes = _dst_episodes(readings, step, shift)
+    if not episodes:
+        return None
+    first = readings[0].start
+    out = list(readings)
+    for i, run, sign in episodes:
+        odd, last = readings[i], readings[i + run]
+        for k in range(i, i + run + 1):
+            out[k] = _Stamped(first + k * step, step, readings[k].value, readings[k].line,
+                              readings[k].period_line)
+        since, until = first + i * step, first + (i + run + 1) * step
+        after = f" and the {run} after it (to line {last.line}, stamped {sign * shift:+d} s off)" if run else ""
+        warnings.append(
+            f"{source}:{odd.line}: <IntervalReading>: daylight-saving stamp error: this {odd.duration_s} s "
+            f"reading at {odd.start}{after} re-placed in file order as {run + 1} consecutive {step} s "
+            f"readings, {since}-{until} ({_utc(since)} to {_utc(until)}); no reading dropped")
+    return out
+
+
+def _interval_readings(block: _Node, rtype: ReadingType, source: str, warnings: list[str],
+                       dst_shift_s: int | None = None) -> list[IntervalReading]:
     interval = block.find("interval")
     if interval is None:
         raise GreenButtonError(source, block.line, "IntervalBlock", "missing <interval>")
     b_start, b_len = _req_int(interval, "start", source), _req_int(interval, "duration", source)
-    out = []
+    stamped = []
     for node in block.find_all("IntervalReading"):
         period = node.find("timePeriod")
         if period is None:
@@ -288,22 +363,27 @@ def _interval_readings(block: _Node, rtype: ReadingType, source: str,
         if duration < 0:
             raise GreenButtonError(source, period.line, "timePeriod",
                                    f"duration must be >= 0, got {duration}")
+        stamped.append(_Stamped(start, duration, value, node.line, period.line))
+    if rtype.interval_length_s is not None and dst_shift_s is not None:
+        stamped = _replace_dst_runs(stamped, rtype.interval_length_s, dst_shift_s, source,
+                                    warnings) or stamped
+    out = []
+    for r in stamped:
+        start, duration, value = r.start, r.duration_s, r.value
         if duration == 0:
-            # The 2011 SGIP samples repeat the fall-back hour as a zero-length reading; energy in no
-            # time cannot be placed on a clock, so it is dropped and reported, not silently kept.
-            warnings.append(f"{source}:{node.line}: <IntervalReading>: zero-length reading at {start} "
+            # Energy in no time cannot be placed on a clock; reported, not silently kept.
+            warnings.append(f"{source}:{r.line}: <IntervalReading>: zero-length reading at {start} "
                             f"({value} counts) dropped")
             continue
         if rtype.interval_length_s is not None and duration != rtype.interval_length_s:
-            # Same samples: the spring-forward reading spans two clock hours (7200 s). The reading's
-            # own timePeriod is authoritative; note the difference.
-            warnings.append(f"{source}:{period.line}: <timePeriod>: {duration} s reading, ReadingType "
+            # The reading's own timePeriod is authoritative; note the difference.
+            warnings.append(f"{source}:{r.period_line}: <timePeriod>: {duration} s reading, ReadingType "
                             f"intervalLength is {rtype.interval_length_s} s")
         if start < b_start or start + duration > b_start + b_len:
             # The samples size each monthly block in 24-hour days, an hour off across DST.
-            warnings.append(f"{source}:{period.line}: <timePeriod>: reading {start}+{duration} lies "
+            warnings.append(f"{source}:{r.period_line}: <timePeriod>: reading {start}+{duration} lies "
                             f"outside its IntervalBlock {b_start}+{b_len}")
-        out.append(IntervalReading(start, duration, value, node.line))
+        out.append(IntervalReading(start, duration, value, r.line))
     return out
 
 
@@ -315,7 +395,7 @@ def _drop_duplicates(readings: list[IntervalReading], source: str,
         prev = kept[-1] if kept else None
         if prev is not None and cur.start < prev.start + prev.duration_s:
             if (cur.start, cur.duration_s) == (prev.start, prev.duration_s):
-                # Meters re-send intervals; the 2011 samples repeat one on the spring-forward day.
+                # Meters re-send intervals.
                 warnings.append(f"{source}:{cur.line}: <IntervalReading>: repeats the interval of line "
                                 f"{prev.line} ({cur.start}+{cur.duration_s} s); kept the first")
                 continue
@@ -337,6 +417,10 @@ def parse_feed(data: bytes, source: str = "<feed>") -> GreenButtonFeed:
     for entry in entries:
         by_kind.setdefault(entry.resource.name, []).append(entry)
     rtypes = {e.self_href: _reading_type(e, source) for e in by_kind.get("ReadingType", [])}
+    # Stamps are only re-placed by the DST offset the feed itself declares, and only if it declares one.
+    shifts = {_int_child(e.resource, "dstOffset", source, required=False)
+              for e in by_kind.get("LocalTimeParameters", [])}
+    dst_shift = shifts.pop() if len(shifts) == 1 else None
 
     points = []
     for e in by_kind.get("UsagePoint", []):
@@ -367,7 +451,7 @@ def parse_feed(data: bytes, source: str = "<feed>") -> GreenButtonFeed:
                                    f"up link {e.up_href!r} names no MeterReading in the feed")
         for block in e.resources:
             meter_for_block.readings.extend(
-                _interval_readings(block, meter_for_block.reading_type, source, warnings))
+                _interval_readings(block, meter_for_block.reading_type, source, warnings, dst_shift))
     for meter in meters.values():
         meter.readings = _drop_duplicates(meter.readings, source, warnings)
     return GreenButtonFeed(source, points, warnings)

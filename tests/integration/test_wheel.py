@@ -48,7 +48,7 @@ def test_the_wheel_carries_contract_firmware_and_data(tmp_path: Path, mpy_cross:
     assert not (site / "edge").exists() and not (site / "cloud").exists()
     bill = run("-m", "tendril_transactive.cloud.cli", "bill", "--site", "coastal", "--month", "2024-03",
                "--out", str(tmp_path / "bill"))
-    assert "202.19" in bill, bill  # the bundled Green Button file, tariff and prices (README, "A monthly bill")
+    assert "202.45" in bill, bill  # the bundled Green Button file, tariff and prices (README, "A monthly bill")
     path = run("-c", f"from pathlib import Path; from tendril_transactive.edge.firmware_process import precompile; "
                      f"print(precompile(Path({str(tmp_path / 'mpy')!r})))")  # fmt: skip
     assert str(root / "resources" / "firmware") in path
