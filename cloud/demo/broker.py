@@ -1,8 +1,9 @@
 """The zero-install demo broker: amqtt running inside the demo's own event loop.
 
-Only for `tendril demo` without `--broker`. It is ~10x slower than Mosquitto and does
-not queue QoS 1 messages for offline sessions (MEASURED.md), so no delivery guarantee
-is ever demonstrated on it: the tests use a real Mosquitto.
+Only for `tendril demo` without `--broker`. It is 7-10x slower than Mosquitto and did not
+queue QoS 1 messages for offline sessions (docs/measured.md: measured with anonymous clients,
+before this broker required logins), so no delivery guarantee is ever demonstrated on it: the
+tests use a real Mosquitto.
 
 Not anonymous: every client logs in with a user and password made for this run (the devices'
 from the run's registry, the services' drawn here), checked against an argon2 password file only

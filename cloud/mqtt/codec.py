@@ -2,7 +2,7 @@
 
 Why not a library: ingestion acknowledges a message only once it is durable, in batches, and
 parses thousands of PUBLISH packets per read. paho (a callback and a lock per message, ~20 us)
-or aiomqtt (~40 us, MEASURED.md) would cost more than the rest of the pipeline together.
+or aiomqtt (~40 us, docs/measured.md) would cost more than the rest of the pipeline together.
 
 Only what a subscriber needs: CONNECT/CONNACK, SUBSCRIBE/SUBACK, UNSUBSCRIBE/UNSUBACK (retiring
 a worker), PUBLISH (QoS 0/1, both ways), PUBACK, PINGREQ/PINGRESP, DISCONNECT. Properties received

@@ -1,7 +1,7 @@
 """Where ingested points go: a real InfluxDB-compatible server, or an in-process store.
 
 Both take pre-built line protocol. Building influxdb-client `Point` objects costs ~20 us each
-(MEASURED.md) and would cap ingestion near 40 k points/s; the async client with strings
+(docs/measured.md) and would cap ingestion near 40 k points/s; the async client with strings
 reaches ~130 k, a plain HTTP POST of a pre-joined body 220-320 k. So InfluxSink POSTs the
 body itself to `/api/v2/write`, the endpoint of InfluxDB 2.x, 3.x and Cloud (and of
 VictoriaMetrics, which the tests use).

@@ -2,7 +2,7 @@
 
 No charge/discharge exclusivity binary: at tender prices (buy >= sell > 0 here) doing both at
 once only loses energy, so the LP never chooses it; the binary made a 288-step MILP ~4x slower
-with the same cost (MEASURED.md). A small wear cost per discharged kWh keeps the battery from
+with the same cost (docs/measured.md). A small wear cost per discharged kWh keeps the battery from
 cycling for gains below its degradation. The horizon ends at least at `soc_end_frac` so the
 schedule does not sell the battery empty at the horizon's edge.
 """

@@ -4,8 +4,8 @@ Two forms from one component. Where the pump is decided (`decide=True`: the day-
 hourly steps) it is binary, with start indicators and a start cap; its run-time need is soft
 (`short_usd_per_h`) so a late plan stays feasible. Where it is not (`decide=False`: the 5-minute
 re-solves) it follows `pump_plan` exactly: binaries change the hourly decision, not a
-5-minute one, and keeping them out keeps the re-solve an LP (MEASURED.md: the LP relaxation
-of a 5-minute pump leaves fractional steps, the MILP is ~20x slower).
+5-minute one, and keeping them out keeps the re-solve an LP (docs/measured.md: the LP relaxation
+of a 5-minute pump leaves fractional steps, and the MILP took ~20x the LP's time).
 """
 
 from __future__ import annotations
