@@ -1,7 +1,7 @@
 """Solve compiled site models with HiGHS (highspy), warm-started from the last solve.
 
 One `HighsRunner` holds one HiGHS instance and may serve many sites in turn (a fleet worker
-cannot keep a HiGHS instance per site: ~5.5 MB each, MEASURED.md). Each site keeps a
+cannot keep a HiGHS instance per site: ~5.5 MB each, docs/measured.md). Each site keeps a
 `SolveState`: its last vectors and last optimal basis. When the site is still loaded, a
 re-solve only changes the vectors that moved (costs after a price change, bounds after a state
 change); when another site was in between, its model is passed again and its basis restored.
@@ -63,6 +63,20 @@ def _changed(new: FloatArray, old: FloatArray | None) -> Any:
     return np.flatnonzero(new != old).astype(np.int32)
 
 
+class _QuietHighs(highspy.Highs):
+    """highspy.Highs that never prints HiGHS's banner.
+
+    highspy's constructor (1.16) registers its callbacks, and that first call into HiGHS writes the
+    "Running HiGHS ... Copyright" banner to stdout (once per process) before any option can be
+    set: `output_flag` set after construction comes too late. Registering the callbacks is the
+    hook that runs before it, so the flag goes in there.
+    """
+
+    def enableCallbacks(self) -> None:
+        self.setOptionValue("output_flag", False)
+        super().enableCallbacks()  # type: ignore[no-untyped-call]
+
+
 @dataclass
 class HighsRunner:
     time_limit_s: float | None = None
@@ -71,8 +85,7 @@ class HighsRunner:
     _loaded: SolveState | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._highs = highspy.Highs()  # type: ignore[no-untyped-call]
-        self._highs.setOptionValue("output_flag", False)
+        self._highs = _QuietHighs()  # type: ignore[no-untyped-call]
         self._highs.setOptionValue("presolve", "on" if self.presolve else "off")
         # No "threads" option: HiGHS has one scheduler per process, and setting it here fails every
         # later run if anything else in the process (a Pyomo solve) started HiGHS first. The dual
