@@ -51,6 +51,26 @@ def _series(points: Sequence[StoredPoint], field: str) -> Series:
     return [(p.ts_ns / 1e9, float(p.fields[field])) for p in points if field in p.fields]
 
 
+def _step_to_end(series: Series, points: Sequence[StoredPoint]) -> Series:
+    """`series` with its last value repeated where its last interval ends.
+
+    A post-step plot draws each value from its own time to the next sample's, so the last
+    interval (the day-ahead 23:00-24:00 hour) would not be drawn at all. Its end is the point's
+    `duration_s` where stored (tenders); LMP points carry none, so the series' own spacing.
+    """
+    if not series:
+        return series
+    t, v = series[-1]
+    last = points[-1].fields.get(mk.FIELD_DURATION_S) if points else None
+    if isinstance(last, int | float) and not isinstance(last, bool) and last > 0:
+        duration = float(last)
+    elif len(series) > 1:
+        duration = t - series[-2][0]
+    else:
+        return series
+    return [*series, (t + duration, v)]
+
+
 def _step_at(series: Series, times: Sequence[float]) -> list[float]:
     """Value in force at each time: the last sample at or before it (the first sample before that;
     0 for an empty series)."""
@@ -106,15 +126,15 @@ def prices_figure(store: EmbeddedStore, site: str) -> Figure:
         for side, style in (("BUY", "-"), ("SELL", "--")):
             pts = [p for p in store.points(mk.MEASUREMENT_TENDER, site=site)
                    if p.tags.get(mk.TAG_MARKET) == market and p.tags.get(mk.TAG_SIDE) == side]
-            s = _series(pts, mk.FIELD_PRICE)
+            s = _step_to_end(_series(pts, mk.FIELD_PRICE), pts)
             if s:
                 ax.step(_local([t for t, _ in s]), [v for _, v in s], style, where="post",
                         label=f"{market} {side.lower()} tender ($/kWh)")
     ax.set_ylabel("$/kWh")
     lmp_ax = ax.twinx()
     for market, color in (("RTM", "0.55"), ("DAM", "0.2")):
-        s = _series([p for p in store.points(mk.MEASUREMENT_LMP) if p.tags.get(mk.TAG_MARKET) == market],
-                    mk.FIELD_LMP)
+        pts = [p for p in store.points(mk.MEASUREMENT_LMP) if p.tags.get(mk.TAG_MARKET) == market]
+        s = _step_to_end(_series(pts, mk.FIELD_LMP), pts)
         if s:
             lmp_ax.step(_local([t for t, _ in s]), [v for _, v in s], color=color, lw=0.8, where="post",
                         label=f"{market} LMP ($/MWh)")
@@ -189,7 +209,7 @@ def bills_figure(store: EmbeddedStore) -> Figure:
     shadow = [float(bills[n].fields[mk.FIELD_SHADOW_USD]) for n in names]
     oat = [float(bills[n].fields[mk.FIELD_OAT_USD]) for n in names]
     rebate = [float(bills[n].fields[mk.FIELD_REBATE_USD]) for n in names]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(8.5, 3.2))
     idx = range(len(names))
     width = 0.27
     ax.bar([i - width for i in idx], oat, width, label="OAT (time-of-use tariff)", color="tab:gray")
@@ -198,17 +218,10 @@ def bills_figure(store: EmbeddedStore) -> Figure:
     ax.set_xticks(list(idx), names)
     ax.set_ylabel("$")
     ax.set_title("Bills for the run")
-    ax.legend(fontsize=8)
+    # Beside the axes, not inside: when the sites' bills are about even there is no free corner,
+    # and "best" put the legend over the last site's bars.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return fig
-
-
-def _summary_table(summary: DemoSummary) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(s.site)}</td><td>{s.meter_readings}</td><td>{s.energy_kwh:.2f}</td>"
-        f"<td>{s.cost_usd:.2f}</td><td>{s.relay_on_hours:.2f}</td><td>{s.relay_switches}</td></tr>"
-        for s in summary.sites)
-    return ("<table><tr><th>site</th><th>readings</th><th>kWh</th><th>cost $</th><th>relay on h</th>"
-            f"<th>switches</th></tr>{rows}</table>")
 
 
 def render_html(summary: DemoSummary, images: Sequence[tuple[str, str]], note: str) -> str:
@@ -216,10 +229,10 @@ def render_html(summary: DemoSummary, images: Sequence[tuple[str, str]], note: s
                       f'src="data:image/png;base64,{data}">' for title, data in images)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Tendril demo report</title>"
-        "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto}img{max-width:100%}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style>"
+        "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto}img{max-width:100%}</style>"
         "</head><body><h1>Tendril demo report</h1>"
-        f"<pre>{html.escape(summary.render())}</pre>{_summary_table(summary)}{figures}"
+        # The summary once, as the terminal prints it: its per-site table is already in there.
+        f"<pre>{html.escape(summary.render())}</pre>{figures}"
         f"<p><small>{html.escape(note)}</small></p></body></html>"
     )
 

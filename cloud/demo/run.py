@@ -37,6 +37,7 @@ from tendril_transactive.cloud.demo.broker import EmbeddedBroker, embedded_broke
 from tendril_transactive.cloud.demo.fleet import DemoSite, make_sites
 from tendril_transactive.cloud.demo.ledger_summary import fleet_market
 from tendril_transactive.cloud.demo.market import demo_market_lines
+from tendril_transactive.cloud.demo.progress import Progress
 from tendril_transactive.cloud.demo.report import write_report
 from tendril_transactive.cloud.demo.summary import DemoSummary, PricePoint, site_result
 from tendril_transactive.cloud.devices.registry import Registry
@@ -204,30 +205,18 @@ async def _plant_loop(run: Run, end: float, step_s: float) -> None:
         await run.clock.sleep(step_s)
 
 
-async def _progress_loop(run: Run, start: float, end: float) -> None:
-    """A progress bar on a terminal; otherwise (CI, pipes) a line every 10 % of the run."""
-    from tqdm import tqdm
+def _sim_label(t: float) -> str:
+    return datetime.fromtimestamp(t, LOCAL).strftime("%m-%d %H:%M")
 
-    assert run.ingestor is not None and run.agent is not None and run.market is not None
-    total_min = int((end - start) // 60)
-    next_line = 0.1
-    with tqdm(total=total_min, unit="sim-min", disable=not run.cfg.progress, dynamic_ncols=True) as bar:
-        while True:
-            now = run.clock.now()
-            done = min(total_min, max(0, int((now - start) // 60)))
-            bar.update(done - bar.n)
-            sim = datetime.fromtimestamp(min(now, end), LOCAL).strftime("%m-%d %H:%M")
-            agent = run.agent.dispatcher.stats
-            bar.set_postfix(ingested=run.ingestor.stats.written, confirmed=run.agent.stats.confirmed,
-                            acked=agent.acked_ok, sim=sim)
-            if not run.cfg.progress and done >= next_line * total_min:
-                print(f"  {next_line:4.0%}  sim {sim}  ingested {run.ingestor.stats.written}  "
-                      f"transactions confirmed {run.agent.stats.confirmed}  commands acked {agent.acked_ok}",
-                      flush=True)
-                next_line += 0.1
-            if done >= total_min:
-                return
-            await asyncio.sleep(0.25)
+
+async def _progress_loop(run: Run, progress: Progress, start: float, end: float) -> None:
+    """Live counts until the run stops: through the drain too, where the bar's counts still move."""
+    assert run.ingestor is not None and run.agent is not None
+    while not run.stop.is_set():
+        now = run.clock.now()
+        progress.update(int((now - start) // 60), _sim_label(min(now, end)), run.ingestor.stats.written,
+                        run.agent.stats.confirmed, run.agent.dispatcher.stats.acked_ok)
+        await asyncio.sleep(0.25)
 
 
 async def run_demo(cfg: DemoConfig) -> DemoSummary:
@@ -246,37 +235,37 @@ async def run_demo(cfg: DemoConfig) -> DemoSummary:
     clock = SimClock(sim_origin=start, speed=cfg.speed, real_origin=time.time() + STARTUP_S)
     run = Run(cfg, out, clock, registry, sites)
     wall0 = time.monotonic()
-    try:
-        await _start(run)
-        assert run.broker_settings is not None and run.market is not None and run.agent is not None
-        for site in sites:
-            site.start_firmware(run.broker_settings.host, run.broker_settings.port, registry, clock.env_value(),
-                                cfg.telemetry_s, credentials=run.broker is not None)
-        run.tasks.append(asyncio.create_task(_plant_loop(run, end, 10.0)))
-        await _wait_online(run, timeout_s=30)
-        await run.start_service("agent", run.agent.run, run.agent.ready)
-        await run.start_service("market", run.market.run, run.market.ready)
-        progress = asyncio.create_task(_progress_loop(run, start, end))
-        await clock.sleep_until(end)
-        # the last telemetry, acks, confirms and the settlement of the last intervals
-        await clock.sleep(3 * 300 + 3 * cfg.telemetry_s)
-        progress.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await progress
-    finally:
-        for site in sites:
-            site.stop_firmware()
-        await asyncio.sleep(0.5)  # the offline statuses
-        run.stop.set()
-        for task in reversed(run.tasks):
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, timeout=15)
-        if run.sink is not None and run.sink is not run.store:
-            await run.sink.close()
-        if run.broker is not None:
-            await run.broker.stop()
+    with Progress(int((end - start) // 60), bar=cfg.progress) as progress:
+        try:
+            await _start(run)
+            assert run.broker_settings is not None and run.market is not None and run.agent is not None
+            for site in sites:
+                site.start_firmware(run.broker_settings.host, run.broker_settings.port, registry,
+                                    clock.env_value(), cfg.telemetry_s, credentials=run.broker is not None)
+            run.tasks.append(asyncio.create_task(_plant_loop(run, end, 10.0)))
+            await _wait_online(run, timeout_s=30)
+            await run.start_service("agent", run.agent.run, run.agent.ready)
+            await run.start_service("market", run.market.run, run.market.ready)
+            run.tasks.append(asyncio.create_task(_progress_loop(run, progress, start, end)))
+            await clock.sleep_until(end)
+            # the last telemetry, acks, confirms and the settlement of the last intervals
+            await clock.sleep(3 * 300 + 3 * cfg.telemetry_s)
+        finally:
+            for site in sites:
+                site.stop_firmware()
+            await asyncio.sleep(0.5)  # the offline statuses
+            run.stop.set()
+            for task in reversed(run.tasks):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=15)
+            if run.sink is not None and run.sink is not run.store:
+                await run.sink.close()
+            if run.broker is not None:
+                await run.broker.stop()
 
-    summary = _summarise(run, start, end, time.monotonic() - wall0)
+        summary = _summarise(run, start, end, time.monotonic() - wall0)
+        assert run.agent is not None
+        progress.finish(_sim_label(end), summary, run.agent.stats.confirmed)
     (out / "summary.json").write_text(summary.to_json())
     if run.store is not None:
         # Prices, tenders and bills go to the same store, so the report and the dashboards read one source.
