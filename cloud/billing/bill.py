@@ -244,7 +244,7 @@ def monthly_bill(site: str, year: int, month: int, tariff: Tariff, metered: Sequ
         BillLine("summary", "subscription at OAT", sub_total),
         BillLine("summary", "shadow bill", shadow),
         BillLine("summary", "transactive net credit (OAT - shadow)", credit),
-        BillLine("summary", "rebate max(0, OAT - shadow)", _neg(rebate)),
+        BillLine("summary", "rebate max(0, OAT - shadow), credited", _neg(rebate)),
         BillLine("summary", "customer pays", oat_total - rebate),
     ]
     return MonthlyBill(

@@ -29,6 +29,8 @@ import xml.parsers.expat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tendril_transactive.cloud.timefmt import utc_time
+
 ATOM_NS = "http://www.w3.org/2005/Atom"
 ESPI_NS = "http://naesb.org/espi"
 
@@ -276,8 +278,9 @@ def _reading_type(entry: _Entry, source: str) -> ReadingType:
     )
 
 
-def _utc(t: int) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+def _at(t: int) -> str:
+    """A stamp as the file writes it (to find it there) and as a person reads it."""
+    return f"{t} ({utc_time(t)})"
 
 
 @dataclass(frozen=True)
@@ -342,8 +345,8 @@ def _replace_dst_runs(readings: list[_Stamped], step: int, shift: int, source: s
         after = f" and the {run} after it (to line {last.line}, stamped {sign * shift:+d} s off)" if run else ""
         warnings.append(
             f"{source}:{odd.line}: <IntervalReading>: daylight-saving stamp error: this {odd.duration_s} s "
-            f"reading at {odd.start}{after} re-placed in file order as {run + 1} consecutive {step} s "
-            f"readings, {since}-{until} ({_utc(since)} to {_utc(until)}); no reading dropped")
+            f"reading at {_at(odd.start)}{after} re-placed in file order as {run + 1} consecutive {step} s "
+            f"readings, {utc_time(since)} to {utc_time(until)}; no reading dropped")
     return out
 
 
@@ -372,7 +375,7 @@ def _interval_readings(block: _Node, rtype: ReadingType, source: str, warnings: 
         start, duration, value = r.start, r.duration_s, r.value
         if duration == 0:
             # Energy in no time cannot be placed on a clock; reported, not silently kept.
-            warnings.append(f"{source}:{r.line}: <IntervalReading>: zero-length reading at {start} "
+            warnings.append(f"{source}:{r.line}: <IntervalReading>: zero-length reading at {_at(start)} "
                             f"({value} counts) dropped")
             continue
         if rtype.interval_length_s is not None and duration != rtype.interval_length_s:
@@ -381,8 +384,8 @@ def _interval_readings(block: _Node, rtype: ReadingType, source: str, warnings: 
                             f"intervalLength is {rtype.interval_length_s} s")
         if start < b_start or start + duration > b_start + b_len:
             # The samples size each monthly block in 24-hour days, an hour off across DST.
-            warnings.append(f"{source}:{r.period_line}: <timePeriod>: reading {start}+{duration} lies "
-                            f"outside its IntervalBlock {b_start}+{b_len}")
+            warnings.append(f"{source}:{r.period_line}: <timePeriod>: {duration} s reading at {_at(start)} "
+                            f"lies outside its IntervalBlock of {b_len} s from {_at(b_start)}")
         out.append(IntervalReading(start, duration, value, r.line))
     return out
 
@@ -397,11 +400,11 @@ def _drop_duplicates(readings: list[IntervalReading], source: str,
             if (cur.start, cur.duration_s) == (prev.start, prev.duration_s):
                 # Meters re-send intervals.
                 warnings.append(f"{source}:{cur.line}: <IntervalReading>: repeats the interval of line "
-                                f"{prev.line} ({cur.start}+{cur.duration_s} s); kept the first")
+                                f"{prev.line} ({_at(cur.start)}+{cur.duration_s} s); kept the first")
                 continue
             raise GreenButtonError(source, cur.line, "IntervalReading",
-                                   f"starts at {cur.start}, overlapping the reading at line {prev.line} "
-                                   f"({prev.start}+{prev.duration_s} s)")
+                                   f"starts at {_at(cur.start)}, overlapping the reading at line {prev.line} "
+                                   f"({_at(prev.start)}+{prev.duration_s} s)")
         if prev is not None and cur.start > prev.start + prev.duration_s:
             warnings.append(f"{source}:{cur.line}: <IntervalReading>: gap of "
                             f"{cur.start - prev.start - prev.duration_s} s before this reading")

@@ -13,6 +13,7 @@ import pytest
 
 from tendril_transactive.cloud.billing import energy_grid
 from tendril_transactive.cloud.sources.greenbutton import GreenButtonError, load_feed, load_usage, parse_feed
+from tendril_transactive.cloud.timefmt import utc_time
 
 pytestmark = pytest.mark.unit
 
@@ -74,13 +75,14 @@ def test_year_file_is_8760_hours_in_file_order_with_every_reading_kept(home: str
     assert len(dst) == 2
     assert ":12090: <IntervalReading>: daylight-saving stamp error: this 7200 s reading" in dst[0]
     assert "the 7 after it (to line 12139, stamped +3600 s off)" in dst[0]
-    assert "2011-03-13T09:00Z to 2011-03-13T17:00Z" in dst[0]
+    assert "2011-03-13T09:00:00Z to 2011-03-13T17:00:00Z" in dst[0]
     assert ":52130: <IntervalReading>: daylight-saving stamp error: this 0 s reading" in dst[1]
     assert "the 8 after it (to line 52186, stamped -3600 s off)" in dst[1]
-    assert "2011-11-06T09:00Z to 2011-11-06T18:00Z" in dst[1]
+    assert "2011-11-06T09:00:00Z to 2011-11-06T18:00:00Z" in dst[1]
     # the one warning left is the original's: its November block is sized in 24-hour days
     (other,) = [w for w in feed.warnings if w not in dst]
-    assert ":56317: <timePeriod>: reading 1322722800+3600 lies outside its IntervalBlock" in other
+    assert (":56317: <timePeriod>: 3600 s reading at 1322722800 (2011-12-01T07:00:00Z) lies outside its "
+            "IntervalBlock") in other
 
 
 def test_spring_forward_day_keeps_both_readings_stamped_10_am() -> None:
@@ -119,11 +121,13 @@ def test_dst_slice_keeps_every_reading_and_names_what_was_re_placed() -> None:
     assert sum(iv.kwh for iv in usage) == pytest.approx(sum(values) / 1000)
     spring, fall, gap = feed.warnings
     assert spring.startswith(f"{DST_DAYS}:148: <IntervalReading>: daylight-saving stamp error: this 7200 s "
-                             "reading at 1300006800 and the 7 after it (to line 197, stamped +3600 s off) "
-                             "re-placed in file order as 8 consecutive 3600 s readings, 1300006800-1300035600")
+                             "reading at 1300006800 (2011-03-13T09:00:00Z) and the 7 after it (to line 197, "
+                             "stamped +3600 s off) re-placed in file order as 8 consecutive 3600 s readings, "
+                             "2011-03-13T09:00:00Z to 2011-03-13T17:00:00Z")
     assert fall.startswith(f"{DST_DAYS}:323: <IntervalReading>: daylight-saving stamp error: this 0 s "
-                           "reading at 1320570000 and the 8 after it (to line 379, stamped -3600 s off) "
-                           "re-placed in file order as 9 consecutive 3600 s readings, 1320570000-1320602400")
+                           "reading at 1320570000 (2011-11-06T09:00:00Z) and the 8 after it (to line 379, "
+                           "stamped -3600 s off) re-placed in file order as 9 consecutive 3600 s readings, "
+                           "2011-11-06T09:00:00Z to 2011-11-06T18:00:00Z")
     assert "no reading dropped" in spring and "no reading dropped" in fall
     assert ":309: <IntervalReading>: gap of" in gap  # between the two days the slice keeps
 
@@ -312,7 +316,7 @@ def test_dst_shape_re_placed_by_order_when_the_feed_declares_the_offset(shape: d
     assert usage == [(T, 3600, 1.5), (T + 3600, 3600, 0.5), (T + 7200, 3600, 0.7)]
     (repair, outside) = parsed.warnings
     assert repair.startswith("t.xml:30: <IntervalReading>: daylight-saving stamp error:")
-    assert f"re-placed in file order as 2 consecutive 3600 s readings, {T}-{T + 7200}" in repair
+    assert f"re-placed in file order as 2 consecutive 3600 s readings, {utc_time(T)} to {utc_time(T + 7200)}" in repair
     assert "lies outside its IntervalBlock" in outside  # the block declares two hours, holds three
 
 
