@@ -203,12 +203,22 @@ def site_figure(store: EmbeddedStore, site: str, start: float, end: float) -> Fi
     return fig
 
 
-def bills_figure(store: EmbeddedStore) -> Figure:
-    bills = {p.tags[TAG_SITE]: p for p in _require(store, mk.MEASUREMENT_BILL)}
-    names = sorted(bills)
-    shadow = [float(bills[n].fields[mk.FIELD_SHADOW_USD]) for n in names]
-    oat = [float(bills[n].fields[mk.FIELD_OAT_USD]) for n in names]
-    rebate = [float(bills[n].fields[mk.FIELD_REBATE_USD]) for n in names]
+def bills_figure(store: EmbeddedStore, summary: DemoSummary | None = None) -> Figure:
+    """The summary's ledger bills when the run has a market (the figures its table prints, so the
+    report does not show two shadow bills for one site); else the store's bill points."""
+    if summary is not None and summary.market:
+        names = [m.site for m in summary.market]
+        oat = [m.oat_usd for m in summary.market]
+        shadow = [m.shadow_usd for m in summary.market]
+        rebate = [m.rebate_usd for m in summary.market]
+        source = "from the ledger"
+    else:
+        bills = {p.tags[TAG_SITE]: p for p in _require(store, mk.MEASUREMENT_BILL)}
+        names = sorted(bills)
+        shadow = [float(bills[n].fields[mk.FIELD_SHADOW_USD]) for n in names]
+        oat = [float(bills[n].fields[mk.FIELD_OAT_USD]) for n in names]
+        rebate = [float(bills[n].fields[mk.FIELD_REBATE_USD]) for n in names]
+        source = "metered energy at the buy tender"
     fig, ax = plt.subplots(figsize=(8.5, 3.2))
     idx = range(len(names))
     width = 0.27
@@ -217,7 +227,7 @@ def bills_figure(store: EmbeddedStore) -> Figure:
     ax.bar([i + width for i in idx], rebate, width, label="rebate", color="tab:orange")
     ax.set_xticks(list(idx), names)
     ax.set_ylabel("$")
-    ax.set_title("Bills for the run")
+    ax.set_title(f"Bills for the run ({source})")
     # Beside the axes, not inside: when the sites' bills are about even there is no free corner,
     # and "best" put the legend over the last site's bars.
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
@@ -250,7 +260,7 @@ def write_report(out_dir: Path, store: EmbeddedStore, summary: DemoSummary, *, s
         ("Prices and tenders", _png(prices_figure(store, traced))),
         ("Fleet load with and without optimization", _png(fleet_figure(store, sites, start, end))),
         (f"{traced}: meter and relay", _png(site_figure(store, traced, start, end))),
-        ("Bills", _png(bills_figure(store))),
+        ("Bills", _png(bills_figure(store, summary))),
     ]
     note = ("Without optimization = the metered load with each relay's load replaced by the same number of "
             "pump hours run by a timer from the start of the window. The demo's houses have no HVAC model, "

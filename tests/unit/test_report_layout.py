@@ -10,6 +10,7 @@ from typing import Any
 import matplotlib.dates as mdates
 import pytest
 
+from tendril_transactive.cloud.demo.ledger_summary import SiteMarket
 from tendril_transactive.cloud.demo.report import LOCAL, bills_figure, prices_figure, render_html
 from tendril_transactive.cloud.demo.summary import DemoSummary, SiteResult
 from tendril_transactive.cloud.market.tenders import TenderConfig
@@ -87,3 +88,17 @@ def test_price_lines_reach_the_end_of_the_day() -> None:
         assert x[0] == pytest.approx(_num(START), rel=0, abs=SECOND), label
         assert x[-1] == pytest.approx(_num(END), rel=0, abs=SECOND), label  # the last interval drawn to 24:00
         assert y[-1] == y[-2], label  # ... at its own price
+
+
+def test_the_bills_chart_shows_the_ledger_bills_the_summary_prints() -> None:
+    """With a market, the chart's bars are the summary table's OAT / shadow / rebate (read from the
+    ledger), not the store's at-the-tender estimate: one shadow bill per site in the report."""
+    market = [SiteMarket(f"site-{i}", 10, 1, 2.0, 0.5, 0.4, 288, 20.0, 1.5, 0.3, 3.0 + i, 5.0)
+              for i in (1, 2, 3)]
+    summary = DemoSummary(24.0, 80.0, 9938, 0, 600, 700, 690, 0, 12, 12, market=market)
+    store = _bills([(1.0, 0.5), (1.0, 0.5), (1.0, 0.5)])  # different figures: must not be drawn
+    ax = bills_figure(store, summary).axes[0]
+    heights = [round(bar.get_height(), 6) for bar in ax.patches]
+    want = ([m.oat_usd for m in market] + [m.shadow_usd for m in market] + [m.rebate_usd for m in market])
+    assert heights == [round(v, 6) for v in want]
+    assert "ledger" in ax.get_title()
