@@ -16,12 +16,25 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tendril_transactive.cloud.net import LOOPBACK, free_port
+
+
+class _SnapshotKeys(dict[str, Any]):
+    """amqtt 0.12's subscription table, iterated over a snapshot of its keys.
+
+    amqtt walks `Broker._subscriptions` with an `await` inside the loop (retained messages for a
+    new session); a client subscribing meanwhile adds a key and the walk raises "dictionary
+    changed size during iteration", which ends that client's session. Seen in `tendril demo` on
+    a loaded machine: 7 sessions lost at start-up, almost no command acked.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.keys()))
 
 
 @dataclass
@@ -50,6 +63,7 @@ class EmbeddedBroker:
             "plugins": auth,
         }
         self._broker = Broker(config)
+        self._broker._subscriptions = _SnapshotKeys()
         await self._broker.start()
 
     async def stop(self) -> None:
