@@ -24,7 +24,7 @@ def local_time(t: float, tz: dt.tzinfo) -> str:
 
 def utc_time(t: float) -> str:
     """'2024-03-15T19:05:00Z': for service logs and dead letters, read across sites and zones."""
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def local_span(start: float, end: float, tz: dt.tzinfo) -> str:

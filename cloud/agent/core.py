@@ -189,8 +189,8 @@ class SiteAgent:
             self.telemetry.ev_stored_kwh = float(values["ev_stored_kwh"])
         self._measured = (now, dict(values))
 
-    def _state(self, now: float) -> tuple[SiteState, list[str]]:
-        state, notes = self.telemetry.state(now, self.last_rt)
+    def _state(self, now: float, at: float | None = None) -> tuple[SiteState, list[str]]:
+        state, notes = self.telemetry.state(now, self.last_rt, at)
         if self._measured is None or not (0 <= now - self._measured[0] <= self.options.stale_after_s):
             return state, notes
         values = self._measured[1]
@@ -313,7 +313,7 @@ class SiteAgent:
         pair = self.book.pair(RT_MARKET, start)
         first = (float(pair[0]["price"]), float(pair[1]["price"])) if pair else None
         notes: list[str] = []
-        state, why = self._state(now)
+        state, why = self._state(now, start)
         notes += why
         fc = self._forecast(start, REAL_TIME.steps, REAL_TIME.step_s, now, first, notes)
         return Job(self.site, "rt", state, fc, self.options.time_limit_s), notes

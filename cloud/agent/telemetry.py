@@ -99,12 +99,19 @@ class SiteTelemetry:
         day = datetime.fromtimestamp(now, LOCAL).strftime("%Y-%m-%d")
         return self.pump_done_h if day == self.pump_day else 0.0
 
-    def state(self, now: float, last_plan: SiteSchedule | None) -> tuple[SiteState, list[str]]:
-        """The optimizer's SiteState at `now`, with a note for every conservative assumption."""
+    def state(self, now: float, last_plan: SiteSchedule | None, at: float | None = None
+              ) -> tuple[SiteState, list[str]]:
+        """The optimizer's SiteState for a plan starting at `at` (default `now`), judged at `now`,
+        with a note for every conservative assumption.
+
+        What the wire does not carry (indoor temperature, battery charge) comes from the last plan's
+        trajectory at the end of the step before `at`. A real-time plan starts at the next interval,
+        which is step 1 of the plan made a tender earlier; judging at `now` (step 0) found no earlier
+        step, so every real-time solve restarted from the comfort band's middle."""
         spec = self.cfg.spec
         notes: list[str] = []
         kw: dict[str, Any] = {}
-        k = last_plan.index_at(now) if last_plan is not None else None
+        k = last_plan.index_at(now if at is None else at) if last_plan is not None else None
         if spec.hvac is not None:
             hvac_dev = self.cfg.relay_for("hvac")
             followed = hvac_dev is None or self.fresh(hvac_dev, now)

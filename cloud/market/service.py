@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,8 +51,8 @@ from tendril_transactive.cloud.market.schedule import (
 )
 from tendril_transactive.cloud.market.sources import PriceSource, PriceSourceError, ReplayPrices
 from tendril_transactive.cloud.settings import BrokerSettings
-from tendril_transactive.edge.clock import Clock, WallClock
 from tendril_transactive.cloud.timefmt import utc_time
+from tendril_transactive.edge.clock import Clock, WallClock
 
 log = logging.getLogger("tendril.market")
 
@@ -439,10 +440,15 @@ class MarketService:
         os.replace(tmp, self.state_dir / STATS_FILE)
 
 
+_WINDOWS: weakref.WeakKeyDictionary[aiomqtt.Client, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
 async def publish_all(client: aiomqtt.Client, messages: Sequence[tuple[str, str]]) -> None:
     """Publish at QoS 1 in order, PUBLISH_WINDOW awaiting their PUBACK at a time: not one round
-    trip per message, and not more at once than aiomqtt takes without a warning per message."""
-    window = asyncio.Semaphore(PUBLISH_WINDOW)
+    trip per message, and not more at once than aiomqtt takes without a warning per message. The
+    window is the client's, shared by every batch: tenders, day-ahead and confirms go out at once
+    (a window per call let them reach 15 pending, and the demo printed aiomqtt's warning 50 times)."""
+    window = _WINDOWS.setdefault(client, asyncio.Semaphore(PUBLISH_WINDOW))
 
     async def one(topic: str, payload: str) -> None:
         async with window:

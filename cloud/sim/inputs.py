@@ -60,8 +60,8 @@ def price_series(start: float, steps: int, config: TenderConfig) -> PriceSeries:
         t = int(start + k * STEP_S)
         hour = t - t % 3600
         if hour not in dam:
-            raise ValueError(f"no day-ahead price for the hour starting {local_time(hour, LOCAL_TZ)} (bundled data: March 2024; "
-                             "the optimizer looks a day past the simulated window)")
+            raise ValueError(f"no day-ahead price for the hour starting {local_time(hour, LOCAL_TZ)} "
+                             "(bundled data: March 2024; the optimizer looks a day past the simulated window)")
         da_lmp[k] = dam[hour]
         rt_lmp[k] = rtm.get(t, dam[hour])
         rt_buy[k], rt_sell[k] = tender_prices(rt_lmp[k], t, config)

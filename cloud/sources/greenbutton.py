@@ -23,7 +23,6 @@ naming what was re-placed; docs/greenbutton.md gives the evidence. A file path e
 
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import xml.parsers.expat
 from dataclasses import dataclass, field

@@ -138,6 +138,24 @@ def test_no_tender_runs_the_subscription_and_the_pump_in_the_cheapest_day_ahead_
     assert a.decide_without_tender(noon + 1, noon).relays["pump"] == 0
 
 
+def test_the_next_real_time_plan_starts_from_the_last_plans_indoor_temperature() -> None:
+    """A real-time tender comes before its interval, inside step 0 of the plan made a tender
+    earlier: the next plan starts where that plan's step 0 ends, not at the comfort band's middle
+    (the demo's agent logged "21.5 C assumed" for every site at every interval)."""
+    a, planner = agent(), InProcessPlanner({"site-1": config().spec})
+    telemetry(a, T0 - 30, hvac=1)
+    _first, result = plan_rt(a, planner, T0)
+    assert result.schedule is not None
+    nxt = T0 + 300
+    telemetry(a, nxt - 30, hvac=1)
+    for t in tenders(nxt):
+        a.on_tender(t, nxt - 5)
+    job, notes = a.rt_job(nxt - 5, nxt)
+    assert job.state.t_in_c == pytest.approx(float(result.schedule.temp_c[0]))
+    assert job.state.t_in_c != pytest.approx(21.5)
+    assert not any("indoor temperature" in n for n in notes), notes
+
+
 def test_stale_telemetry_gives_a_conservative_state() -> None:
     a = agent()
     telemetry(a, T0, pump=1)
