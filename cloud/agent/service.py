@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ SUBSCRIBE_BATCH = 100  # filters per SUBSCRIBE packet (the broker's packet size 
 @dataclass(frozen=True)
 class ServiceOptions:
     worker_id: str = "w0"
-    client_id: str | None = None  # default tendril-agent-{worker_id}: stable, so the session persists
+    client_id: str | None = None  # default session_client_id(...): stable, so the session persists
     state_dir: Path | None = None
     agent: AgentOptions = field(default_factory=AgentOptions)
     tick_s: float = 0.1  # real seconds between housekeeping passes (retries, intervals without tender)
@@ -79,6 +80,24 @@ class ServiceStats:
     command_errors: int = 0
     connects: int = 0
     ownership_changes: int = 0
+
+
+def session_client_id(username: str | None, password: str | None, worker: str) -> str:
+    """The worker's MQTT client id: stable across restarts (its persistent session holds the
+    tenders and confirms that arrive while it is down) and, with a password, not guessable.
+
+    The broker cannot bind an agent user to one client id (its workers, up to --workers N and any
+    --worker-id, each need their own), and a client that connects with another's id takes over
+    its session. So the id carries a tag only a holder of this user's password can compute: a
+    third-party agent or Home Assistant login that knows the name pattern cannot knock a worker
+    off (tests/integration/test_mosquitto_acl.py tries it). Without a password (a development
+    broker) the id is the plain name.
+    """
+    base = f"{username or 'tendril-agent'}-{worker}"
+    if not password:
+        return base
+    tag = hashlib.sha256(f"tendril-agent-client-id\0{username}\0{worker}\0{password}".encode()).hexdigest()
+    return f"{base}-{tag[:20]}"
 
 
 def _failed(code: object) -> bool:
@@ -179,7 +198,7 @@ class AgentService:
     async def _session(self, stop: asyncio.Event) -> None:
         b = self.broker
         presence = wire.agent_topic(self.me)
-        client_id = self.options.client_id or f"tendril-agent-{self.me}"
+        client_id = self.options.client_id or session_client_id(b.username, b.password, self.me)
         will = aiomqtt.Will(presence, b"", qos=1, retain=True)  # kill -9: the broker clears us at once
         async with aiomqtt.Client(b.host, b.port, username=b.username, password=b.password, identifier=client_id,
                                   clean_session=False, will=will, keepalive=15, tls_context=b.tls) as client:

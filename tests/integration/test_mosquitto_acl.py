@@ -19,10 +19,11 @@ import pytest
 import tendril_wire as wire
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tendril_transactive.cloud.agent.service import session_client_id
 from tendril_transactive.cloud.cli.device import service_users
 from tendril_transactive.cloud.cli.main import main as tendril
 from tendril_transactive.cloud.devices import ha_discovery
-from tendril_transactive.cloud.devices.registry import Registry
+from tendril_transactive.cloud.devices.registry import Registry, SiteRecord
 from tendril_transactive.hil.servers import LOOPBACK, Server, free_port
 
 pytestmark = pytest.mark.integration
@@ -32,10 +33,24 @@ WAIT_S = 2.0  # how long to wait for a message that must NOT arrive; arrival is 
 
 @pytest.fixture()
 def secured_broker(tmp_path: Path, mosquitto_binary: str) -> Iterator[tuple[int, Registry]]:
+    yield from _secured(tmp_path, mosquitto_binary)
+
+
+@pytest.fixture()
+def two_agents_broker(tmp_path: Path, mosquitto_binary: str) -> Iterator[tuple[int, Registry]]:
+    """site-2 is served by a third party's agent, `acme`: a login of its own on the same broker."""
+    yield from _secured(tmp_path, mosquitto_binary, {"site-2": "acme"})
+
+
+def _secured(tmp_path: Path, mosquitto_binary: str,
+             agents: dict[str, str] | None = None) -> Iterator[tuple[int, Registry]]:
     root = tmp_path / "registry"
     for site, device, type_ in (("site-1", "meter", "meter"), ("site-1", "pump", "relay"), ("site-2", "pump", "relay")):
         assert tendril(["device", "--registry", str(root), "add", "--site", site, "--device", device,
                         "--type", type_]) == 0
+    reg = Registry(root)
+    for site, agent in (agents or {}).items():
+        reg.set_site(SiteRecord(site, agent=agent))
     port = free_port()
     conf_dir = tmp_path / "conf"
     assert tendril(["device", "--registry", str(root), "mosquitto-config", "--out", str(conf_dir),
@@ -183,3 +198,40 @@ def test_home_assistant_discovers_the_devices_reads_them_and_commands_nothing(
         none.get(timeout=WAIT_S)
     for c in (ha, ha_readings, meter, pump, late):
         c.loop_stop()
+
+
+def test_another_login_cannot_take_an_agent_workers_session(two_agents_broker: tuple[int, Registry]) -> None:
+    """Issue 13: a client that connects with another's client id takes over its session, and the
+    broker cannot bind an agent user to one id. A third-party agent that knows the naming pattern
+    still cannot knock our worker off: the id's tag needs our agent user's password."""
+    port, reg = two_agents_broker
+    users = {u.username: u for u in service_users(reg.root)}
+    ours, acme = users["tendril-agent"], users["acme"]
+    real_id = session_client_id(ours.username, ours.password, "w0")
+    worker = paho.Client(CallbackAPIVersion.VERSION2, client_id=real_id, clean_session=False)
+    worker.username_pw_set(ours.username, ours.password)
+    events: queue.Queue[str] = queue.Queue()
+    worker.on_connect = lambda *_a: events.put("connect")
+    worker.on_disconnect = lambda *_a: events.put("disconnect")
+    worker.connect(LOOPBACK, port)
+    worker.loop_start()
+    try:
+        assert events.get(timeout=15) == "connect"
+        guesses = ["tendril-agent-w0", "tendril-agent-w1", session_client_id(ours.username, acme.password, "w0")]
+        for guess in guesses:
+            attacker, rc = _client(port, acme.username, acme.password, guess)
+            assert rc == 0, "acme is a valid login; only the id it picks is wrong"
+            attacker.disconnect()
+            attacker.loop_stop()
+        with pytest.raises(queue.Empty):
+            events.get(timeout=WAIT_S)  # our worker was not disconnected by any guess
+        # The control: with the real id (were it leaked) the same login does take the session,
+        # so what protects the worker is the id's secret tag, not the broker.
+        thief, rc = _client(port, acme.username, acme.password, real_id)
+        assert rc == 0
+        assert events.get(timeout=15) == "disconnect"
+        thief.disconnect()
+        thief.loop_stop()
+    finally:
+        worker.loop_stop()
+        worker.disconnect()
