@@ -1,10 +1,11 @@
 """The TLS files of a generated broker config: where the CA lives, which files the broker reads.
 
-The registry keeps the CA (`mqtt-ca.crt`, public; `secrets/mqtt-ca.key`, 0600), made on first
-use and reused after, because every device carries that CA on its flash. The broker's folder
-(`--out`) gets `ca.crt`, `server.crt` and `server.key`, secured like the password files
-(root:mosquitto 0640, broker_conf.secure). An operator's own CA and server certificate are
-checked (tls_certs.check_server) and copied there instead; then the registry's CA is not used.
+The registry keeps the CA (`mqtt-ca.crt`, public; `ca-private/mqtt-ca.key`, 0600, in a 0700
+folder apart from `secrets/`), made on first use and reused after, because every device carries
+that CA on its flash. The broker's folder (`--out`) gets `ca.crt`, `server.crt` and `server.key`,
+secured like the password files (root:mosquitto 0640, broker_conf.secure). An operator's own CA
+and server certificate are checked (tls_certs.check_server) and copied there instead; then the
+registry's CA is not used.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from tendril_transactive.cloud.devices import tls_certs
 from tendril_transactive.cloud.devices.tls_certs import CertError, Pem
 
 CA_CERT = "mqtt-ca.crt"
-CA_KEY = "secrets/mqtt-ca.key"
+# Not under secrets/: that folder is what the agent's container mounts (the devices' command
+# keys), and the agent must not be able to sign a server or device certificate.
+CA_KEY = "ca-private/mqtt-ca.key"
+_OLD_CA_KEY = "secrets/mqtt-ca.key"  # where registries made before 2026-12-07 keep it
 OUT_CA, OUT_CERT, OUT_KEY = "ca.crt", "server.crt", "server.key"
 _WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
@@ -42,6 +46,10 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 def registry_ca(root: Path, now: datetime.datetime) -> Pem:
     """The registry's CA, made the first time (the devices keep trusting it afterwards)."""
     cert, key = root / CA_CERT, root / CA_KEY
+    old = root / _OLD_CA_KEY
+    if old.exists() and not key.exists():
+        key.parent.mkdir(exist_ok=True, mode=0o700)
+        os.replace(old, key)  # same file system: the key moves, it is never copied
     if cert.exists() and key.exists():
         return Pem(cert.read_bytes(), key.read_bytes())
     if cert.exists() or key.exists():

@@ -95,7 +95,9 @@ def test_generated_config_listens_on_tls_with_files_only_the_broker_reads(broker
     assert f"listener {broker.plain_port} 127.0.0.1\n" in conf
     for name in ("ca.crt", "server.crt", "server.key"):
         assert (broker.conf / name).stat().st_mode & 0o777 == 0o640, name
-    assert (broker.root / "secrets" / "mqtt-ca.key").stat().st_mode & 0o777 == 0o600
+    key = broker.root / "ca-private" / "mqtt-ca.key"
+    assert key.stat().st_mode & 0o777 == 0o600 and key.parent.stat().st_mode & 0o777 == 0o700
+    assert not (broker.root / "secrets" / "mqtt-ca.key").exists(), "the agent mounts secrets/: no CA key in it"
     # The CA is the registry's (kept across runs: the devices carry it), and it signed the server's.
     assert (broker.root / "mqtt-ca.crt").read_bytes() == broker.ca.read_bytes()
     tls_certs.check_server(broker.ca.read_bytes(), (broker.conf / "server.crt").read_bytes(),

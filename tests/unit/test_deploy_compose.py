@@ -354,3 +354,27 @@ def test_grafana_provisioning_files_are_what_export_writes(tmp_path: Path) -> No
         assert committed.read_text() == (tmp_path / rel).read_text(), f"regenerate {committed}"
     ds = yaml.safe_load((tmp_path / "datasources/tendril.yaml").read_text())["datasources"][0]
     assert ds["secureJsonData"]["httpHeaderValue1"] == "Token ${INFLUX_TOKEN}"  # expanded by Grafana at start
+
+
+def test_no_service_mounts_the_ca_key(compose: dict[str, Any]) -> None:
+    """The CA key signs server and device certificates: no container gets it, the agent's secrets
+    mount included (the key lives in the registry's ca-private/, not in secrets/)."""
+    key = Path("./registry") / broker_tls.CA_KEY
+    assert not broker_tls.CA_KEY.startswith("secrets/")
+    for name, svc in compose["services"].items():
+        for mount in svc.get("volumes", []):
+            source = Path(mount.split(":")[0])
+            assert not (key == source or source in key.parents), f"{name} mounts {mount}, which holds the CA key"
+
+
+def test_an_older_registrys_ca_key_moves_out_of_secrets(tmp_path: Path) -> None:
+    import datetime
+
+    now = datetime.datetime(2026, 12, 7, tzinfo=datetime.UTC)
+    first = broker_tls.registry_ca(tmp_path, now)
+    (tmp_path / "secrets").mkdir(mode=0o700)
+    (tmp_path / broker_tls.CA_KEY).rename(tmp_path / "secrets" / "mqtt-ca.key")  # as registries kept it
+    again = broker_tls.registry_ca(tmp_path, now)
+    assert again == first, "the same CA: the devices keep trusting it"
+    assert not (tmp_path / "secrets" / "mqtt-ca.key").exists()
+    assert (tmp_path / broker_tls.CA_KEY).stat().st_mode & 0o777 == 0o600
