@@ -95,7 +95,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dep.add_argument("--site", required=True, help="site id")
     dep.add_argument("--device", required=True, help="device id")
     dep.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
-    dep.add_argument("--board", choices=device_deploy.BOARDS, default="esp32", help="board layer (default esp32)")
+    dep.add_argument("--board", choices=device_deploy.BOARDS, default="esp32",
+                     help="board layer (default esp32); only esp32_bench gets the bench_* modules")
     dep.add_argument("--settings", type=Path,
                      help="JSON object of the device's other config keys: broker_host, broker_port, timers, "
                           "and `board` (wifi_ssid, wifi_password, pins); keep it out of the repository")
@@ -230,7 +231,7 @@ def _deploy(args: argparse.Namespace) -> int:
             settings["broker_port"] = args.broker_port
         doc = device_deploy.device_config(Registry(args.registry), args.site, args.device, settings, args.board)
         build: Path = args.build or Path("build", "deploy", f"{args.site}.{args.device}")
-        modules = device_deploy.library_sources()
+        modules = device_deploy.library_sources(args.board)
         try:
             mpremote = device_deploy.find_mpremote()
         except device_deploy.DeployError:

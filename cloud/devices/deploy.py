@@ -1,13 +1,14 @@
 """Deploy the firmware to a board over its serial port with mpremote.
 
 What goes on the board: the library compiled to .mpy by mpy-cross (compiling on the
-device needs heap the node wants at run time), the board's `board.py`, `main.py`, and
-the device's own `config.json`, built from the registry (site, device, type, HMAC key,
-MQTT user and password: read from the registry's 0600 secrets file at run time) plus
-the operator's non-secret settings (broker, timers, the `board` object). The config is
-checked with the firmware's own parser before anything is copied, and removed from the
-build folder once copied. The board's flash state (`state_dir`: seq counters, backlog)
-is never touched: wiping it would make the device repeat sequence numbers.
+device needs heap the node wants at run time; the bench_* modules only on the bench
+board), the board's `board.py`, `main.py`, and the device's own `config.json`, built
+from the registry (site, device, type, HMAC key, MQTT user and password: read from the
+registry's 0600 secrets file at run time) plus the operator's non-secret settings
+(broker, timers, the `board` object). The config is checked with the firmware's own
+parser before anything is copied, and removed from the build folder once copied. The
+board's flash state (`state_dir`: seq counters, backlog) is never touched: wiping it
+would make the device repeat sequence numbers.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from tendril_transactive.edge.firmware_process import CompileError, compile_mpy,
 from tendril_transactive.edge.resources import FIRMWARE_DIR
 
 BOARDS = ("esp32", "esp32_bench")
+# The bench link and its handling (tendril_fw.bench_*) go only to the board that runs them: on
+# a production board nothing imports them, and they would take its flash for nothing.
+BENCH_BOARDS = ("esp32_bench",)
+BENCH_PREFIX = "bench_"
 # Keys only the registry supplies: a settings file cannot redirect a device's identity or secrets.
 FROM_REGISTRY = ("site", "device", "type", "key_hex", "username", "password")
 LIB_PACKAGE = "tendril_fw"
@@ -104,16 +109,22 @@ def read_settings(path: Path | None) -> dict[str, Any]:
     return data
 
 
-def library_sources(firmware_dir: Path = FIRMWARE_DIR) -> list[Path]:
-    """The library modules, relative to firmware/lib: tendril_wire.py and the tendril_fw package."""
+def library_sources(board: str, firmware_dir: Path = FIRMWARE_DIR) -> list[Path]:
+    """The library modules `board` gets, relative to firmware/lib: tendril_wire.py and the tendril_fw
+    package, its bench_* modules only on a bench board."""
+    if board not in BOARDS:
+        raise DeployError(f"board must be one of {', '.join(BOARDS)}, got {board!r}")
     lib = firmware_dir / "lib"
-    return [Path("tendril_wire.py"), *sorted(p.relative_to(lib) for p in (lib / LIB_PACKAGE).glob("*.py"))]
+    bench = board in BENCH_BOARDS
+    package = (p for p in (lib / LIB_PACKAGE).glob("*.py") if bench or not p.name.startswith(BENCH_PREFIX))
+    return [Path("tendril_wire.py"), *sorted(p.relative_to(lib) for p in package)]
 
 
 def stage(build: Path, board: str, doc: Mapping[str, Any], firmware_dir: Path = FIRMWARE_DIR) -> None:
     """Write what the board gets into `build`: lib/*.mpy, board.py, main.py, config.json (0600)."""
     try:
-        compile_mpy([(firmware_dir / "lib" / rel, build / "lib" / rel) for rel in library_sources(firmware_dir)])
+        compile_mpy([(firmware_dir / "lib" / rel, build / "lib" / rel)
+                     for rel in library_sources(board, firmware_dir)])
     except CompileError as exc:
         raise DeployError(str(exc)) from None
     shutil.copyfile(firmware_dir / "boards" / board / "board.py", build / "board.py")

@@ -88,9 +88,10 @@ def test_deploy_copies_compiled_firmware_board_and_config(
 
     assert deploy(reg.root, port, build, settings) == 0
 
-    for rel in device_deploy.library_sources(FIRMWARE):
+    for rel in device_deploy.library_sources("esp32", FIRMWARE):
         mpy = rel.with_suffix(".mpy")
         assert (flash / "lib" / mpy).read_bytes() == (build / "lib" / mpy).read_bytes(), mpy
+    assert not list((flash / "lib" / "tendril_fw").glob("bench_*")), "a production board gets no bench modules"
     assert (flash / "board.py").read_bytes() == (FIRMWARE / "boards" / "esp32" / "board.py").read_bytes()
     assert (flash / "main.py").read_bytes() == (FIRMWARE / "main.py").read_bytes()
     config = json.loads((flash / "config.json").read_text())
@@ -116,6 +117,7 @@ def test_redeploy_replaces_the_library_and_keeps_the_flash_state(
     settings.write_text(json.dumps(SETTINGS))
     (flash / "lib" / "tendril_fw").mkdir(parents=True)
     (flash / "lib" / "tendril_fw" / "gone.mpy").write_bytes(b"old")
+    (flash / "lib" / "tendril_fw" / "bench_mode.mpy").write_bytes(b"old")  # it was a bench board before
     (flash / "lib" / "tendril_fw" / "node.py").write_text("raise ImportError('stale source')\n")
     (flash / "lib" / "tendril_wire.py").write_text("raise ImportError('stale source')\n")
     (flash / "lib" / "other.py").write_text("x = 1\n")
@@ -125,7 +127,8 @@ def test_redeploy_replaces_the_library_and_keeps_the_flash_state(
     assert deploy(reg.root, port, tmp_path / "build", settings, "--no-reset") == 0
 
     names = sorted(p.name for p in (flash / "lib" / "tendril_fw").iterdir())
-    assert names == sorted(m.with_suffix(".mpy").name for m in device_deploy.library_sources(FIRMWARE)[1:])
+    assert names == sorted(m.with_suffix(".mpy").name for m in device_deploy.library_sources("esp32", FIRMWARE)[1:])
+    assert not any(name.startswith("bench_") for name in names)
     assert not (flash / "lib" / "tendril_wire.py").exists() and (flash / "lib" / "tendril_wire.mpy").exists()
     assert (flash / "lib" / "other.py").read_text() == "x = 1\n"
     assert (flash / "state" / "seq").read_text() == "128"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shlex
 from pathlib import Path
@@ -57,11 +58,87 @@ def test_bad_deployments_are_refused_with_a_reason(registry: Registry, site: str
         device_config(registry, site, device, settings, board)
 
 
-def test_the_library_is_every_module_of_the_firmware_core() -> None:
-    modules = device_deploy.library_sources(FIRMWARE)
+def _is_bench(module: Path) -> bool:
+    return module.name.startswith("bench_")
+
+
+def test_the_bench_board_gets_every_module_of_the_firmware_core() -> None:
+    modules = device_deploy.library_sources("esp32_bench", FIRMWARE)
     assert modules[0] == Path("tendril_wire.py")
     on_disk = {p.relative_to(FIRMWARE / "lib") for p in (FIRMWARE / "lib" / "tendril_fw").glob("*.py")}
     assert set(modules[1:]) == on_disk and Path("tendril_fw/node.py") in on_disk
+    assert {m.name for m in modules if _is_bench(m)} == {"bench_link.py", "bench_mode.py", "bench_uart.py"}
+
+
+def test_a_production_board_gets_the_core_without_the_bench_modules() -> None:
+    every = device_deploy.library_sources("esp32_bench", FIRMWARE)
+    assert device_deploy.library_sources("esp32", FIRMWARE) == [m for m in every if not _is_bench(m)]
+
+
+def test_library_sources_refuses_an_unknown_board() -> None:
+    with pytest.raises(DeployError, match="board must be one of"):
+        device_deploy.library_sources("unix", FIRMWARE)
+
+
+def _imported_modules(source: Path) -> set[str]:
+    """tendril_fw modules `source` imports, anywhere in it (a lazy import in a method counts) but
+    for `if TYPE_CHECKING:` blocks, which the device never runs."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            return
+        if isinstance(node, ast.ImportFrom) and node.module == "tendril_fw":
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tendril_fw."):
+            found.add(str(node.module).split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("tendril_fw."))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source.read_text()))
+    return found
+
+
+@pytest.mark.parametrize("board", device_deploy.BOARDS)
+def test_every_module_the_board_can_import_is_deployed(board: str) -> None:
+    """The bench filter must not leave a production board short: follow the imports from main.py
+    and the board's board.py through the package, and each one reached must be on the copy list."""
+    deployed = {m.stem for m in device_deploy.library_sources(board, FIRMWARE)[1:]}
+    package = FIRMWARE / "lib" / "tendril_fw"
+    todo = _imported_modules(FIRMWARE / "main.py") | _imported_modules(FIRMWARE / "boards" / board / "board.py")
+    reached: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo |= _imported_modules(package / f"{name}.py")
+    assert {"node", "config", "wifi"} <= reached
+    assert reached <= deployed, f"{board} imports {sorted(reached - deployed)} but deploy does not copy them"
+    assert any(name.startswith("bench_") for name in reached) == (board == "esp32_bench")
+
+
+def _planned_package(out: str) -> list[str]:
+    """The files the dry run's copy session puts into lib/tendril_fw/."""
+    argv = shlex.split(out)
+    end = argv.index(":lib/tendril_fw/")
+    start = max(i for i in range(end) if argv[i] == "cp") + 1
+    return [Path(a).name for a in argv[start:end]]
+
+
+@pytest.mark.parametrize("board", device_deploy.BOARDS)
+def test_dry_run_plans_the_bench_modules_only_for_the_bench_board(
+        registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str], board: str) -> None:
+    (tmp_path / "settings.json").write_text(json.dumps(SETTINGS))
+    rc = main(["device", "--registry", str(registry.root), "deploy", "--site", "s1", "--device", "pump",
+               "--port", "/dev/ttyUSB0", "--settings", str(tmp_path / "settings.json"), "--board", board,
+               "--build", str(tmp_path / "build"), "--dry-run"])
+    assert rc == 0
+    planned = _planned_package(capsys.readouterr().out)
+    assert "node.mpy" in planned and "wifi.mpy" in planned
+    bench = sorted(name for name in planned if name.startswith("bench_"))
+    assert bench == (["bench_link.mpy", "bench_mode.mpy", "bench_uart.mpy"] if board == "esp32_bench" else [])
 
 
 def test_one_session_copies_everything_then_a_second_resets() -> None:
@@ -103,7 +180,7 @@ def test_dry_run_prints_the_exact_commands_and_writes_nothing(registry: Registry
         mpremote = device_deploy.find_mpremote()
     except DeployError:
         mpremote = "mpremote"
-    expected = mpremote_commands(mpremote, "/dev/ttyUSB0", build, device_deploy.library_sources())
+    expected = mpremote_commands(mpremote, "/dev/ttyUSB0", build, device_deploy.library_sources("esp32"))
     assert out == device_deploy.show(expected) + "\n"
     assert shlex.split(out.split(" exec ")[0])[1:] == ["connect", "/dev/ttyUSB0"]
     assert not (tmp_path / "build").exists()
