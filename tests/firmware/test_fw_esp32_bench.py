@@ -20,6 +20,7 @@ class FakeUart:
         self.rx = b""
         self.tx = b""
         self.broken = False
+        self.heap_full = False
 
     def any(self):
         return len(self.rx)
@@ -33,6 +34,8 @@ class FakeUart:
     def write(self, data):
         if self.broken:
             raise OSError(5)
+        if self.heap_full:
+            raise MemoryError("memory allocation failed")
         self.tx += data
         return len(data)
 
@@ -56,17 +59,20 @@ class FakeHost:
         self.blocked.append(seconds)
 
 
-def _device(boot="power_on"):
-    uart = FakeUart()
-    host = FakeHost()
-    mode = bm.BenchMode(uart, host, CFG, boot)
-    return uart, host, mode, bl.Endpoint()
-
-
 def _from_device(uart, bench):
     msgs = [msg for _seq, msg in bench.feed(uart.tx)]
     uart.tx = b""
     return msgs
+
+
+def _device(boot="power_on"):
+    """A bench mode and the bench's end of its link, the boot event already taken off the link."""
+    uart = FakeUart()
+    host = FakeHost()
+    mode = bm.BenchMode(uart, host, CFG, boot)
+    bench = bl.Endpoint()
+    assert [m["ev"] for m in _from_device(uart, bench)] == ["boot"]
+    return uart, host, mode, bench
 
 
 def _request(uart, mode, bench, msg):
@@ -79,10 +85,10 @@ def _request(uart, mode, bench, msg):
 
 
 def test_boot_event_names_device_firmware_and_reason():
-    uart, _host, mode, bench = _device("watchdog")
-    mode.announce_boot()
-    assert _from_device(uart, bench) == [{"ev": "boot", "device": "r1", "fw": "1.2.3", "boot": "watchdog",
-                                          "now": 1000.0}]
+    uart = FakeUart()
+    bm.BenchMode(uart, FakeHost(), CFG, "watchdog")
+    assert _from_device(uart, bl.Endpoint()) == [{"ev": "boot", "device": "r1", "fw": "1.2.3", "boot": "watchdog",
+                                                  "now": 1000.0}]
 
 
 def test_set_frame_applies_inputs_and_is_answered():
@@ -111,7 +117,7 @@ def test_relay_change_goes_out_as_a_frame_with_the_device_clock():
     mode.set_relay(0)
     assert _from_device(uart, bench) == [{"ev": "relay", "relay": 1, "t": 1234.5},
                                          {"ev": "relay", "relay": 0, "t": 1234.5}]
-    assert bench.counters()["frames"] == 2 and bench.counters()["gaps"] == 0
+    assert bench.counters()["frames"] == 3 and bench.counters()["gaps"] == 0  # the boot event and these two
     assert _request(uart, mode, bench, {"op": "get"})["relay"] == 0
 
 
@@ -168,6 +174,17 @@ def test_get_reports_state_counters_and_heap():
 
 
 def test_request_that_runs_out_of_heap_loses_its_reply_not_the_link():
+    uart, _host, mode, bench = _device()
+    uart.heap_full = True
+    uart.rx += bench.encode({"op": "set", "power_w": 12})[1]
+    assert bench_uart.poll(mode, uart) == 0
+    assert mode.inputs["power_w"] == 12 and mode.no_memory == 1
+    assert mode.pending is None  # a set is not answered late: a newer one may follow it
+    uart.heap_full = False
+    assert _request(uart, mode, bench, {"op": "ping"})["ok"] is True
+
+
+def test_a_get_that_finds_the_heap_full_is_answered_when_there_is_room():
     uart, host, mode, bench = _device()
 
     def no_heap():
@@ -176,17 +193,42 @@ def test_request_that_runs_out_of_heap_loses_its_reply_not_the_link():
     host.free_heap = no_heap
     uart.rx += bench.encode({"op": "get"})[1] + bench.encode({"op": "set", "power_w": 12})[1]
     assert bench_uart.poll(mode, uart) == 1
-    assert [m["re"] for m in _from_device(uart, bench)] == [1]  # the set's reply; the get's is lost
-    assert mode.inputs["power_w"] == 12 and mode.no_memory == 1
+    assert [m["re"] for m in _from_device(uart, bench)] == [1]  # the set's reply; the get waits
+    assert mode.inputs["power_w"] == 12 and mode.no_memory == 1 and mode.pending is not None
+    mode.retry()  # still full: it waits on
+    assert _from_device(uart, bench) == [] and mode.no_memory == 2 and mode.pending is not None
+    host.free_heap = lambda: 512
+    mode.retry()
+    replies = _from_device(uart, bench)
+    assert [(m["re"], m["free_heap"], m["counters"]["no_memory"]) for m in replies] == [(0, 512, 2)]
+    assert mode.pending is None
+    mode.retry()  # nothing pending: nothing sent
+    assert _from_device(uart, bench) == []
+
+
+def test_a_get_the_heap_never_has_room_for_is_given_up():
+    uart, _host, mode, bench = _device()
+    uart.heap_full = True
+    uart.rx += bench.encode({"op": "get"})[1]
+    bench_uart.poll(mode, uart)
+    tries = 0
+    while mode.pending is not None:
+        mode.retry()
+        tries += 1
+        assert tries <= bm.RETRIES, "retried without end"
+    assert tries == bm.RETRIES and mode.no_memory == bm.RETRIES + 1
+    uart.heap_full = False
+    assert _from_device(uart, bench) == []
+    assert _request(uart, mode, bench, {"op": "get"})["counters"]["no_memory"] == bm.RETRIES + 1
 
 
 def test_net_cut_and_restore_are_counted_once_each():
     uart, host, mode, bench = _device()
     assert _request(uart, mode, bench, {"op": "net", "up": False}) == {"ok": True, "net_up": False, "re": 0}
     _request(uart, mode, bench, {"op": "net", "up": False})
-    assert mode.is_up() is False and mode.net_cuts == 1
+    assert mode.net_up is False and mode.net_cuts == 1
     _request(uart, mode, bench, {"op": "net", "up": True})
-    assert mode.is_up() is True and mode.net_cuts == 1
+    assert mode.net_up is True and mode.net_cuts == 1
     assert host.lines == ["bench: network cut", "bench: network restored"]
 
 
@@ -247,21 +289,21 @@ class FakeStream:
 
 
 def test_network_gate_refuses_connections_and_fails_live_streams_while_cut():
-    state = {"up": True}
+    _uart, _host, mode, _bench = _device()
     opened = []
 
     async def open_connection(host, port):
         opened.append((host, port))
         return FakeStream(), FakeStream()
 
-    gated = bm.gate_connections(open_connection, lambda: state["up"])
+    gated = bm.gate_connections(open_connection, mode)
 
     async def scenario():
         reader, writer = await gated("10.0.0.2", 1883)
         writer.write(b"ok")
         await writer.drain()
         assert await reader.readexactly(2) == b"xx"
-        state["up"] = False
+        mode.set_network(False)
         for attempt in (lambda: writer.write(b"lost"), writer.drain, lambda: reader.readexactly(1),
                         lambda: gated("10.0.0.2", 1883)):
             try:

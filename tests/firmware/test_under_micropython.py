@@ -56,7 +56,7 @@ def mp_results(micropython: str) -> Results:
 def test_every_module_was_found() -> None:
     expected = {"test_fw_packets", "test_fw_meter", "test_fw_relay", "test_fw_outbox", "test_fw_node",
                 "test_fw_mqtt_client", "test_fw_store", "test_fw_health", "test_fw_uplink", "test_fw_wire_contract",
-                "test_fw_bench_link", "test_fw_esp32_bench"}
+                "test_fw_bench_link", "test_fw_esp32_bench", "test_fw_wifi"}
     assert expected <= set(MODULES)
 
 

@@ -27,7 +27,6 @@ from tendril_fw.uptime import Uptime
 
 # The port's epoch: 2000 on ESP32. Converted to unix seconds only via tendril_wire.
 EPOCH_YEAR = time.gmtime(0)[0]
-WIFI_TIMEOUT_S = 20
 BOOT_REASONS = {machine.PWRON_RESET: "power_on", machine.HARD_RESET: "hard_reset",
                 machine.WDT_RESET: "watchdog", machine.DEEPSLEEP_RESET: "deep_sleep",
                 machine.SOFT_RESET: "soft_reset"}
@@ -107,14 +106,7 @@ class Board:
         return int.from_bytes(os.urandom(4), "big") / 4294967296
 
     async def network_up(self):
-        hw = self.cfg["board"]
-        await wifi.join(self.wlan, hw["wifi_ssid"], hw["wifi_password"], WIFI_TIMEOUT_S)
-        if not self.synced:
-            # Readings before NTP would carry a 2000-01-01 timestamp, which the wire
-            # contract rejects; the session does not start until the clock is right.
-            ntptime.host = hw.get("ntp_host", "pool.ntp.org")
-            ntptime.settime()
-            self.synced = True
+        await wifi.network_up(self, ntptime)
 
     def mqtt_tls(self):
         """The MQTT link's SSLContext (None: cleartext), made once per boot (tlsconf.py)."""

@@ -33,7 +33,6 @@ from tendril_fw import config, wifi
 from tendril_fw.uptime import Uptime
 
 EPOCH_YEAR = time.gmtime(0)[0]
-WIFI_TIMEOUT_S = 20
 RX_BUFFER = 2048  # two full frames: the bench may send a request while a reply is in flight
 BOOT_REASONS = {machine.PWRON_RESET: "power_on", machine.HARD_RESET: "hard_reset",
                 machine.WDT_RESET: "watchdog", machine.DEEPSLEEP_RESET: "deep_sleep",
@@ -68,8 +67,7 @@ class Board:
         self._link_task = None
         # The bench's network cut: new connections fail, a live socket fails on its next
         # write or read, link_up() turns false. Wi-Fi itself stays associated.
-        asyncio.open_connection = bm.gate_connections(asyncio.open_connection, self.bench.is_up)
-        self.bench.announce_boot()
+        asyncio.open_connection = bm.gate_connections(asyncio.open_connection, self.bench)
 
     # ------------------------------------------------------------ bench link
 
@@ -81,6 +79,10 @@ class Board:
         # Wait for one byte through asyncio (no busy polling), then take what the UART holds.
         reader = asyncio.StreamReader(self.uart)
         while True:
+            if self.bench.pending is not None:
+                await asyncio.sleep(bm.RETRY_S)  # the node's tasks free some heap meanwhile
+                self.bench.retry()
+                continue
             try:
                 data = await reader.read(1)
             except OSError as exc:
@@ -137,12 +139,7 @@ class Board:
         self._ensure_link()
         if not self.bench.net_up:
             raise OSError("network cut by the bench")
-        hw = self.cfg["board"]
-        await wifi.join(self.wlan, hw["wifi_ssid"], hw["wifi_password"], WIFI_TIMEOUT_S)
-        if not self.synced:
-            ntptime.host = hw.get("ntp_host", "pool.ntp.org")
-            ntptime.settime()
-            self.synced = True
+        await wifi.network_up(self, ntptime)
 
     def link_up(self):
         return self.bench.net_up and self.wlan.isconnected()

@@ -1,14 +1,18 @@
-# Bench mode, the part every board shares: the device side of the bench link
-# (tendril_fw.bench_link) with the bench's sensor inputs, the relay output as events,
-# the network cut and the device's link counters.
+# Bench mode, the part every bench board shares (boards/bench on the unix port,
+# boards/esp32_bench on a UART): the device side of the bench link (tendril_fw.bench_link)
+# with the bench's sensor inputs, the relay output as events, the network cut and the
+# device's link counters.
 #
 # No I/O of its own, so one implementation serves every board and runs in tests:
 #   port  anything with write(bytes) (machine.UART on an ESP32, a pty file on the unix
 #         port, a fake in tests; tendril_fw.bench_uart reads a UART into feed())
 #   host  the board: now() (device clock), free_heap() -> int|None, log(text),
 #         block(seconds) (stalls the event loop: the watchdog test's "hang")
-# Received bytes come in through feed(); replies and events go out at once. A write the port refuses (OSError) is counted in
-# tx_errors and the device goes on: the bench may be away.
+# Received bytes come in through feed(); replies and events go out at once. A write the
+# port refuses (OSError) is counted in tx_errors and the device goes on: the bench may be
+# away. A request that finds the heap full is counted in no_memory; if it only asks
+# (ping, get) it is kept in `pending`, and the board's link loop calls retry() every
+# RETRY_S until it is answered or RETRIES have failed.
 
 from tendril_fw import bench_link as bl
 
@@ -18,6 +22,15 @@ if TYPE_CHECKING:
 
 INPUTS = ("power_w", "pulses", "temp_c", "ev_plugged", "button")
 EHOSTUNREACH = 113
+# Only requests that change nothing are answered late: a set kept back could land after a
+# newer one from the same read and undo it.
+RETRY_OPS = (bl.OP_PING, bl.OP_GET)
+# A backlog replay after an outage fills an ESP32-sized heap for a moment (seen at 56wK on
+# the unix port); 30 tries 0.1 s apart stay inside the bench's 5 s wait for a reply.
+RETRY_S = 0.1
+RETRIES = 30
+
+
 class BenchMode:
     def __init__(self, port, host, cfg, boot_reason):
         # type: (Any, Any, dict[str, Any], str) -> None
@@ -38,6 +51,9 @@ class BenchMode:
         self.net_cuts = 0
         self.tx_errors = 0
         self.no_memory = 0
+        self.pending = None  # type: tuple[int, dict[str, Any], int] | None
+        self.send({"ev": bl.EV_BOOT, "device": self.device, "fw": self.fw, "boot": boot_reason,
+                   "now": host.now()})
 
     # ------------------------------------------------------------ link
 
@@ -49,29 +65,38 @@ class BenchMode:
         except OSError:
             self.tx_errors += 1
 
-    def announce_boot(self):
-        # type: () -> None
-        self.send({"ev": bl.EV_BOOT, "device": self.device, "fw": self.fw, "boot": self.boot_reason,
-                   "now": self.host.now()})
-
     def feed(self, data):
         # type: (bytes) -> int
-        """Handle the requests completed by `data` (each gets its reply); returns how many."""
+        """Handle the requests completed by `data` (each gets its reply); returns how many were answered."""
         handled = 0
         for seq, msg in self.endpoint.feed(data):
-            try:
-                try:
-                    reply = self.handle(msg)
-                except (ValueError, TypeError, KeyError) as exc:
-                    reply = {"ok": False, "error": repr(exc)[:120]}
-                reply["re"] = seq
-                self.send(reply)
-            except MemoryError:
-                # a tight heap costs this request its reply (the bench times out), not the link
-                self.no_memory += 1
-                continue
-            handled += 1
+            handled += self._answer(seq, msg, 0)
         return handled
+
+    def retry(self):
+        # type: () -> None
+        """Answer the request a full heap left pending, if any."""
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            self._answer(*pending)
+
+    def _answer(self, seq, msg, tries):
+        # type: (int, dict[str, Any], int) -> int
+        try:
+            try:
+                reply = self.handle(msg)
+            except (ValueError, TypeError, KeyError) as exc:
+                reply = {"ok": False, "error": repr(exc)[:120]}
+            reply["re"] = seq
+            self.send(reply)
+            return 1
+        except MemoryError:
+            # a tight heap costs a request its reply at worst (the bench times out), never the link
+            self.no_memory += 1
+            if msg.get("op") in RETRY_OPS and tries < RETRIES:
+                self.pending = (seq, msg, tries + 1)
+            return 0
 
     def handle(self, msg):
         # type: (dict[str, Any]) -> dict[str, Any]
@@ -88,9 +113,13 @@ class BenchMode:
                     self.inputs[name] = msg[name]
             return {"ok": True}
         if op == bl.OP_GET:
+            counters = self.endpoint.counters()
+            counters["tx_errors"] = self.tx_errors
+            counters["net_cuts"] = self.net_cuts
+            counters["no_memory"] = self.no_memory
             return {"ok": True, "relay": self.relay, "inputs": self.inputs, "now": self.host.now(),
                     "net_up": self.net_up, "boot": self.boot_reason, "site": self.site,
-                    "device": self.device, "fw": self.fw, "counters": self.counters(),
+                    "device": self.device, "fw": self.fw, "counters": counters,
                     "free_heap": self.host.free_heap()}
         if op == bl.OP_NET:
             self.set_network(bool(msg.get("up")))
@@ -101,14 +130,6 @@ class BenchMode:
             self.host.block(seconds)
             return {"ok": True}
         return {"ok": False, "error": "unknown op %r" % (op,)}
-
-    def counters(self):
-        # type: () -> dict[str, int]
-        counters = self.endpoint.counters()
-        counters["tx_errors"] = self.tx_errors
-        counters["net_cuts"] = self.net_cuts
-        counters["no_memory"] = self.no_memory
-        return counters
 
     # ------------------------------------------------------------ what the board asks
 
@@ -122,10 +143,6 @@ class BenchMode:
             return
         self.net_cuts += 1
         self.host.log("bench: network cut")
-
-    def is_up(self):
-        # type: () -> bool
-        return self.net_up
 
     def read_override(self):
         # type: () -> int | None
@@ -157,10 +174,10 @@ class CutStream:
     """A TCP stream that fails, as a dropped Wi-Fi link does, while the bench has the network cut:
     writes raise, and data that arrives after the cut is never handed to the firmware."""
 
-    def __init__(self, stream, is_up):
-        # type: (Any, Any) -> None
+    def __init__(self, stream, bench):
+        # type: (Any, BenchMode) -> None
         self._stream = stream
-        self._is_up = is_up
+        self._bench = bench
 
     def __getattr__(self, name):
         # type: (str) -> Any
@@ -168,7 +185,7 @@ class CutStream:
 
     def _check(self):
         # type: () -> None
-        if not self._is_up():
+        if not self._bench.net_up:
             raise OSError(EHOSTUNREACH)
 
     def write(self, data):
@@ -188,16 +205,16 @@ class CutStream:
         return data
 
 
-def gate_connections(open_connection, is_up):
-    # type: (Any, Any) -> Any
-    """An asyncio.open_connection whose connections fail while is_up() is false (install it as
-    asyncio.open_connection: the MQTT client looks it up there at each connect)."""
+def gate_connections(open_connection, bench):
+    # type: (Any, BenchMode) -> Any
+    """An asyncio.open_connection whose connections fail while bench.net_up is false (install it
+    as asyncio.open_connection: the MQTT client looks it up there at each connect)."""
 
     async def cuttable_open_connection(host, port):
         # type: (str, int) -> tuple[Any, Any]
-        if not is_up():
+        if not bench.net_up:
             raise OSError(EHOSTUNREACH)
         reader, writer = await open_connection(host, port)
-        return CutStream(reader, is_up), CutStream(writer, is_up)
+        return CutStream(reader, bench), CutStream(writer, bench)
 
     return cuttable_open_connection
