@@ -24,6 +24,7 @@ from typing import Any
 
 from tendril_fw import config as fw_config
 
+from tendril_transactive.cloud.devices.broker_tls import CA_CERT
 from tendril_transactive.cloud.devices.registry import Registry, RegistryError
 from tendril_transactive.edge.firmware_process import CompileError, compile_mpy, write_config
 from tendril_transactive.edge.resources import FIRMWARE_DIR
@@ -85,6 +86,7 @@ def device_config(registry: Registry, site: str, device: str, settings: Mapping[
     doc = dict(settings)
     doc.update(site=site, device=device, type=record.type, key_hex=secrets.key_hex,
                username=record.username, password=secrets.mqtt_password)
+    _registry_tls(doc, registry.root / CA_CERT)
     try:
         fw_config.parse(dict(doc))
     except fw_config.ConfigError as exc:
@@ -95,6 +97,18 @@ def device_config(registry: Registry, site: str, device: str, settings: Mapping[
     if not isinstance(hw.get("wifi_password"), str):
         raise DeployError(f"the {board} board needs board.wifi_password in the settings (\"\" for an open network)")
     return doc
+
+
+def _registry_tls(doc: dict[str, Any], ca_cert: Path) -> None:
+    """With the registry's broker CA (made by `mosquitto-config`, whose broker listens on TLS,
+    8883), a device talks TLS unless its settings say `"tls": false`, and trusts that CA unless
+    they name their own: a production board is never deployed in cleartext by omission."""
+    if not ca_cert.exists():
+        return
+    doc.setdefault("tls", True)
+    if doc["tls"] is True:
+        doc.setdefault("ca", ca_cert.read_text())
+        doc.setdefault("broker_port", 8883)
 
 
 def read_settings(path: Path | None) -> dict[str, Any]:

@@ -37,6 +37,28 @@ def test_config_takes_identity_and_secrets_from_the_registry(registry: Registry)
     assert doc["min_off_s"] == 300 and doc["board"]["relay_pin"] == 25
 
 
+def test_a_registry_with_a_broker_ca_deploys_tls_trusting_it(registry: Registry) -> None:
+    """Issue 13: the registry's CA (made by mosquitto-config) goes onto the board, and TLS is on
+    unless the settings turn it off; an operator's own CA in the settings wins."""
+    import datetime
+
+    from tendril_transactive.cloud.devices import broker_tls
+
+    ca = broker_tls.registry_ca(registry.root, datetime.datetime(2026, 12, 7, tzinfo=datetime.UTC))
+    plain = {k: v for k, v in SETTINGS.items() if k != "broker_port"}
+    doc = device_config(registry, "s1", "pump", plain)
+    assert doc["tls"] is True and doc["broker_port"] == 8883
+    assert doc["ca"] == ca.cert.decode() and "PRIVATE KEY" not in doc["ca"]
+    assert "ca" not in device_config(registry, "s1", "pump", {**SETTINGS, "tls": False})
+    own = device_config(registry, "s1", "pump", {**SETTINGS, "ca": "/flash/own-ca.pem"})
+    assert own["ca"] == "/flash/own-ca.pem" and own["broker_port"] == 1883
+
+
+def test_a_registry_without_a_broker_ca_leaves_tls_to_the_settings(registry: Registry) -> None:
+    doc = device_config(registry, "s1", "pump", SETTINGS)
+    assert "tls" not in doc and "ca" not in doc
+
+
 @pytest.mark.parametrize("key", device_deploy.FROM_REGISTRY)
 def test_settings_cannot_override_identity_or_secrets(registry: Registry, key: str) -> None:
     with pytest.raises(DeployError, match=f"may not set {key}.*device registry"):
