@@ -29,7 +29,7 @@ class Progress:
         self._closed = False
 
     def _line(self, share: float, sim: str, ingested: int, confirmed: int, acked: int, note: str = "") -> None:
-        print(f"  {share:4.0%}  sim {sim}  ingested {ingested}  transactions confirmed {confirmed}  "
+        print(f"  {share:4.0%}  sim {sim}  ingested {ingested}  transactions confirmed {confirmed} (next day's too)  "
               f"commands acked {acked}{note}", file=self._file, flush=True)
 
     def update(self, done_min: int, sim: str, ingested: int, confirmed: int, acked: int) -> None:

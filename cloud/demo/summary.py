@@ -96,7 +96,8 @@ class DemoSummary:
         verified = {True: "verified", False: "FAILED verification", None: "not verified"}[self.ledger_ok]
         lines = [
             "",
-            f"ledger               {verified}; transactions {accepted} accepted, {refused} refused",
+            f"ledger               {verified}; transactions for the run's intervals {accepted} accepted, "
+            f"{refused} refused",
             "",
             f"{'site':<10}{'fwd buy kWh':>12}{'fwd sell':>10}{'ex-post':>9}{'settled':>9}"
             f"{'OAT $':>9}{'shadow $':>10}{'rebate $':>10}",
