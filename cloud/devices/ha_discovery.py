@@ -9,6 +9,7 @@ Message building is pure (`discovery_messages`); publishing them is `publish`.
 from __future__ import annotations
 
 import json
+import secrets
 import ssl
 import threading
 from collections.abc import Iterable
@@ -78,10 +79,13 @@ def discovery_messages(devices: Iterable[DeviceRecord]) -> list[tuple[str, bytes
 
 
 def publish(host: str, port: int, messages: list[tuple[str, bytes]], username: str | None = None,
-            password: str | None = None, client_id: str = "tendril-ha-discovery",
+            password: str | None = None, client_id: str | None = None,
             tls: ssl.SSLContext | None = None) -> None:
     """Publish each message retained at QoS 1 and return once the broker acknowledged all;
-    `tls` (settings.broker_tls): over TLS, the broker's certificate and name verified."""
+    `tls` (settings.broker_tls): over TLS, the broker's certificate and name verified. The
+    default client id is new each run (a clean session needs no stable one), so no other login
+    can name the session and knock it off mid-publish."""
+    client_id = client_id or f"tendril-ha-discovery-{secrets.token_hex(6)}"
     connected = threading.Event()
     refused: list[str] = []
 
