@@ -373,7 +373,8 @@ def run(args: argparse.Namespace, tmp: Path) -> Result:
         prof = ["-m", "cProfile", "-o", str(args.profile_agent)] if args.profile_agent else []
         agent = spawn("agent", [*py, *prof, "-m", command.MODULE, "agent", "--registry", str(tmp / "registry"),
                                 "--broker", broker.url, *workers, "--state-dir", str(tmp / "agent"),
-                                "--stats-file", str(tmp / "agent-{worker}.json"), "--progress-s", "5"], env, tmp)
+                                "--stats-file", str(tmp / "agent-{worker}.json"), "--progress-s", "5",
+                                "--solver-processes", str(args.agent_solver_processes)], env, tmp)
         procs.append(agent)
         wait_until(owned, "the agent workers owning every site once", procs, 300)
         market = spawn("market", [*py, "-m", command.MODULE, "market", "--registry", str(tmp / "registry"),
@@ -467,7 +468,8 @@ def report(r: Result, args: argparse.Namespace) -> list[str]:
     lines = [
         f"Loop benchmark: {n:,} sites (meter + pump relay each), {k} real-time interval(s) measured, clock x"
         f"{args.speed:g}, tenders {args.rt_lead_s:g} s (simulated) ahead, telemetry every {args.telemetry_s:g} s "
-        f"(simulated); agent workers {args.agent_workers}; Mosquitto, market, agent, devices and this observer "
+        f"(simulated); agent workers {args.agent_workers}, solver processes {args.agent_solver_processes}; "
+        f"Mosquitto, market, agent, devices and this observer "
         f"share {os.cpu_count()} cores",
         "",
         f"{'latency (wall s)':52} {'n':>6} {'p50':>8} {'p99':>8} {'p99/target':>10} {'p99/ref':>8}",
@@ -520,6 +522,8 @@ def main() -> int:
     parser.add_argument("--warmup-timeout-s", type=float, default=900.0, help="wall seconds for the warm-up")
     parser.add_argument("--agent-workers", type=int, default=1,
                         help="tendril agent --workers N (1: one worker process, --worker-id w0)")
+    parser.add_argument("--agent-solver-processes", type=int, default=0, metavar="N",
+                        help="tendril agent --solver-processes N (0: solves in a thread of each worker)")
     parser.add_argument("--profile-agent", type=Path, metavar="FILE",
                         help="run the agent under cProfile (whole run) and write its stats here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, ledger)")

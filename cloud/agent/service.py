@@ -33,7 +33,7 @@ from tendril_transactive.cloud.agent.config import SiteConfig
 from tendril_transactive.cloud.agent.core import AgentOptions, Decision, Outdoor, SharedOutdoor, SiteAgent
 from tendril_transactive.cloud.agent.dispatch import DeviceKey, Dispatcher
 from tendril_transactive.cloud.agent.ownership import owned
-from tendril_transactive.cloud.agent.planner import InProcessPlanner, Job, Planner
+from tendril_transactive.cloud.agent.planner import InProcessPlanner, Job, Planner, PoolPlanner
 from tendril_transactive.cloud.agent.store import StateStore
 from tendril_transactive.cloud.settings import BrokerSettings
 from tendril_transactive.edge.clock import Clock
@@ -59,6 +59,7 @@ class ServiceOptions:
     progress_s: float = 10.0  # real seconds between progress log lines
     stats_file: Path | None = None  # rewritten with the counters every progress interval
     presence_settle_s: float = 0.5  # real seconds to collect the other workers' presence at start
+    solver_processes: int = 0  # > 0: a PoolPlanner of that many processes instead of a thread
 
     def __post_init__(self) -> None:
         wire.check_id(self.worker_id, "worker")
@@ -126,6 +127,9 @@ class AgentService:
         self.broker = broker
         self.clock = clock
         self.options = options or ServiceOptions()
+        if planner is None and self.options.solver_processes > 0:
+            planner = PoolPlanner([c.spec for c in self.sites.values()], self.options.solver_processes,
+                                  self.options.agent.time_limit_s)
         self.planner: Planner = planner or InProcessPlanner(
             {s: c.spec for s, c in self.sites.items()}, self.options.agent.time_limit_s)
         if outdoor is None:

@@ -87,6 +87,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="per-site state files (default %(default)s)")
     p.add_argument("--time-limit-s", type=positive_float("--time-limit-s"), default=2.0, metavar="S",
                    help="solver time limit per site and solve; past it the last plan is kept (default %(default)s)")
+    p.add_argument("--solver-processes", type=int, default=0, metavar="N",
+                   help="solve in N processes of their own (each site's warm model stays in one), not in a "
+                        "thread of the worker: the worker's event loop then never waits for the solver's "
+                        "GIL (docs/loop-bench.md); 0 = in-process (default %(default)s)")
     p.add_argument("--stale-after-s", type=positive_float("--stale-after-s"), default=900.0, metavar="S",
                    help="telemetry older than this (simulated seconds) counts as unknown (default %(default)s)")
     p.add_argument("--tx-resend-s", type=positive_float("--tx-resend-s"), default=30.0, metavar="S",
@@ -109,7 +113,7 @@ def _argv(args: argparse.Namespace, worker: str) -> list[str]:
             "--state-dir", str(args.state_dir), "--time-limit-s", repr(args.time_limit_s),
             "--stale-after-s", repr(args.stale_after_s), "--progress-s", repr(args.progress_s),
             "--tx-resend-s", repr(args.tx_resend_s), "--cmd-retry-s", repr(args.cmd_retry_s),
-            "--command-grace-s", repr(args.command_grace_s))
+            "--command-grace-s", repr(args.command_grace_s), "--solver-processes", str(args.solver_processes))
     for flag, value in (("--registry", args.registry), ("--username", args.username),
                         ("--stats-file", args.stats_file)):
         if value:
@@ -124,6 +128,8 @@ def run_agent(args: argparse.Namespace) -> int:
         clock = clock_from_env()
         if args.workers > 1 and args.worker_id is not None:
             raise UsageError("--worker-id runs one worker; leave out --workers (or --worker-id)")
+        if not 0 <= args.solver_processes <= 64:
+            raise UsageError(f"--solver-processes must be 0..64, got {args.solver_processes}")
     except UsageError as exc:
         print(f"tendril agent: error: {exc}", file=sys.stderr)
         return 2
@@ -145,7 +151,7 @@ def _serve(args: argparse.Namespace, broker: BrokerSettings, clock: Clock) -> in
     worker = args.worker_id or "w0"
     stats = Path(args.stats_file.replace("{worker}", worker)) if args.stats_file else None
     options = ServiceOptions(worker_id=worker, state_dir=args.state_dir, progress_s=args.progress_s,
-                             stats_file=stats,
+                             stats_file=stats, solver_processes=args.solver_processes,
                              agent=AgentOptions(stale_after_s=args.stale_after_s, time_limit_s=args.time_limit_s,
                                                 tx_resend_s=args.tx_resend_s, cmd_retry_s=args.cmd_retry_s,
                                                 command_grace_s=args.command_grace_s))

@@ -166,13 +166,15 @@ def stop(proc: subprocess.Popen[bytes], log: Path) -> None:
             raise AssertionError(f"agent did not stop on SIGTERM:\n{log.read_text()[-3000:]}") from None
 
 
+@pytest.mark.parametrize("solver_processes", [0, 1], ids=["solver-thread", "solver-process"])
 def test_agent_answers_tenders_commands_relays_and_dead_letters_bad_tenders(
-        mosquitto: Mosquitto, tmp_path: Path) -> None:
+        mosquitto: Mosquitto, tmp_path: Path, solver_processes: int) -> None:
     sites = ["site-1", "site-2"]
     keys = registry(tmp_path / "registry", sites)
     world = World(mosquitto.port, keys, confirm_from_send=2)  # the first copy of each transaction is "lost"
     log = tmp_path / "agent.log"
-    proc = start_agent(tmp_path, mosquitto, world.clock, log, "--worker-id", "solo")
+    proc = start_agent(tmp_path, mosquitto, world.clock, log, "--worker-id", "solo",
+                       "--solver-processes", str(solver_processes))
     try:
         wait_for(lambda: stats(tmp_path, "solo").get("owned") == sites, lambda: log.read_text()[-2000:])
         world.meters(sites)
