@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,6 +142,9 @@ class MarketService:
         self._day_ahead: dict[tuple[str, int], asyncio.Task[None]] = {}  # batches going out
         self._background_error: BaseException | None = None
         self._last_health = 0.0
+        # One window for every batch: tenders, day-ahead and confirms go out at once (a window per
+        # batch let them reach 15 pending, and the demo printed aiomqtt's warning 50 times).
+        self._publish_window = asyncio.Semaphore(PUBLISH_WINDOW)
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -191,7 +193,7 @@ class MarketService:
         # real-time tender due now has seconds to go out, the republished ones hours.
         live = self.core.live_tenders(self.clock.now())
         await self._publish_due(client, self._current_sites())
-        await publish_all(client, [(wire.tender_topic(t["counterPartyId"]), json.dumps(t)) for t in live])
+        await self._publish_all(client, [(wire.tender_topic(t["counterPartyId"]), json.dumps(t)) for t in live])
         if live:
             log.info("market: republished %d open tenders after connecting", len(live))
         self.ready.set()
@@ -253,7 +255,7 @@ class MarketService:
         records = [item for d in decisions for item in d.records]
         if records:
             self.ledger.append_many(records, now)  # durable before anything is said
-        await publish_all(client, [(d.topic, json.dumps(d.confirm)) for d in decisions])
+        await self._publish_all(client, [(d.topic, json.dumps(d.confirm)) for d in decisions])
         for decision in decisions:
             self._count(decision)
 
@@ -346,7 +348,7 @@ class MarketService:
             self.ledger.append_many(items, now)
         for site, tenders, _ in offers:
             self.core.apply_offers(batch, site.site, tenders)
-        await publish_all(client, [(wire.tender_topic(site.site), json.dumps(tender))
+        await self._publish_all(client, [(wire.tender_topic(site.site), json.dumps(tender))
                                    for site, tenders, _ in offers for tender in tenders])
         self.stats.tenders_published += sum(len(tenders) for _, tenders, _ in offers)
         self.stats.tenders_recorded += len(items)
@@ -414,6 +416,18 @@ class MarketService:
                          utc_time(done[-1]), net)
         self.stats.settle_waiting = waiting
 
+    async def _publish_all(self, client: aiomqtt.Client, messages: Sequence[tuple[str, str]]) -> None:
+        """Publish at QoS 1 in order, PUBLISH_WINDOW awaiting their PUBACK at a time (shared by every
+        batch): not one round trip per message, and not more at once than aiomqtt takes without a
+        warning per message."""
+        window = self._publish_window
+
+        async def one(topic: str, payload: str) -> None:
+            async with window:
+                await client.publish(topic, payload, qos=1)
+
+        await asyncio.gather(*(one(topic, payload) for topic, payload in messages))
+
     # ------------------------------------------------------------------------ health
 
     def _summary(self) -> str:
@@ -438,23 +452,6 @@ class MarketService:
         tmp = self.state_dir / (STATS_FILE + ".tmp")
         tmp.write_text(json.dumps(asdict(self.stats), indent=2) + "\n")
         os.replace(tmp, self.state_dir / STATS_FILE)
-
-
-_WINDOWS: weakref.WeakKeyDictionary[aiomqtt.Client, asyncio.Semaphore] = weakref.WeakKeyDictionary()
-
-
-async def publish_all(client: aiomqtt.Client, messages: Sequence[tuple[str, str]]) -> None:
-    """Publish at QoS 1 in order, PUBLISH_WINDOW awaiting their PUBACK at a time: not one round
-    trip per message, and not more at once than aiomqtt takes without a warning per message. The
-    window is the client's, shared by every batch: tenders, day-ahead and confirms go out at once
-    (a window per call let them reach 15 pending, and the demo printed aiomqtt's warning 50 times)."""
-    window = _WINDOWS.setdefault(client, asyncio.Semaphore(PUBLISH_WINDOW))
-
-    async def one(topic: str, payload: str) -> None:
-        async with window:
-            await client.publish(topic, payload, qos=1)
-
-    await asyncio.gather(*(one(topic, payload) for topic, payload in messages))
 
 
 def _payload(message: aiomqtt.Message) -> bytes:
