@@ -1,9 +1,10 @@
 """`AgentService`: the agent as a long-running MQTT service (one worker).
 
 Subscribes (QoS 1, persistent session under a stable client id) to every site's tender and
-confirm topics, every device's telemetry, status and ack topics, and the workers' presence
-topic; acts only for the sites it owns (cloud.agent.ownership over the live workers); publishes
-transactions on the site's transaction topic and signed commands on the devices' cmd topics.
+confirm topics, every device's ack topic and the workers' presence topic, and on a second
+connection (cloud.agent.intake, QoS 0) to every device's telemetry and status; acts only for the
+sites it owns (cloud.agent.ownership over the live workers); publishes transactions on the
+site's transaction topic and signed commands on the devices' cmd topics.
 
 I/O only: decisions are cloud.agent.core's, solves the Planner's (run in a thread so acks and
 tenders keep flowing meanwhile), command signing and retries cloud.agent.dispatch's.
@@ -32,9 +33,12 @@ from tendril_transactive.cloud.agent.book import Rejected
 from tendril_transactive.cloud.agent.config import SiteConfig
 from tendril_transactive.cloud.agent.core import AgentOptions, Decision, Outdoor, SharedOutdoor, SiteAgent
 from tendril_transactive.cloud.agent.dispatch import DeviceKey, Dispatcher
+from tendril_transactive.cloud.agent.intake import DeviceIntake
 from tendril_transactive.cloud.agent.ownership import owned
 from tendril_transactive.cloud.agent.planner import InProcessPlanner, Job, Planner, PoolPlanner
 from tendril_transactive.cloud.agent.store import StateStore
+from tendril_transactive.cloud.mqtt.message import Received
+from tendril_transactive.cloud.mqtt.window import PUBLISH_WINDOW, configure
 from tendril_transactive.cloud.settings import BrokerSettings
 from tendril_transactive.edge.clock import Clock
 
@@ -42,11 +46,10 @@ log = logging.getLogger("tendril.agent")
 
 DEAD_LETTER_PAYLOAD_BYTES = 1024
 RECONNECT_MAX_S = 10.0
-PUBLISH_WINDOW = 8  # QoS 1 publications awaiting their PUBACK at once (aiomqtt warns past 10)
 STUCK_AFTER_S = 60.0  # wall seconds without a decision while tenders wait: report where it waits
 PLAN_CHUNK = 20  # real-time jobs per solver call: answers go out chunk by chunk
 PRUNE_EVERY_S = 60.0  # clock seconds between passes that drop expired tenders and old trades
-SUBSCRIBE_BATCH = 100  # filters per SUBSCRIBE packet (the broker's packet size limit is 8 KiB)
+SUBSCRIBE_BATCH = 100  # filters per SUBSCRIBE packet (a broker may limit a packet's size)
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,9 @@ class AgentService:
         # One thread for every solve: HiGHS keeps per-thread scheduler state, and the event loop
         # keeps serving acks and tenders while a round is solved.
         self._solver_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tendril-plan")
+        b = self.broker
+        self.intake = DeviceIntake(b, self.options.client_id or session_client_id(b.username, b.password, self.me),
+                                   self.sites, lambda site: site in self.agents, self._on_reading)
 
     @classmethod
     def from_registry(cls, root: Path, broker: BrokerSettings, clock: Clock, planner: Planner | None = None,
@@ -183,6 +189,7 @@ class AgentService:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; reconnects after broker outages."""
         delay = 0.5
+        intake = asyncio.create_task(self.intake.run(stop))
         while not stop.is_set():
             try:
                 await self._session(stop)
@@ -193,6 +200,8 @@ class AgentService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
+        with contextlib.suppress(asyncio.CancelledError):
+            await intake
         for site in list(self.agents):
             self._write_state(site)
         self.planner.close()
@@ -204,8 +213,9 @@ class AgentService:
         presence = wire.agent_topic(self.me)
         client_id = self.options.client_id or session_client_id(b.username, b.password, self.me)
         will = aiomqtt.Will(presence, b"", qos=1, retain=True)  # kill -9: the broker clears us at once
-        async with aiomqtt.Client(b.host, b.port, username=b.username, password=b.password, identifier=client_id,
-                                  clean_session=False, will=will, keepalive=15, tls_context=b.tls) as client:
+        async with configure(aiomqtt.Client(b.host, b.port, username=b.username, password=b.password,
+                                            identifier=client_id, clean_session=False, will=will, keepalive=15,
+                                            tls_context=b.tls, max_inflight_messages=PUBLISH_WINDOW)) as client:
             self._client = client
             self.stats.connects += 1
             await self._subscribe(client)
@@ -239,16 +249,12 @@ class AgentService:
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         """Per site, not `+`: the broker grants an agent user its own sites' topics only
         (cloud.devices.mosquitto), and the dynamic-security plugin refuses a wildcard filter over
-        all sites with a SUBACK failure, not an error, so every refusal is checked and logged."""
+        all sites with a SUBACK failure, not an error, so every refusal is checked and logged.
+        Telemetry and status come on the intake's connection (cloud.agent.intake)."""
         filters = [(wire.agent_filter(), 1)]
         for site in sorted(self.sites):
             filters += [(wire.site_topic(site, wire.TENDER), 1), (wire.site_topic(site, wire.CONFIRM), 1),
                         (wire.device_filter(wire.ACK, site), 1)]
-            # Telemetry and status at QoS 0: the agent wants the latest state, not every reading.
-            # bench/loop.py: at 1,000 sites a PUBACK per reading was the largest single cost of
-            # the agent's event loop (a send per message), and while a worker is away the broker
-            # would queue hours of stale readings for it to wade through before the next tender.
-            filters += [(wire.device_filter(kind, site), 0) for kind in (wire.TELEMETRY, wire.STATUS)]
         refused = []
         for i in range(0, len(filters), SUBSCRIBE_BATCH):
             batch = filters[i:i + SUBSCRIBE_BATCH]
@@ -341,8 +347,11 @@ class AgentService:
             out = self.dispatcher.on_ack(site, device, msg)
             if out is not None and not msg["ok"] and msg["reason"] != wire.REFUSE_REPLAYED:
                 log.warning("%s/%s refused command %s: %s", site, device, msg["id"], msg["reason"])
-        else:
-            agent.observe(device, kind, msg, now)
+
+    def _on_reading(self, r: Received) -> None:
+        agent = self.agents.get(r.site)
+        if agent is not None:
+            agent.observe(r.device, r.kind, r.msg, self.clock.now())
 
     async def _site_message(self, agent: SiteAgent, kind: str, topic: str, payload: bytes, now: float) -> None:
         try:
@@ -592,7 +601,9 @@ class AgentService:
                 "confirmed": s.confirmed, "refused": dict(s.refused), "dead_letters": dict(s.dead_letters),
                 "commands_sent": d.sent, "commands_acked": d.acked_ok, "commands_refused": dict(d.refused),
                 "commands_retried": d.retried, "commands_given_up": d.given_up,
-                "silent_relays": sorted(f"{a}/{b}" for a, b in self.dispatcher.silent)}
+                "silent_relays": sorted(f"{a}/{b}" for a, b in self.dispatcher.silent),
+                "readings": self.intake.stats.readings, "readings_malformed": self.intake.stats.malformed,
+                "readings_connects": self.intake.stats.connects, "readings_subscribed": self.intake.ready.is_set()}
 
     def _write_stats(self) -> None:
         path = self.options.stats_file

@@ -46,10 +46,10 @@ from tendril_transactive.cloud.ingest.commit import Batch, Committer
 from tendril_transactive.cloud.ingest.dedup import DEFAULT_WINDOW, DedupJournal, DedupWindow
 from tendril_transactive.cloud.ingest.health import IngestStats, LagHistogram, ThrottledLog, health_lines
 from tendril_transactive.cloud.ingest.known_devices import KnownDevices
-from tendril_transactive.cloud.ingest.link import BrokerLink, wait_event
 from tendril_transactive.cloud.ingest.spool import DEFAULT_MAX_BYTES, Spool
 from tendril_transactive.cloud.ingest.validation import Limits
 from tendril_transactive.cloud.mqtt.codec import RawPublish
+from tendril_transactive.cloud.mqtt.link import BrokerLink, wait_event
 from tendril_transactive.cloud.mqtt.session import SessionOptions
 from tendril_transactive.cloud.store.sinks import Sink
 from tendril_transactive.edge.clock import Clock, WallClock

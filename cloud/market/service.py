@@ -49,6 +49,7 @@ from tendril_transactive.cloud.market.schedule import (
     rt_price,
 )
 from tendril_transactive.cloud.market.sources import PriceSource, PriceSourceError, ReplayPrices
+from tendril_transactive.cloud.mqtt.window import PUBLISH_WINDOW, configure
 from tendril_transactive.cloud.settings import BrokerSettings
 from tendril_transactive.cloud.timefmt import utc_time
 from tendril_transactive.edge.clock import Clock, WallClock
@@ -57,7 +58,6 @@ log = logging.getLogger("tendril.market")
 
 DEFAULT_CLIENT_ID = "tendril-market"
 MAX_BATCH = 500  # transactions answered with one ledger write at most
-PUBLISH_WINDOW = 8  # QoS 1 publications awaiting their PUBACK at once (aiomqtt warns past 10)
 STATS_FILE = "market-stats.json"
 # A day-ahead batch (a day of hourly tenders) goes out this many sites per step, so a real-time
 # batch that falls due meanwhile waits for one step, not for every site's day.
@@ -165,7 +165,9 @@ class MarketService:
                     username=self.broker.username, password=self.broker.password,
                     clean_session=False, protocol=aiomqtt.ProtocolVersion.V311, keepalive=30,
                     tls_context=self.broker.tls,  # mqtts:// (cloud.settings.broker_tls)
+                    max_inflight_messages=PUBLISH_WINDOW,
                 )
+                configure(client)
                 # PUBACK a transaction only once its decision is in the ledger and its confirm
                 # sent: a kill -9 in between leaves it unacknowledged, and the broker hands it to
                 # the restarted market (persistent session). aiomqtt has no switch for it yet; this
@@ -418,8 +420,7 @@ class MarketService:
 
     async def _publish_all(self, client: aiomqtt.Client, messages: Sequence[tuple[str, str]]) -> None:
         """Publish at QoS 1 in order, PUBLISH_WINDOW awaiting their PUBACK at a time (shared by every
-        batch): not one round trip per message, and not more at once than aiomqtt takes without a
-        warning per message."""
+        batch): not one round trip per message (cloud.mqtt.window)."""
         window = self._publish_window
 
         async def one(topic: str, payload: str) -> None:

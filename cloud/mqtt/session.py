@@ -171,7 +171,11 @@ class MqttSession(asyncio.Protocol):
                 return self._next_id
         raise MqttError("no free packet id")
 
-    async def subscribe(self, filters: list[str], qos: int = 1, timeout_s: float = 10.0) -> None:
+    async def subscribe(self, filters: list[str], qos: int = 1, timeout_s: float = 10.0,
+                        strict: bool = True) -> list[str]:
+        """Subscribe and wait for the SUBACK. A filter the broker refuses raises MqttError, unless
+        not `strict`: then the refused filters are returned (an agent user that may serve only
+        some of the sites in its registry keeps the rest)."""
         packet_id = self._take_id()
         waiter: asyncio.Future[codec.SubAck] = asyncio.get_running_loop().create_future()
         self._subacks[packet_id] = waiter
@@ -181,8 +185,11 @@ class MqttSession(asyncio.Protocol):
         except TimeoutError:
             raise MqttError(f"no SUBACK within {timeout_s} s") from None
         refused = [f for f, code in zip(filters, suback.codes, strict=False) if code >= 0x80]
-        if refused or len(suback.codes) != len(filters):
-            raise MqttError(f"broker refused subscription to {refused or filters}: codes {suback.codes}")
+        if len(suback.codes) != len(filters):
+            raise MqttError(f"broker answered {len(suback.codes)} codes for {len(filters)} filters: {suback.codes}")
+        if refused and strict:
+            raise MqttError(f"broker refused subscription to {refused}: codes {suback.codes}")
+        return refused
 
     async def unsubscribe(self, filters: list[str], timeout_s: float = 10.0) -> None:
         """Stop the broker routing these filters to us (messages already queued still arrive)."""

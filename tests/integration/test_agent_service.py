@@ -176,9 +176,14 @@ def test_agent_answers_tenders_commands_relays_and_dead_letters_bad_tenders(
     proc = start_agent(tmp_path, mosquitto, world.clock, log, "--worker-id", "solo",
                        "--solver-processes", str(solver_processes))
     try:
-        wait_for(lambda: stats(tmp_path, "solo").get("owned") == sites, lambda: log.read_text()[-2000:])
+        wait_for(lambda: stats(tmp_path, "solo").get("owned") == sites
+                 and stats(tmp_path, "solo").get("readings_subscribed") is True, lambda: log.read_text()[-2000:])
+        # readings come on the agent's second connection (cloud.agent.intake); a malformed one is
+        # not used and does not stop the others
+        world.client.publish(wire.device_topic("site-1", "meter", wire.TELEMETRY), b'{"v": 1, "power_w": "x"}')
         world.meters(sites)
-        time.sleep(0.3)
+        wait_for(lambda: stats(tmp_path, "solo").get("readings", 0) >= 2, lambda: json.dumps(stats(tmp_path, "solo")))
+        assert stats(tmp_path, "solo")["readings_malformed"] >= 1
         start = world.next_interval()
         sent = world.tenders(sites, start)
         ids = {t["tenderId"] for t in sent}

@@ -1,4 +1,7 @@
-"""Ingestion's side of the broker: one MQTT session at a time, reconnecting with backoff.
+"""A subscriber's side of the broker: one MQTT session at a time, reconnecting with backoff.
+
+Used by ingestion (QoS 1, acknowledged once durable) and by the agent's device-reading intake
+(QoS 0, cloud.agent.intake): both take PUBLISH packets in bulk, one call per socket read.
 
 Packet ids belong to the connection that delivered them, so every connection gets a number
 (`conn`) and acknowledgements are sent only to the connection they belong to; those of a lost
@@ -11,11 +14,22 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from typing import Protocol
 
-from tendril_transactive.cloud.ingest.health import IngestStats
 from tendril_transactive.cloud.mqtt.session import MqttError, MqttSession, PublishHandler, SessionOptions, open_session
 
-log = logging.getLogger("tendril.ingest")
+log = logging.getLogger("tendril.mqtt")
+
+SUBSCRIBE_BATCH = 100  # filters per SUBSCRIBE packet (a broker may limit a packet's size)
+
+
+class LinkStats(Protocol):
+    """The counters a link keeps up to date (ingestion's IngestStats is one)."""
+
+    connects: int
+    session_takeovers: int
+    sessions_lost: int
+    last_error: str | None
 
 # MQTT 5 DISCONNECT reason 0x8E "Session taken over": another connection used our client id
 # (cloud/mqtt/session.py reports the reason in its error text).
@@ -37,14 +51,20 @@ class BrokerLink:
         options: SessionOptions,
         filters: list[str],
         on_publishes: PublishHandler,
-        stats: IngestStats,
+        stats: LinkStats,
         *,
         reconnect_min_s: float,
         reconnect_max_s: float,
         label: str = "",
         retire: bool = False,
+        qos: int = 1,
+        strict: bool = True,
     ) -> None:
+        """`qos`: of the subscription; `strict`: a refused filter is an error (reconnect and try
+        again) rather than logged and left out."""
         self.host, self.port, self.options, self.filters = host, port, options, filters
+        self.qos, self.strict = qos, strict
+        self.refused: list[str] = []  # filters the broker refused on the last subscribe (not strict)
         self._on_publishes = on_publishes
         self._stats = stats
         self._reconnect_min_s = reconnect_min_s
@@ -107,7 +127,7 @@ class BrokerLink:
                     await session.unsubscribe(self.filters)
                     self.unsubscribed.set()
                 else:
-                    await session.subscribe(self.filters, qos=1)
+                    await self._subscribe(session)
                 self._stats.connects += 1
                 self.ready.set()
                 delay = self._reconnect_min_s
@@ -141,6 +161,15 @@ class BrokerLink:
             finally:
                 if keepalive is not None:
                     keepalive.cancel()
+
+    async def _subscribe(self, session: MqttSession) -> None:
+        refused: list[str] = []
+        for i in range(0, len(self.filters), SUBSCRIBE_BATCH):
+            refused += await session.subscribe(self.filters[i:i + SUBSCRIBE_BATCH], qos=self.qos, strict=self.strict)
+        if refused and refused != self.refused:
+            log.error("broker %s:%d refused %d subscription(s) of %s, e.g. %s", self.host, self.port, len(refused),
+                      self.options.client_id, ", ".join(refused[:3]))
+        self.refused = refused
 
     async def forget_session(self) -> None:
         """Make the broker drop this client id's session: connect with a clean start and an
