@@ -109,17 +109,27 @@ def cpu_s(pid: int) -> float:
                for p in tree(pid) if (fields := _stat(Path(f"/proc/{p}/stat"))))
 
 
+def _is_agent_worker(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"agent" in argv and any(a.endswith(b"cloud.cli") or a.endswith(b"tendril") for a in argv)
+
+
 def thread_split(pid: int) -> tuple[float, float]:
-    """(main threads, other threads) CPU seconds of a process tree: an agent's event loop vs its
-    solver thread."""
+    """(event loops, solving) CPU seconds of an agent's process tree: the main threads of the
+    agent's own processes vs everything else (its solver threads, and with --solver-processes the
+    fork server and its solver processes, whose main threads solve)."""
     main = other = 0.0
     for proc in tree(pid):
+        worker = _is_agent_worker(proc)
         for task in Path(f"/proc/{proc}/task").glob("*"):
             fields = _stat(task / "stat")
             if not fields:
                 continue
             cpu = (int(fields[11]) + int(fields[12])) / TICK
-            if task.name == str(proc):
+            if worker and task.name == str(proc):
                 main += cpu
             else:
                 other += cpu
@@ -435,7 +445,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Result:
             time.sleep(min(0.05, max(0.0, win_real[1] - time.time())))
         cpu = {k: cpu_s(p) - c0[k] for k, p in pids.items()}
         split1 = thread_split(pids["agent"])
-        cpu["agent: event loop"], cpu["agent: solver thread"] = (b - a for a, b in zip(split0, split1, strict=True))
+        cpu["agent: event loop"], cpu["agent: solving"] = (b - a for a, b in zip(split0, split1, strict=True))
         # late answers of the last interval still count for latency (nothing else runs meanwhile)
         last = max(starts)
         deadline = time.monotonic() + STEP_S / args.speed
@@ -482,7 +492,7 @@ def report(r: Result, args: argparse.Namespace) -> list[str]:
         "",
         f"{'CPU over the measured intervals':52} {'CPU s':>8} {'busy':>6} {'ms/site/interval':>17}",
     ]
-    for name in ("agent", "agent: event loop", "agent: solver thread", "market", "devices", "mosquitto"):
+    for name in ("agent", "agent: event loop", "agent: solving", "market", "devices", "mosquitto"):
         lines.append(f"{name:52} {r.cpu[name]:8.2f} {r.cpu[name] / r.window_real_s:6.0%} {1000 * per[name]:17.3f}")
     lines += [
         "",

@@ -32,6 +32,7 @@ of holding the meter's current value. A production agent uses neither.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ import numpy as np
 from tendril_transactive.cloud.agent.book import DA_MARKET, RT_MARKET, Book, Rejected
 from tendril_transactive.cloud.agent.config import LOCAL, SiteConfig
 from tendril_transactive.cloud.agent.planner import Job, JobResult
-from tendril_transactive.cloud.agent.plans import schedule_from_json, schedule_to_json
+from tendril_transactive.cloud.agent.plans import schedule_from_json, schedule_json_text, schedule_to_json
 from tendril_transactive.cloud.agent.telemetry import SiteTelemetry
 from tendril_transactive.cloud.optimizer.devices import FloatArray, SiteForecast, SiteState
 from tendril_transactive.cloud.optimizer.horizon import DAY_AHEAD, REAL_TIME
@@ -134,7 +135,7 @@ class SiteAgent:
     decided: dict[float, str] = field(default_factory=dict)  # interval start -> source
     rounders: dict[str, DutyRounder] = field(default_factory=dict)
     _proposed: dict[str, int] = field(default_factory=dict)
-    _plan_json_cache: dict[int, tuple[SiteSchedule, dict[str, Any] | None]] = field(default_factory=dict)
+    _plan_text_cache: dict[int, tuple[SiteSchedule, str]] = field(default_factory=dict)
     base_load: BaseLoad | None = None  # a harness's base-load forecast (see the module doc)
     _measured: tuple[float, dict[str, float | bool]] | None = None
 
@@ -423,24 +424,33 @@ class SiteAgent:
 
     # ------------------------------------------------------------------ persistence
 
-    def _plan_json(self, sched: SiteSchedule | None) -> dict[str, Any] | None:
-        """A plan's JSON, made once per plan: it is saved with every state write but changes only
-        with a solve (a SiteSchedule is not changed after the solve that made it)."""
+    def _plan_text(self, sched: SiteSchedule | None) -> str:
+        """A plan's JSON text, made once per plan: it goes into every state write but changes only
+        with a solve (a SiteSchedule is not changed after the solve that made it). Encoding the
+        288-step arrays again for every write was the largest part of the agent's event loop at
+        1,000 sites (py-spy, docs/loop-bench.md)."""
         if sched is None:
-            return None
-        hit = self._plan_json_cache.get(id(sched))
+            return "null"
+        hit = self._plan_text_cache.get(id(sched))
         if hit is None or hit[0] is not sched:
-            hit = (sched, schedule_to_json(sched))
-            self._plan_json_cache = {id(s): v for s in (self.last_rt, self.last_da) if s is not None
-                                     and (v := self._plan_json_cache.get(id(s))) is not None}
-            self._plan_json_cache[id(sched)] = hit
+            hit = (sched, schedule_json_text(sched))
+            self._plan_text_cache = {id(s): v for s in (self.last_rt, self.last_da) if s is not None
+                                     and (v := self._plan_text_cache.get(id(s))) is not None}
+            self._plan_text_cache[id(sched)] = hit
         return hit[1]
 
-    def to_json(self) -> dict[str, Any]:
+    def _head_json(self) -> dict[str, Any]:
         return {"site": self.site, "book": self.book.to_json(), "telemetry": self.telemetry.to_json(),
-                "last_rt": self._plan_json(self.last_rt), "last_da": self._plan_json(self.last_da),
                 "decided": {repr(k): v for k, v in self.decided.items()},
                 "rounders": {d: r.error for d, r in self.rounders.items()}}
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self._head_json(), last_rt=schedule_to_json(self.last_rt), last_da=schedule_to_json(self.last_da))
+
+    def state_text(self, extra: dict[str, Any] | None = None) -> str:
+        """`to_json()` (with `extra` keys) as compact JSON text, the plans spliced in from their cache."""
+        head = json.dumps(dict(self._head_json(), **(extra or {})), separators=(",", ":"))
+        return f'{head[:-1]},"last_rt":{self._plan_text(self.last_rt)},"last_da":{self._plan_text(self.last_da)}}}'
 
     def load_json(self, data: dict[str, Any], now: float) -> None:
         if data.get("site") != self.site:

@@ -49,6 +49,7 @@ RECONNECT_MAX_S = 10.0
 STUCK_AFTER_S = 60.0  # wall seconds without a decision while tenders wait: report where it waits
 PLAN_CHUNK = 20  # real-time jobs per solver call: answers go out chunk by chunk
 PRUNE_EVERY_S = 60.0  # clock seconds between passes that drop expired tenders and old trades
+FLUSH_PER_TICK = 100  # state files written per tick at most (tick_s 0.1 s: 1,000 sites a second)
 SUBSCRIBE_BATCH = 100  # filters per SUBSCRIBE packet (a broker may limit a packet's size)
 
 
@@ -424,27 +425,29 @@ class AgentService:
         self._save(agent.site)
 
     def _save(self, site: str) -> None:
-        """Mark the site's state for writing at the next tick (tick_s): several changes in one tick
-        (an interval's decision, its confirm, a resend) make one write, where each used to make
-        one (bench/loop.py: the state writes were the agent's largest cost). What a kill -9 can
-        lose is the last tick's changes, which the wire gives back: the same transactionId is
-        re-derived and replayed to the same confirm, and the command seq comes from the clock."""
+        """Mark the site's state for writing at the next tick (tick_s; FLUSH_PER_TICK sites a tick):
+        several changes in one tick (an interval's decision, its confirm, a resend) make one write,
+        where each used to make one (bench/loop.py: the state writes were the agent's largest
+        cost). What a kill -9 can lose is the changes not yet written (at most about a second's at
+        1,000 sites), which the wire gives back: the same transactionId is re-derived and replayed
+        to the same confirm, and the command seq comes from the clock."""
         self._dirty.add(site)
 
     def _flush(self) -> None:
-        dirty, self._dirty = self._dirty, set()
-        for site in dirty:
-            self._write_state(site)
+        """Write up to FLUSH_PER_TICK of the sites whose state is behind, the rest next tick: a
+        round marks every site dirty at once, and writing 1,000 files in one go held the event
+        loop (and the round's answers) for a second (py-spy at 1,000 sites, docs/loop-bench.md)."""
+        for _ in range(min(FLUSH_PER_TICK, len(self._dirty))):
+            self._write_state(self._dirty.pop())
 
     def _write_state(self, site: str) -> None:
         self._dirty.discard(site)
         agent = self.agents.get(site)
         if agent is None:
             return
-        data = agent.to_json()
-        data["seq"] = {d: self.dispatcher.last_seq(site, d) for d in agent.cfg.relays}
+        text = agent.state_text({"seq": {d: self.dispatcher.last_seq(site, d) for d in agent.cfg.relays}})
         try:
-            self.store.save(site, data)
+            self.store.save_text(site, text)
         except OSError as exc:
             log.error("%s: could not save agent state: %s", site, exc)
 
@@ -492,6 +495,8 @@ class AgentService:
             await asyncio.gather(*sends)
 
     async def _rt_round(self) -> None:
+        t0 = time.perf_counter()
+        solving = solver_s = 0.0
         now = self.clock.now()
         ready, self._ready_rt = self._ready_rt, {}
         jobs, notes = [], {}
@@ -502,6 +507,7 @@ class AgentService:
             job, notes[site] = agent.rt_job(now, start)
             jobs.append(job)
         self._planning = {j.site for j in jobs}
+        built = time.perf_counter() - t0
         sends: list[asyncio.Task[None]] = []
         try:
             # In chunks, each chunk's answers sent while the next is solved, all of them without
@@ -509,7 +515,10 @@ class AgentService:
             # after the whole round (bench/loop.py, tender -> confirm).
             for i in range(0, len(jobs), PLAN_CHUNK):
                 chunk = jobs[i:i + PLAN_CHUNK]
+                t1 = time.perf_counter()
                 results = await self._solve(chunk)
+                solving += time.perf_counter() - t1
+                solver_s += sum(r.wall_s for r in results.values())
                 for job in chunk:
                     agent = self.agents.get(job.site)
                     if agent is None:
@@ -523,6 +532,10 @@ class AgentService:
             await asyncio.gather(*sends)
         finally:
             self._planning = set()
+        if jobs:  # where a round's time goes (docs/loop-bench.md)
+            log.info("worker %s: real-time round of %d sites in %.2f s: jobs built %.2f s, solves awaited %.2f s "
+                     "(%.2f s inside the solvers)", self.me, len(jobs), time.perf_counter() - t0, built, solving,
+                     solver_s)
 
     async def _tick_loop(self) -> None:
         while True:

@@ -49,9 +49,14 @@ class StateStore:
         return data if isinstance(data, dict) else None
 
     def save(self, site: str, data: dict[str, Any]) -> None:
+        self.save_text(site, json.dumps(data, separators=(",", ":")))
+
+    def save_text(self, site: str, text: str) -> None:
+        """Replace the site's file with `text` (a JSON object) atomically: a kill -9 leaves the old
+        file or the new one, never half of one."""
         if self.root is None:
             return
         path = self._path(site)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
+        tmp.write_text(text)
         os.replace(tmp, path)

@@ -20,7 +20,7 @@ ROWS = (
     "tender published -> confirm received",
     "tender published -> pump command acked",
     "agent: event loop",
-    "agent: solver thread",
+    "agent: solving",
     "sites served by two cores in one 5-minute interval",
     "agent alone (2 workers, one per core)",
     "agent + market on the same two cores",

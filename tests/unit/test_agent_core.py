@@ -3,6 +3,7 @@ degraded paths (failed solve, no tender, stale telemetry, foreign tenders and co
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -221,6 +222,21 @@ def test_state_round_trips_through_json() -> None:
     assert b.book.pending.keys() == a.book.pending.keys() and T0 in b.decided
     assert b.last_rt is not None and b.last_rt.index_at(T0 + 300) == 1
     assert b.book.position_kwh(T0, 300) == pytest.approx(a.book.position_kwh(T0, 300))
+
+
+def test_state_text_is_the_json_state_with_the_cached_plans_spliced_in() -> None:
+    a, planner = agent(), InProcessPlanner({"site-1": config().spec})
+    telemetry(a, T0 - 30)
+    plan_rt(a, planner, T0)
+    first = json.loads(a.state_text({"seq": {"pump": 7}}))
+    assert first == dict(json.loads(json.dumps(a.to_json())), seq={"pump": 7})
+    assert first["last_rt"]["temp_c"] and first["last_da"] is None
+    plan_rt(a, planner, T0 + 300)  # a new plan replaces the cached text of the old one
+    second = json.loads(a.state_text())
+    assert second["last_rt"]["start"] != first["last_rt"]["start"] and "seq" not in second
+    b = agent()
+    b.load_json(second, T0 + 300)
+    assert b.last_rt is not None and b.last_rt.start == a.last_rt.start
 
 
 def test_clock_derived_seq_stays_above_what_a_device_accepted() -> None:
