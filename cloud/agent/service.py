@@ -206,7 +206,7 @@ class AgentService:
         for site in list(self.agents):
             self._write_state(site)
         self.planner.close()
-        self._solver_thread.shutdown(wait=False)
+        self._solver_thread.shutdown(wait=False, cancel_futures=True)
         self._write_stats()
 
     async def _session(self, stop: asyncio.Event) -> None:
@@ -495,31 +495,45 @@ class AgentService:
             await asyncio.gather(*sends)
 
     async def _rt_round(self) -> None:
+        """Answer the sites whose real-time tenders are in, in chunks of PLAN_CHUNK, pipelined: a
+        chunk's jobs are built and queued for the solver while the chunk before is solved, and
+        its answers go out (without waiting for each PUBACK in turn) while the next is solved. So
+        the first sites are answered after one chunk, and the solver never waits for the event
+        loop between chunks (bench/loop.py, tender -> confirm; docs/loop-bench.md)."""
         t0 = time.perf_counter()
-        solving = solver_s = 0.0
-        now = self.clock.now()
+        timing = {"built": 0.0, "awaited": 0.0, "solver": 0.0}
         ready, self._ready_rt = self._ready_rt, {}
-        jobs, notes = [], {}
-        for site, start in ready.items():
-            agent = self.agents.get(site)
-            if agent is None or start in agent.decided:
-                continue
-            job, notes[site] = agent.rt_job(now, start)
-            jobs.append(job)
-        self._planning = {j.site for j in jobs}
-        built = time.perf_counter() - t0
+        sites = [site for site, start in ready.items()
+                 if (agent := self.agents.get(site)) is not None and start not in agent.decided]
+        self._planning = set(sites)
+        notes: dict[str, list[str]] = {}
+        chunks = [sites[i:i + PLAN_CHUNK] for i in range(0, len(sites), PLAN_CHUNK)]
+        queued: list[tuple[asyncio.Future[dict[tuple[str, str], Any]], list[Job]]] = []
+
+        def submit(chunk: list[str]) -> None:
+            t = time.perf_counter()
+            now, jobs = self.clock.now(), []
+            for site in chunk:
+                agent = self.agents.get(site)
+                if agent is not None:
+                    job, notes[site] = agent.rt_job(now, ready[site])
+                    jobs.append(job)
+            queued.append((asyncio.ensure_future(self._solve(jobs)), jobs))
+            timing["built"] += time.perf_counter() - t
+
         sends: list[asyncio.Task[None]] = []
         try:
-            # In chunks, each chunk's answers sent while the next is solved, all of them without
-            # waiting for each PUBACK in turn: the first sites are answered after one chunk, not
-            # after the whole round (bench/loop.py, tender -> confirm).
-            for i in range(0, len(jobs), PLAN_CHUNK):
-                chunk = jobs[i:i + PLAN_CHUNK]
+            if chunks:
+                submit(chunks[0])
+            for k in range(len(chunks)):
+                future, jobs = queued.pop(0)
+                if k + 1 < len(chunks):
+                    submit(chunks[k + 1])  # the solver's next chunk, queued before this one is done
                 t1 = time.perf_counter()
-                results = await self._solve(chunk)
-                solving += time.perf_counter() - t1
-                solver_s += sum(r.wall_s for r in results.values())
-                for job in chunk:
+                results = await future
+                timing["awaited"] += time.perf_counter() - t1
+                timing["solver"] += sum(r.wall_s for r in results.values())
+                for job in jobs:
                     agent = self.agents.get(job.site)
                     if agent is None:
                         continue
@@ -532,10 +546,12 @@ class AgentService:
             await asyncio.gather(*sends)
         finally:
             self._planning = set()
-        if jobs:  # where a round's time goes (docs/loop-bench.md)
+            for future, _ in queued:  # cancelled mid-round (stop): nothing more for the solver
+                future.cancel()
+        if sites:  # where a round's time goes (docs/loop-bench.md)
             log.info("worker %s: real-time round of %d sites in %.2f s: jobs built %.2f s, solves awaited %.2f s "
-                     "(%.2f s inside the solvers)", self.me, len(jobs), time.perf_counter() - t0, built, solving,
-                     solver_s)
+                     "(%.2f s inside the solvers)", self.me, len(sites), time.perf_counter() - t0, timing["built"],
+                     timing["awaited"], timing["solver"])
 
     async def _tick_loop(self) -> None:
         while True:
