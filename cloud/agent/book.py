@@ -216,7 +216,7 @@ class Book:
         """`position_kwh` of `steps` consecutive steps from `start`, in one pass over the trades
         (a 288-step forecast against a day of 5-minute trades is ~100k overlaps otherwise).
         Same sums in the same order as `position_kwh`, so the same numbers."""
-        out = np.array([self.cfg.subscribed_kwh(start + k * step_s, step_s) for k in range(steps)], dtype=float)
+        out = self.cfg.subscribed_series(start, steps, step_s)
         edges = start + np.arange(steps + 1, dtype=float) * step_s
         trades: list[tuple[float, int, float]] = [(t.interval_start, t.duration_s, t.signed_kwh)
                                                   for t in self.confirmed.values()]

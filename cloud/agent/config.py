@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import tendril_wire as wire
 
 from tendril_transactive.cloud.agent.dispatch import SafetyLimits
@@ -121,6 +122,21 @@ class SiteConfig:
             total += self.subscription_kwh_by_hour[datetime.fromtimestamp(t, LOCAL).hour] * seg / 3600
             t += seg
         return total
+
+    def subscribed_series(self, start: float, steps: int, step_s: float) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """`subscribed_kwh` of `steps` consecutive steps from `start`, the same numbers: when the
+        steps divide clock hours, looked up once per hour instead of once per step (a 288-step
+        forecast per site per real-time tender; bench/loop.py)."""
+        sub = self.subscription_kwh_by_hour
+        if type(self).subscribed_kwh is SiteConfig.subscribed_kwh and 3600 % step_s == 0 and start % step_s == 0:
+            if not sub:
+                return np.zeros(steps)
+            t = start + np.arange(steps) * step_s
+            hours, inv = np.unique(t - t % 3600, return_inverse=True)
+            kwh = np.array([sub[datetime.fromtimestamp(float(h), LOCAL).hour] for h in hours], dtype=float)
+            out: np.ndarray[Any, np.dtype[np.float64]] = kwh[inv] * step_s / 3600
+            return out
+        return np.array([self.subscribed_kwh(start + k * step_s, step_s) for k in range(steps)], dtype=float)
 
 
 def _number(site: str, section: str, key: str, value: object, want: type[Any]) -> object:

@@ -122,6 +122,14 @@ class Decision:
     notes: tuple[str, ...] = ()
 
 
+def _clock_hours(start: float, steps: int, step_s: float) -> tuple[FloatArray, np.ndarray[Any, np.dtype[np.intp]]]:
+    """The clock hours (unix seconds, ascending) that `steps` steps from `start` begin in, and
+    each step's index into them."""
+    t = start + np.arange(steps) * step_s
+    hours, inv = np.unique(t - t % 3600, return_inverse=True)
+    return hours, inv
+
+
 @dataclass
 class SiteAgent:
     cfg: SiteConfig
@@ -203,35 +211,52 @@ class SiteAgent:
 
     def _prices(self, start: float, steps: int, step_s: float, first: tuple[float, float] | None
                 ) -> tuple[FloatArray, FloatArray]:
-        buy, sell = np.empty(steps), np.empty(steps)
-        known = [self.book.da_prices(start + k * step_s) for k in range(steps)]
-        fallback = first or next((p for p in known if p is not None), None) or (0.25, 0.23)
-        last = fallback
-        for k in range(steps):
-            p = first if (k == 0 and first is not None) else known[k]
-            if p is not None:
+        """Per step the day-ahead tender prices of its hour, carried forward over hours without
+        tenders (from `first`, the real-time tender's, at step 0). Looked up once per clock hour,
+        not once per step: this runs for every site at every real-time tender (bench/loop.py)."""
+        hours, inv = _clock_hours(start, steps, step_s)
+        known = [self.book.da_prices(float(h)) for h in hours]
+        last = first or next((p for p in known if p is not None), None) or (0.25, 0.23)
+        filled = []
+        for j, p in enumerate(known):
+            if j == 0 and first is not None:
+                # step 0 is the real-time tender's; the first hour's other steps (if any) its own
+                last = p if p is not None and steps > 1 and inv[1] == 0 else first
+            elif p is not None:
                 last = p
-            buy[k], sell[k] = last
+            filled.append(last)
+        per_hour = np.asarray(filled, dtype=float).reshape(len(filled), 2)
+        buy, sell = per_hour[inv, 0], per_hour[inv, 1]
+        if first is not None:
+            buy[0], sell[0] = first
         return buy, np.minimum(sell, buy)
 
     def _pump_plan(self, start: float, steps: int, step_s: float, now: float) -> FloatArray:
+        """Per step the day-ahead plan's pump state (tomorrow as today until it is planned), else
+        the default hours of `_default_pump_hours`."""
+        t = start + np.arange(steps) * step_s
         out = np.zeros(steps)
+        have = np.zeros(steps, dtype=bool)
+        da = self.last_da
+        if da is not None:
+            pump = np.round(np.asarray(da.pump_on, dtype=float))
+            for shift in (0.0, 86400.0):
+                k = ((t - shift - da.start) // da.step_s).astype(int)
+                ok = ~have & (k >= 0) & (k < da.steps)
+                out[ok] = pump[k[ok]]
+                have |= ok
+        if have.all():
+            return out
+        hours, inv = _clock_hours(start, steps, step_s)
+        missing = ~have
         default: dict[float, float] = {}
-        for k in range(steps):
-            t = start + k * step_s
-            da = self.last_da
-            idx = None
-            if da is not None:
-                idx = da.index_at(t)
-                if idx is None:
-                    idx = da.index_at(t - 86400)  # tomorrow as today until it is planned
-            if da is not None and idx is not None:
-                out[k] = round(float(da.pump_on[idx]))
-            else:
-                hour = t - t % 3600
-                if hour not in default:
-                    default.update(self._default_pump_hours(hour, now))
-                out[k] = default.get(hour, 0.0)
+        per_hour = np.zeros(len(hours))
+        for j in np.unique(inv[missing]):
+            hour = float(hours[j])
+            if hour not in default:
+                default.update(self._default_pump_hours(hour, now))
+            per_hour[j] = default.get(hour, 0.0)
+        out[missing] = per_hour[inv[missing]]
         return out
 
     def _default_pump_hours(self, hour: float, now: float) -> dict[float, float]:

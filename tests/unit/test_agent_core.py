@@ -260,3 +260,59 @@ def test_rendezvous_ownership_moves_only_the_dead_workers_sites() -> None:
     assert all(len(s) >= 5 for s in shares)
     after = {s: owner(s, ["w0", "w2"]) for s in sites}
     assert all(after[s] == owner(s, workers) for s in sites if owner(s, workers) != "w1")
+
+
+def _prices_per_step(a: SiteAgent, start: float, steps: int, step_s: float,
+                     first: tuple[float, float] | None) -> tuple[FloatArray, FloatArray]:
+    """The forecast's prices step by step, as the agent computed them before they were looked up
+    once per clock hour: the reference the per-hour version must equal exactly."""
+    buy, sell = np.empty(steps), np.empty(steps)
+    known = [a.book.da_prices(start + k * step_s) for k in range(steps)]
+    last = first or next((p for p in known if p is not None), None) or (0.25, 0.23)
+    for k in range(steps):
+        p = first if (k == 0 and first is not None) else known[k]
+        if p is not None:
+            last = p
+        buy[k], sell[k] = last
+    return buy, np.minimum(sell, buy)
+
+
+def _pump_per_step(a: SiteAgent, start: float, steps: int, step_s: float, now: float) -> FloatArray:
+    out, default = np.zeros(steps), {}
+    for k in range(steps):
+        t, da, idx = start + k * step_s, a.last_da, None
+        if da is not None:
+            idx = da.index_at(t)
+            idx = da.index_at(t - 86400) if idx is None else idx
+        if da is not None and idx is not None:
+            out[k] = round(float(da.pump_on[idx]))
+        else:
+            hour = t - t % 3600
+            if hour not in default:
+                default.update(a._default_pump_hours(hour, now))
+            out[k] = default.get(hour, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("with_day_ahead", [False, True])
+def test_forecast_series_looked_up_per_hour_equal_the_step_by_step_ones(with_day_ahead: bool) -> None:
+    sub = tuple(0.1 * ((h * 7) % 11) for h in range(24))
+    a, planner = agent(sub), InProcessPlanner({"site-1": config(sub).spec})
+    telemetry(a, T0 - 30)
+    if with_day_ahead:  # hourly tenders with holes, and a day-ahead plan from them
+        for h in (h for h in range(30) if h % 5 != 3):
+            for t in tenders(T0 - 6 * 3600 + h * 3600, market="DAM", lmp=20.0 + (h * 13) % 50, duration=3600):
+                a.on_tender(t, T0 - 7 * 3600)
+        job = a.da_job(T0 - 3600)
+        assert job is not None
+        a.apply_da(T0 - 3600, planner.plan([job])[0])
+    plan_rt(a, planner, T0)
+    for start in [T0 + 300 * k for k in range(0, 400, 7)]:  # incl. the last 5 minutes of an hour
+        for steps, step_s in ((288, 300.0), (24, 3600.0)):
+            for first in (None, (0.31, 0.29)):
+                got, want = a._prices(start, steps, step_s, first), _prices_per_step(a, start, steps, step_s, first)
+                assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+            assert np.array_equal(a._pump_plan(start, steps, step_s, start - 5),
+                                  _pump_per_step(a, start, steps, step_s, start - 5))
+            per_step = [a.cfg.subscribed_kwh(start + k * step_s, step_s) for k in range(steps)]
+            assert np.array_equal(a.cfg.subscribed_series(start, steps, step_s), np.array(per_step))
