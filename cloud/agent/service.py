@@ -83,7 +83,6 @@ class ServiceStats:
     commands_sent: int = 0
     commands_retried: int = 0
     command_errors: int = 0
-    publish_failures: int = 0  # handed to no connection (broker away): resent once it is back
     connects: int = 0
     ownership_changes: int = 0
 
@@ -404,30 +403,14 @@ class AgentService:
             finally:
                 self._in_flight -= 1
 
-    def _send(self, topic: str, payload: bytes) -> None:
-        """Hand a QoS 1 publication to the MQTT client and go on, without waiting for its PUBACK.
-        What a transaction or a command needs is answered on the wire, and resent until it is: a
-        transaction by its confirm (Book.resend), a command by the device's ack
-        (Dispatcher.retries); a PUBACK adds nothing to either. Awaiting each one (aiomqtt's
-        publish: a future, a timeout task and a wake-up per message) was a large part of a
-        real-time round at 1,000 sites (py-spy, docs/loop-bench.md). aiomqtt has no call for
-        this; its paho client (`_client`) does, as aiomqtt's own publish uses it."""
-        client = self._client
-        if client is None:
-            self.stats.publish_failures += 1
-            return
-        info = client._client.publish(topic, payload, qos=1)
-        if info.rc != 0:  # not connected (paho keeps nothing for the next session): resent later
-            self.stats.publish_failures += 1
-
-    def _send_transactions(self, site: str, txs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> None:
+    async def _send_transactions(self, site: str, txs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> None:
         for tx in txs:
-            self._send(wire.site_topic(site, wire.TRANSACTION), wire.encode(wire.TRANSACTION, tx))
+            await self._publish(wire.site_topic(site, wire.TRANSACTION), wire.encode(wire.TRANSACTION, tx))
             self.stats.transactions_sent += 1
 
-    def _execute(self, agent: SiteAgent, d: Decision, now: float) -> None:
+    async def _execute(self, agent: SiteAgent, d: Decision, now: float) -> None:
         _notes(agent.site, d.notes, self._seen_notes, now)
-        self._send_transactions(agent.site, d.transactions)
+        await self._send_transactions(agent.site, d.transactions)
         for device, relay in d.relays.items():
             try:
                 # seq from the clock: above anything an earlier owner of this site sent (docs/agent.md)
@@ -437,7 +420,7 @@ class AgentService:
                 log.error("%s/%s: no command sent: %s", agent.site, device, exc)
                 continue
             agent.settle(device, int(out.cmd["relay"]))
-            self._send(out.topic, out.payload)
+            await self._publish(out.topic, out.payload)
             self.stats.commands_sent += 1
         self._save(agent.site)
 
@@ -490,8 +473,8 @@ class AgentService:
         await self._da_round()
 
     async def _da_round(self) -> None:
-        """Day-ahead re-plans in chunks, each chunk's trades handed to the client at once; a
-        real-time interval that becomes ready meanwhile goes first (the rest stay dirty)."""
+        """Day-ahead re-plans in chunks, each chunk's trades published concurrently; a real-time
+        interval that becomes ready meanwhile goes first (the rest of the sites stay dirty)."""
         waiting = [a for a in self.agents.values() if a.da_dirty]
         for i in range(0, len(waiting), PLAN_CHUNK):
             if self._ready_rt:
@@ -499,6 +482,7 @@ class AgentService:
                 return
             now = self.clock.now()
             jobs = [j for j in (a.da_job(now) for a in waiting[i:i + PLAN_CHUNK]) if j is not None]
+            sends = []
             for (site, _), result in (await self._solve(jobs)).items():
                 agent = self.agents.get(site)
                 if agent is None:
@@ -506,13 +490,14 @@ class AgentService:
                 txs, note = agent.apply_da(self.clock.now(), result)
                 if note:
                     _notes(site, [note], self._seen_notes, now)
-                self._send_transactions(site, txs)
+                sends.append(asyncio.create_task(self._send_transactions(site, txs)))
                 self._save(site)
+            await asyncio.gather(*sends)
 
     async def _rt_round(self) -> None:
         """Answer the sites whose real-time tenders are in, in chunks of PLAN_CHUNK, pipelined: a
         chunk's jobs are built and queued for the solver while the chunk before is solved, and
-        its answers go out (handed to the client, `_send`) while the next is solved. So
+        its answers go out (without waiting for each PUBACK in turn) while the next is solved. So
         the first sites are answered after one chunk, and the solver never waits for the event
         loop between chunks (bench/loop.py, tender -> confirm; docs/loop-bench.md)."""
         t0 = time.perf_counter()
@@ -536,6 +521,7 @@ class AgentService:
             queued.append((asyncio.ensure_future(self._solve(jobs)), jobs))
             timing["built"] += time.perf_counter() - t
 
+        sends: list[asyncio.Task[None]] = []
         try:
             if chunks:
                 submit(chunks[0])
@@ -556,7 +542,8 @@ class AgentService:
                         self.stats.solve_failures += 1
                     d = agent.decide(self.clock.now(), ready[job.site], result, notes[job.site])
                     self.stats.tenders_answered += 1
-                    self._execute(agent, d, self.clock.now())
+                    sends.append(asyncio.create_task(self._execute(agent, d, self.clock.now())))
+            await asyncio.gather(*sends)
         finally:
             self._planning = set()
             for future, _ in queued:  # cancelled mid-round (stop): nothing more for the solver
@@ -576,12 +563,12 @@ class AgentService:
                 start = agent.due_without_tender(now)
                 if start is not None:
                     self.stats.no_tender += 1
-                    self._execute(agent, agent.decide_without_tender(now, start), now)
+                    await self._execute(agent, agent.decide_without_tender(now, start), now)
                 resend = agent.book.resend(now, self.options.agent.tx_resend_s)
                 if resend:
                     self.stats.transactions_resent += len(resend)
                     for tx in resend:
-                        self._send(wire.site_topic(site, wire.TRANSACTION), wire.encode(wire.TRANSACTION, tx))
+                        await self._publish(wire.site_topic(site, wire.TRANSACTION), wire.encode(wire.TRANSACTION, tx))
                     self._save(site)
             if now - self._pruned_at >= PRUNE_EVERY_S:  # walks every tender: not every tick
                 self._pruned_at = now
@@ -589,7 +576,7 @@ class AgentService:
                     agent.book.prune(now)
             for out in self.dispatcher.retries(now, self.options.agent.cmd_retry_s):
                 if out.site in self.agents:
-                    self._send(out.topic, out.payload)
+                    await self._publish(out.topic, out.payload)
                     self.stats.commands_retried += 1
             for dev in self.dispatcher.silent - self._silent_reported:
                 log.error("%s/%s: relay silent: no ack after %d sends of a command (%s)", dev[0], dev[1],
@@ -643,7 +630,6 @@ class AgentService:
                 "confirmed": s.confirmed, "refused": dict(s.refused), "dead_letters": dict(s.dead_letters),
                 "commands_sent": d.sent, "commands_acked": d.acked_ok, "commands_refused": dict(d.refused),
                 "commands_retried": d.retried, "commands_given_up": d.given_up,
-                "publish_failures": s.publish_failures,
                 "silent_relays": sorted(f"{a}/{b}" for a, b in self.dispatcher.silent),
                 "readings": self.intake.stats.readings, "readings_malformed": self.intake.stats.malformed,
                 "readings_connects": self.intake.stats.connects, "readings_subscribed": self.intake.ready.is_set()}
