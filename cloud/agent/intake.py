@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import tendril_wire as wire
 
-from tendril_transactive.cloud.mqtt.codec import RawPublish
+from tendril_transactive.cloud.mqtt.codec import V311, RawPublish
 from tendril_transactive.cloud.mqtt.link import BrokerLink
 from tendril_transactive.cloud.mqtt.message import Received, receive
 from tendril_transactive.cloud.mqtt.session import SessionOptions
@@ -56,9 +56,11 @@ class DeviceIntake:
         `sink`: takes each reading of an owned site, in arrival order."""
         self.stats = IntakeStats()
         self._owns, self._sink = owns, sink
+        # MQTT 3.1.1 as the QoS 1 session (aiomqtt's default): QoS 0 needs nothing of 5, and
+        # probing for 5 costs a broker that does not answer it (amqtt) seconds per connect.
         options = SessionOptions(client_id + CLIENT_ID_SUFFIX, keepalive_s=keepalive_s, clean_start=True,
                                  username=broker.username, password=broker.password, session_expiry_s=0,
-                                 tls=broker.tls)
+                                 protocol=V311, tls=broker.tls)
         self.link = BrokerLink(broker.host, broker.port, options, reading_filters(sites), self._on_publishes,
                                self.stats, reconnect_min_s=0.5, reconnect_max_s=reconnect_max_s,
                                label=", device readings", qos=0, strict=False)

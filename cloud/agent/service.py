@@ -205,8 +205,12 @@ class AgentService:
             await intake
         for site in list(self.agents):
             self._write_state(site)
+        # The solver thread first (what is queued is dropped, a solve under way ends within its
+        # time limit), then the planner: closing a PoolPlanner under a thread that waits on its
+        # pipes left that thread waiting out the job's whole budget, and the interpreter joins
+        # it at exit, so a SIGTERM sometimes took 20 s.
+        await asyncio.to_thread(self._solver_thread.shutdown, True, cancel_futures=True)
         self.planner.close()
-        self._solver_thread.shutdown(wait=False, cancel_futures=True)
         self._write_stats()
 
     async def _session(self, stop: asyncio.Event) -> None:
