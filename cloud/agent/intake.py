@@ -63,7 +63,7 @@ class DeviceIntake:
                                  protocol=V311, tls=broker.tls)
         self.link = BrokerLink(broker.host, broker.port, options, reading_filters(sites), self._on_publishes,
                                self.stats, reconnect_min_s=0.5, reconnect_max_s=reconnect_max_s,
-                               label=", device readings", qos=0, strict=False)
+                               label=", device readings", qos=0, strict=False, logger=log)
 
     @property
     def ready(self) -> asyncio.Event:

@@ -164,7 +164,7 @@ class Ingestor:
         self._link = BrokerLink(
             broker_host, broker_port, options, self.filters, self._on_publishes, self.stats,
             reconnect_min_s=reconnect_min_s, reconnect_max_s=reconnect_max_s,
-            label=f", shared group {share_group}" if share_group else "", retire=retire,
+            label=f", shared group {share_group}" if share_group else "", retire=retire, logger=log,
         )  # fmt: skip
         self.ready = self._link.ready
         self.lag_total = LagHistogram()

@@ -59,9 +59,12 @@ class BrokerLink:
         retire: bool = False,
         qos: int = 1,
         strict: bool = True,
+        logger: logging.Logger | None = None,
     ) -> None:
         """`qos`: of the subscription; `strict`: a refused filter is an error (reconnect and try
-        again) rather than logged and left out."""
+        again) rather than logged and left out; `logger`: the owning service's (its operators and
+        tests read "subscribed on ..." and the ALARMs in that service's log)."""
+        self._log = logger or log
         self.host, self.port, self.options, self.filters = host, port, options, filters
         self.qos, self.strict = qos, strict
         self.refused: list[str] = []  # filters the broker refused on the last subscribe (not strict)
@@ -120,7 +123,7 @@ class BrokerLink:
                     # The broker forgot us (restarted without persistence, expired, or another
                     # client's clean start took our id): whatever it queued for us is gone.
                     self._stats.sessions_lost += 1
-                    log.error("ALARM: broker %s:%d has no session for %s any more: messages queued for it "
+                    self._log.error("ALARM: broker %s:%d has no session for %s any more: messages queued for it "
                               "while it was away are lost", self.host, self.port, self.options.client_id)
                 keepalive = asyncio.create_task(session.keepalive())
                 if self.retire:
@@ -131,9 +134,9 @@ class BrokerLink:
                 self._stats.connects += 1
                 self.ready.set()
                 delay = self._reconnect_min_s
-                log.info("%s on %s:%d as %s (MQTT %s%s)", "unsubscribed, draining" if self.retire else "subscribed",
-                         self.host, self.port, self.options.client_id, "5" if session.protocol == 5 else "3.1.1",
-                         self._label)  # fmt: skip
+                self._log.info("%s on %s:%d as %s (MQTT %s%s)",
+                               "unsubscribed, draining" if self.retire else "subscribed", self.host, self.port,
+                               self.options.client_id, "5" if session.protocol == 5 else "3.1.1", self._label)
                 closed = asyncio.create_task(session.wait_closed())
                 stopped = asyncio.create_task(stop.wait())
                 await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -149,12 +152,12 @@ class BrokerLink:
                 self._stats.last_error = f"mqtt: {exc}"[:300]
                 if TAKEN_OVER in str(exc):
                     self._stats.session_takeovers += 1
-                    log.error("ALARM: another client connected with our client id %s and took over the session "
+                    self._log.error("ALARM: another client connected with our client id %s and took over the session "
                               "(check the broker's client-id binding, docs/security.md)", self.options.client_id)
                 if session is not None:
                     session.close()
                 self.session = None
-                log.warning("broker %s:%d: %s; reconnecting in %.1f s", self.host, self.port, exc, delay)
+                self._log.warning("broker %s:%d: %s; reconnecting in %.1f s", self.host, self.port, exc, delay)
                 if await wait_event(stop, delay):
                     return
                 delay = min(delay * 2, self._reconnect_max_s)
@@ -167,8 +170,8 @@ class BrokerLink:
         for i in range(0, len(self.filters), SUBSCRIBE_BATCH):
             refused += await session.subscribe(self.filters[i:i + SUBSCRIBE_BATCH], qos=self.qos, strict=self.strict)
         if refused and refused != self.refused:
-            log.error("broker %s:%d refused %d subscription(s) of %s, e.g. %s", self.host, self.port, len(refused),
-                      self.options.client_id, ", ".join(refused[:3]))
+            self._log.error("broker %s:%d refused %d subscription(s) of %s, e.g. %s", self.host, self.port,
+                            len(refused), self.options.client_id, ", ".join(refused[:3]))
         self.refused = refused
 
     async def forget_session(self) -> None:
