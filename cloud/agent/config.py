@@ -55,6 +55,15 @@ _SECTIONS: dict[str, tuple[type[Any], str | None, type[Any] | None]] = {
 }
 
 
+def clock_hours(start: float, steps: int, step_s: float) -> tuple[np.ndarray[Any, np.dtype[np.float64]],
+                                                                np.ndarray[Any, np.dtype[np.intp]]]:
+    """The clock hours (unix seconds, ascending) that `steps` steps from `start` begin in, and
+    each step's index into them: what a per-step series looks up once per hour."""
+    t = start + np.arange(steps) * step_s
+    hours, inv = np.unique(t - t % 3600, return_inverse=True)
+    return hours, inv
+
+
 class ConfigError(ValueError):
     """A site's settings cannot become an optimizer spec; the message names the key."""
 
@@ -131,8 +140,7 @@ class SiteConfig:
         if type(self).subscribed_kwh is SiteConfig.subscribed_kwh and 3600 % step_s == 0 and start % step_s == 0:
             if not sub:
                 return np.zeros(steps)
-            t = start + np.arange(steps) * step_s
-            hours, inv = np.unique(t - t % 3600, return_inverse=True)
+            hours, inv = clock_hours(start, steps, step_s)
             kwh = np.array([sub[datetime.fromtimestamp(float(h), LOCAL).hour] for h in hours], dtype=float)
             out: np.ndarray[Any, np.dtype[np.float64]] = kwh[inv] * step_s / 3600
             return out

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tendril_transactive.cloud.agent.book import DA_MARKET, RT_MARKET, Book, Rejected
-from tendril_transactive.cloud.agent.config import LOCAL, SiteConfig
+from tendril_transactive.cloud.agent.config import LOCAL, SiteConfig, clock_hours
 from tendril_transactive.cloud.agent.planner import Job, JobResult
 from tendril_transactive.cloud.agent.plans import schedule_from_json, schedule_json_text, schedule_to_json
 from tendril_transactive.cloud.agent.telemetry import SiteTelemetry
@@ -120,14 +120,6 @@ class Decision:
     duties: dict[str, float]  # the share of the interval each relay should run, before rounding
     valid_until: float  # commands for this interval expire then
     notes: tuple[str, ...] = ()
-
-
-def _clock_hours(start: float, steps: int, step_s: float) -> tuple[FloatArray, np.ndarray[Any, np.dtype[np.intp]]]:
-    """The clock hours (unix seconds, ascending) that `steps` steps from `start` begin in, and
-    each step's index into them."""
-    t = start + np.arange(steps) * step_s
-    hours, inv = np.unique(t - t % 3600, return_inverse=True)
-    return hours, inv
 
 
 @dataclass
@@ -214,7 +206,7 @@ class SiteAgent:
         """Per step the day-ahead tender prices of its hour, carried forward over hours without
         tenders (from `first`, the real-time tender's, at step 0). Looked up once per clock hour,
         not once per step: this runs for every site at every real-time tender (bench/loop.py)."""
-        hours, inv = _clock_hours(start, steps, step_s)
+        hours, inv = clock_hours(start, steps, step_s)
         known = [self.book.da_prices(float(h)) for h in hours]
         last = first or next((p for p in known if p is not None), None) or (0.25, 0.23)
         filled = []
@@ -247,7 +239,7 @@ class SiteAgent:
                 have |= ok
         if have.all():
             return out
-        hours, inv = _clock_hours(start, steps, step_s)
+        hours, inv = clock_hours(start, steps, step_s)
         missing = ~have
         default: dict[float, float] = {}
         per_hour = np.zeros(len(hours))

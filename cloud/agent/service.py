@@ -38,7 +38,7 @@ from tendril_transactive.cloud.agent.ownership import owned
 from tendril_transactive.cloud.agent.planner import InProcessPlanner, Job, Planner, PoolPlanner
 from tendril_transactive.cloud.agent.store import StateStore
 from tendril_transactive.cloud.mqtt.message import Received
-from tendril_transactive.cloud.mqtt.window import PUBLISH_WINDOW, configure
+from tendril_transactive.cloud.mqtt.window import PUBLISH_WINDOW, windowed_client
 from tendril_transactive.cloud.settings import BrokerSettings
 from tendril_transactive.edge.clock import Clock
 
@@ -165,8 +165,8 @@ class AgentService:
         # keeps serving acks and tenders while a round is solved.
         self._solver_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tendril-plan")
         b = self.broker
-        self.intake = DeviceIntake(b, self.options.client_id or session_client_id(b.username, b.password, self.me),
-                                   self.sites, lambda site: site in self.agents, self._on_reading)
+        self.client_id = self.options.client_id or session_client_id(b.username, b.password, self.me)
+        self.intake = DeviceIntake(b, self.client_id, self.sites, lambda site: site in self.agents, self._on_reading)
 
     @classmethod
     def from_registry(cls, root: Path, broker: BrokerSettings, clock: Clock, planner: Planner | None = None,
@@ -216,11 +216,10 @@ class AgentService:
     async def _session(self, stop: asyncio.Event) -> None:
         b = self.broker
         presence = wire.agent_topic(self.me)
-        client_id = self.options.client_id or session_client_id(b.username, b.password, self.me)
+        client_id = self.client_id
         will = aiomqtt.Will(presence, b"", qos=1, retain=True)  # kill -9: the broker clears us at once
-        async with configure(aiomqtt.Client(b.host, b.port, username=b.username, password=b.password,
-                                            identifier=client_id, clean_session=False, will=will, keepalive=15,
-                                            tls_context=b.tls, max_inflight_messages=PUBLISH_WINDOW)) as client:
+        async with windowed_client(b.host, b.port, username=b.username, password=b.password, identifier=client_id,
+                                   clean_session=False, will=will, keepalive=15, tls_context=b.tls) as client:
             self._client = client
             self.stats.connects += 1
             await self._subscribe(client)

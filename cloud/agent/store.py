@@ -48,9 +48,6 @@ class StateStore:
             return None
         return data if isinstance(data, dict) else None
 
-    def save(self, site: str, data: dict[str, Any]) -> None:
-        self.save_text(site, json.dumps(data, separators=(",", ":")))
-
     def save_text(self, site: str, text: str) -> None:
         """Replace the site's file with `text` (a JSON object) atomically: a kill -9 leaves the old
         file or the new one, never half of one."""

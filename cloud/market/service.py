@@ -49,7 +49,7 @@ from tendril_transactive.cloud.market.schedule import (
     rt_price,
 )
 from tendril_transactive.cloud.market.sources import PriceSource, PriceSourceError, ReplayPrices
-from tendril_transactive.cloud.mqtt.window import PUBLISH_WINDOW, configure
+from tendril_transactive.cloud.mqtt.window import PUBLISH_WINDOW, windowed_client
 from tendril_transactive.cloud.settings import BrokerSettings
 from tendril_transactive.cloud.timefmt import utc_time
 from tendril_transactive.edge.clock import Clock, WallClock
@@ -160,14 +160,12 @@ class MarketService:
         backoff = 0.5
         while not stop.is_set():
             try:
-                client = aiomqtt.Client(
+                client = windowed_client(
                     self.broker.host, self.broker.port, identifier=self.client_id,
                     username=self.broker.username, password=self.broker.password,
                     clean_session=False, protocol=aiomqtt.ProtocolVersion.V311, keepalive=30,
                     tls_context=self.broker.tls,  # mqtts:// (cloud.settings.broker_tls)
-                    max_inflight_messages=PUBLISH_WINDOW,
                 )
-                configure(client)
                 # PUBACK a transaction only once its decision is in the ledger and its confirm
                 # sent: a kill -9 in between leaves it unacknowledged, and the broker hands it to
                 # the restarted market (persistent session). aiomqtt has no switch for it yet; this
