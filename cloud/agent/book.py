@@ -156,6 +156,27 @@ class Book:
         self.stats.transactions_sent += 1
         return payload
 
+    def journal(self, tx_ids: list[str]) -> list[dict[str, Any]]:
+        """The pending transactions `tx_ids` as journal entries (StateStore.append_sent)."""
+        return [dict(vars(self.pending[t])) for t in tx_ids if t in self.pending]
+
+    def adopt_sent(self, entries: list[dict[str, Any]]) -> int:
+        """Take journalled transactions the state file does not hold yet as pending (their confirm
+        may be on its way, or a resend fetches it); returns how many were new."""
+        n = 0
+        for e in entries:
+            try:
+                p = PendingTx(**e)
+                tender_id, tx_id = str(p.payload["tenderId"]), str(p.payload["transactionId"])
+            except (TypeError, KeyError):
+                continue
+            if tender_id in self.by_tender or tx_id in self.confirmed:
+                continue
+            self.by_tender[tender_id] = tx_id
+            self.pending[tx_id] = p
+            n += 1
+        return n
+
     def resend(self, now: float, timeout_s: float) -> list[dict[str, Any]]:
         """Unconfirmed transactions to send again (same payload) until their tender expires."""
         out = []

@@ -159,6 +159,7 @@ class AgentService:
         self._seen_notes: dict[tuple[str, str], float] = {}
         self._silent_reported: set[DeviceKey] = set()
         self._publish_window = asyncio.Semaphore(PUBLISH_WINDOW)
+        self._journaled: set[str] = set()  # sites whose transaction journal may hold entries
         self._dirty: set[str] = set()  # sites whose state file is behind (written every tick)
         self._pruned_at = -1e18
         # One thread for every solve: HiGHS keeps per-thread scheduler state, and the event loop
@@ -297,6 +298,14 @@ class AgentService:
                 except (ValueError, TypeError, KeyError) as exc:
                     log.error("%s: agent state not usable (%s); starting afresh", site, exc)
                     agent = SiteAgent(self.sites[site], self.options.agent, self.outdoor)
+            journal = self.store.load_sent(site)
+            if journal:
+                adopted = agent.book.adopt_sent(journal)
+                if adopted:
+                    log.info("%s: %d transaction(s) sent by the last owner after its last state write, "
+                             "taken from its journal", site, adopted)
+                self._journaled.add(site)
+                self._save(site)
             self.agents[site] = agent
         if gained or lost:
             self.stats.ownership_changes += 1
@@ -407,6 +416,15 @@ class AgentService:
                 self._in_flight -= 1
 
     async def _send_transactions(self, site: str, txs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> None:
+        agent = self.agents.get(site)
+        if txs and agent is not None:
+            # write-ahead, before the first await: a kill -9 after this leaves the next owner
+            # knowing the tender is taken (store.py)
+            try:
+                self.store.append_sent(site, agent.book.journal([tx["transactionId"] for tx in txs]))
+                self._journaled.add(site)
+            except OSError as exc:
+                log.error("%s: could not journal transactions: %s", site, exc)
         for tx in txs:
             await self._publish(wire.site_topic(site, wire.TRANSACTION), wire.encode(wire.TRANSACTION, tx))
             self.stats.transactions_sent += 1
@@ -451,6 +469,9 @@ class AgentService:
         text = agent.state_text({"seq": {d: self.dispatcher.last_seq(site, d) for d in agent.cfg.relays}})
         try:
             self.store.save_text(site, text)
+            if site in self._journaled:
+                self._journaled.discard(site)
+                self.store.clear_sent(site)  # the state file now holds what the journal held
         except OSError as exc:
             log.error("%s: could not save agent state: %s", site, exc)
 

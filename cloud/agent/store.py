@@ -10,10 +10,17 @@ transaction ids keep that safe, only the position of the day's earlier trades is
 Written with write-to-temp + rename: a reader (or a kill -9) sees the old file or the new one,
 never half of one. No fsync: a killed process loses nothing (the page cache survives it); a
 power cut may lose the last interval's write, which the same two properties cover.
+
+The state file is written a little after each change (the service batches writes per tick), so
+beside it each site has a write-ahead journal of the transactions sent since: appended before a
+transaction goes on the wire, emptied when the state file is written. Without it a kill -9 between
+sending and writing let the next owner decide the same tender again, under the same derived
+transactionId but with another quantity, which the market rightly refused as a conflict.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -57,3 +64,44 @@ class StateStore:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
+
+    def _sent_path(self, site: str) -> Path:
+        assert self.root is not None
+        return self.root / "sites" / f"{wire.check_id(site, 'site')}.sent"
+
+    def append_sent(self, site: str, entries: list[dict[str, Any]]) -> None:
+        """Journal transactions about to be sent (one JSON line each), before they go on the wire."""
+        if self.root is None or not entries:
+            return
+        with self._sent_path(site).open("a") as f:
+            f.write("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries))
+
+    def load_sent(self, site: str) -> list[dict[str, Any]]:
+        """The journal's entries; a line that does not parse (a torn write) is skipped, logged."""
+        if self.root is None:
+            return []
+        path = self._sent_path(site)
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            log.error("%s: unreadable transaction journal (%s)", path, exc)
+            return []
+        out = []
+        for n, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                log.error("%s:%d: journal line not JSON, skipped", path, n)
+                continue
+            if isinstance(entry, dict):
+                out.append(entry)
+        return out
+
+    def clear_sent(self, site: str) -> None:
+        """Empty the journal: call only after a state file holding its entries was written."""
+        if self.root is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self._sent_path(site).unlink()

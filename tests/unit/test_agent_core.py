@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from tendril_transactive.cloud.agent.core import AgentOptions, SiteAgent
 from tendril_transactive.cloud.agent.dispatch import Dispatcher
 from tendril_transactive.cloud.agent.ownership import owned, owner
 from tendril_transactive.cloud.agent.planner import InProcessPlanner, JobResult
+from tendril_transactive.cloud.agent.store import StateStore
 from tendril_transactive.cloud.devices.registry import DeviceRecord, SiteRecord
 from tendril_transactive.cloud.market.tenders import TenderConfig, build_tenders
 from tendril_transactive.cloud.optimizer.devices import FloatArray
@@ -222,6 +224,38 @@ def test_state_round_trips_through_json() -> None:
     assert b.book.pending.keys() == a.book.pending.keys() and T0 in b.decided
     assert b.last_rt is not None and b.last_rt.index_at(T0 + 300) == 1
     assert b.book.position_kwh(T0, 300) == pytest.approx(a.book.position_kwh(T0, 300))
+
+
+def test_a_journalled_transaction_is_not_decided_again_by_the_next_owner(tmp_path: Path) -> None:
+    """A kill -9 after a transaction went out but before the state file caught up: the next owner
+    reads the stale state file and the journal, and so neither re-decides the tender (same derived
+    id, maybe another quantity: a conflict at the market) nor loses the position."""
+    store = StateStore(tmp_path)
+    a, planner = agent(), InProcessPlanner({"site-1": config().spec})
+    telemetry(a, T0 - 30)
+    store.save_text("site-1", a.state_text())  # the last state write, before the interval
+    d, _ = plan_rt(a, planner, T0)
+    [tx] = d.transactions
+    store.append_sent("site-1", a.book.journal([tx["transactionId"]]))
+    with store._sent_path("site-1").open("a") as f:
+        f.write('{"payload": {"torn')  # a write cut short is skipped, not fatal
+    # ... killed here. The next owner, with a site that would buy another quantity:
+    b = agent()
+    data = store.load("site-1")
+    assert data is not None
+    b.load_json(data, T0 - 4)
+    assert b.book.adopt_sent(store.load_sent("site-1")) == 1
+    assert b.book.adopt_sent(store.load_sent("site-1")) == 0, "adopting twice changes nothing"
+    assert b.book.pending[tx["transactionId"]].payload == tx
+    assert b.book.position_kwh(T0, 300) == pytest.approx(tx["quantity"]), "the journalled trade counts"
+    telemetry(b, T0 - 30, meter_w=4000.0)
+    d2, _ = plan_rt(b, InProcessPlanner({"site-1": config().spec}), T0)
+    assert tx["tenderId"] not in [t["tenderId"] for t in d2.transactions], "the tender was decided again"
+    assert b.book.resend(T0 + 26, 30.0) == [tx], "the journalled one is resent byte for byte"
+    store.save_text("site-1", b.state_text())
+    store.clear_sent("site-1")
+    assert store.load_sent("site-1") == []
+    store.clear_sent("site-1")  # nothing to clear is fine
 
 
 def test_state_text_is_the_json_state_with_the_cached_plans_spliced_in() -> None:
