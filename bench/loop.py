@@ -1,7 +1,7 @@
 """Transactive-loop benchmark: `tendril market` and `tendril agent` as processes, N sites.
 
     python bench/loop.py [--sites 1000] [--intervals 3] [--speed 10] [--rt-lead-s 240]
-                         [--telemetry-s 10] [--profile-agent FILE]
+                         [--rt-spread-wall-s 20] [--telemetry-s 10] [--profile-agent FILE]
 
 Starts its own Mosquitto (hil/servers.py), registers N sites (a meter and a pump relay each,
 pump 4 h/day) in a registry of its own, runs one process of lightweight simulated devices for
@@ -389,7 +389,8 @@ def run(args: argparse.Namespace, tmp: Path) -> Result:
         wait_until(owned, "the agent workers owning every site once", procs, 300)
         market = spawn("market", [*py, "-m", command.MODULE, "market", "--registry", str(tmp / "registry"),
                                   "--broker", broker.url, "--ledger", f"sqlite:///{tmp / 'ledger.db'}",
-                                  "--rt-lead-s", repr(args.rt_lead_s), "--state-dir", str(tmp / "market"),
+                                  "--rt-lead-s", repr(args.rt_lead_s), "--rt-spread-s", repr(spread_sim(args)),
+                                  "--state-dir", str(tmp / "market"),
                                   "--health-s", "5"], env, tmp)  # fmt: skip
         procs.append(market)
         pids = {"agent": agent.proc.pid, "market": market.proc.pid, "devices": devices.proc.pid,
@@ -477,7 +478,8 @@ def report(r: Result, args: argparse.Namespace) -> list[str]:
     a50, a99 = quantile(r.to_ack, 0.5), quantile(r.to_ack, 0.99)
     lines = [
         f"Loop benchmark: {n:,} sites (meter + pump relay each), {k} real-time interval(s) measured, clock x"
-        f"{args.speed:g}, tenders {args.rt_lead_s:g} s (simulated) ahead, telemetry every {args.telemetry_s:g} s "
+        f"{args.speed:g}, tenders {args.rt_lead_s:g} s (simulated) ahead, spread over {args.rt_spread_wall_s:g} wall s "
+        f"({spread_sim(args):g} simulated), telemetry every {args.telemetry_s:g} s "
         f"(simulated); agent workers {args.agent_workers}, solver processes {args.agent_solver_processes}; "
         f"Mosquitto, market, agent, devices and this observer "
         f"share {os.cpu_count()} cores",
@@ -521,6 +523,10 @@ def report(r: Result, args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def spread_sim(args: argparse.Namespace) -> float:
+    return float(args.rt_spread_wall_s * args.speed)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, default=1000)
@@ -528,6 +534,9 @@ def main() -> int:
     parser.add_argument("--speed", type=float, default=10.0, help="simulated seconds per real second")
     parser.add_argument("--rt-lead-s", type=float, default=240.0,
                         help="the market publishes real-time tenders this long (simulated s) before the interval")
+    parser.add_argument("--rt-spread-wall-s", type=float, default=20.0,
+                        help="the market spreads each real-time batch over this many wall seconds (its --rt-spread-s "
+                             "is this times --speed; default: `tendril market`'s 20 s on a real clock; 0: at once)")
     parser.add_argument("--telemetry-s", type=float, default=10.0, help="simulated s between a device's reports")
     parser.add_argument("--warmup-timeout-s", type=float, default=900.0, help="wall seconds for the warm-up")
     parser.add_argument("--agent-workers", type=int, default=1,
@@ -540,6 +549,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.sites < 1 or args.intervals < 1 or args.agent_workers < 1 or not 0 < args.rt_lead_s < STEP_S:
         parser.error("--sites, --intervals and --agent-workers must be >= 1 and --rt-lead-s in (0, 300)")
+    if not 0 <= spread_sim(args) < args.rt_lead_s:
+        parser.error(f"--rt-spread-wall-s x --speed must be in [0, --rt-lead-s): {spread_sim(args):g} simulated s")
     if args.profile_agent and args.agent_workers > 1:
         parser.error("--profile-agent profiles one worker: leave out --agent-workers")
     for binary in ("mosquitto", "mosquitto_pub", "mosquitto_sub"):

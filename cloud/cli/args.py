@@ -31,3 +31,16 @@ def positive_float(name: str) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def non_negative_float(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number >= 0, got {text!r}") from None
+        if not (value >= 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{name} must be a number >= 0, got {text}")
+        return value
+
+    return parse

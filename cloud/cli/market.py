@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tendril_transactive.cloud.cli.args import positive_float
+from tendril_transactive.cloud.cli.args import non_negative_float, positive_float
 from tendril_transactive.cloud.cli.service_log import progress_logging
 from tendril_transactive.cloud.settings import (
     DEFAULT_BROKER,
@@ -93,6 +93,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="local hour (America/Los_Angeles) at which the next day's day-ahead tenders go out")
     p.add_argument("--rt-lead-s", type=positive_float("--rt-lead-s"), default=60.0,
                    help="publish each real-time tender this many clock seconds before its interval")
+    p.add_argument("--rt-spread-s", type=non_negative_float("--rt-spread-s"), default=20.0,
+                   help="spread a real-time batch over this many clock seconds after it opens, each site "
+                        "at a fixed offset from its id, so agents answer a steady stream, not one burst "
+                        "(0: every site at once; must be below --rt-lead-s)")
     p.add_argument("--settle-delay-intervals", type=_intervals, default=2,
                    help="settle an interval this many 5-minute steps after it ends (late telemetry)")
     p.add_argument("--da-quantity-kwh", type=positive_float("--da-quantity-kwh"), default=20.0,
@@ -122,7 +126,7 @@ def run_market(args: argparse.Namespace) -> int:
         if influx_url:
             check_http_url(influx_url)
         pricing = StaticFeederRatios(parse_feeder_ratios(args.feeder_ratio), args.default_feeder_ratio)
-        config = MarketConfig(da_hour=args.da_hour, rt_lead_s=args.rt_lead_s,
+        config = MarketConfig(da_hour=args.da_hour, rt_lead_s=args.rt_lead_s, rt_spread_s=args.rt_spread_s,
                               settle_delay_intervals=args.settle_delay_intervals,
                               da_quantity_kwh=args.da_quantity_kwh, rt_quantity_kwh=args.rt_quantity_kwh)
         source = make_source(args.prices, args.node)

@@ -6,8 +6,13 @@ Pure: every function takes `now` and inputs and returns what is due or what to p
   before (default 10:00), BUY and SELL per hour of D, each expiring when its hour starts
   (a forward transaction). A service that starts after 10:00 publishes the next day's batch at
   once, and today's too if it never went out (its hours that already started are left out).
-* Real-time (RTM): one batch per 5-minute interval S, published `rt_lead_s` before S and
-  expiring at S.
+* Real-time (RTM): one batch per 5-minute interval S, opened `rt_lead_s` before S and
+  expiring at S. Each site's tenders go out `rt_offset` after the batch opens: a fixed share of
+  `rt_spread_s` from a digest of the site id, in whole seconds. Spreading the batch is what keeps
+  one agent's answers within seconds of their tenders at a thousand sites: all at once, every
+  site waits for the whole round of solves (docs/loop-bench.md, runs l-n); OpenADR 2.0b spreads
+  event starts across VENs (randomizeStart) for the same reason. The same site always gets the
+  same offset, so a restarted market keeps it.
 
 Every tender is built with the batch's *nominal* publication time as `now`, never the wall
 clock's, so building the same batch again (after a restart) gives the same tenders and the
@@ -17,6 +22,8 @@ same ids (tenders.tender_id digests the whole offer).
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,12 +41,14 @@ HOUR_S = 3600
 # forecast by persistence: the latest 5-minute price up to this old, else the day-ahead hour.
 RT_PERSISTENCE_S = 3600
 PARTY_ID = "tendril-utility"
+RT_SPREAD_STEP_S = 1.0  # a site's offset in the spread is a whole number of these
 
 
 @dataclass(frozen=True)
 class MarketConfig:
     da_hour: int = 10  # local hour at which the next day's day-ahead tenders go out
     rt_lead_s: float = 60.0  # real-time tenders go out this long before their interval
+    rt_spread_s: float = 0.0  # ... each site's up to this much later (rt_offset); `tendril market`: 20 s
     settle_delay_intervals: int = 2  # settle an interval this many 5-minute steps after it ends
     settle_give_up_s: float = 86400.0  # an interval without meter data this long after its end stays unsettled
     da_quantity_kwh: float = 20.0  # most a site may take of one day-ahead tender
@@ -52,6 +61,9 @@ class MarketConfig:
             raise ValueError(f"da_hour must be a local hour 0..23, got {self.da_hour!r}")
         if not (math.isfinite(self.rt_lead_s) and 0 < self.rt_lead_s <= 3600):
             raise ValueError(f"rt_lead_s must be in (0, 3600], got {self.rt_lead_s}")
+        if not (math.isfinite(self.rt_spread_s) and 0 <= self.rt_spread_s < self.rt_lead_s):
+            raise ValueError(f"rt_spread_s must be in [0, rt_lead_s = {self.rt_lead_s:g}), got {self.rt_spread_s}: "
+                             "the last site's tenders must go out before they expire")
         if not (isinstance(self.settle_delay_intervals, int) and 0 <= self.settle_delay_intervals <= 288):
             raise ValueError(f"settle_delay_intervals must be 0..288, got {self.settle_delay_intervals!r}")
         for name in ("da_quantity_kwh", "rt_quantity_kwh", "settle_give_up_s"):
@@ -90,6 +102,23 @@ def rt_batch(start: int, cfg: MarketConfig) -> Batch:
     return Batch(RTM, start, start + RT_STEP_S, start - cfg.rt_lead_s)
 
 
+@functools.lru_cache(maxsize=65536)
+def _share(site: str) -> float:
+    return int.from_bytes(hashlib.sha256(site.encode()).digest()[:8], "big") / 2.0 ** 64
+
+
+def rt_offset(site: str, cfg: MarketConfig) -> float:
+    """How long after a real-time batch opens this site's tenders go out: in [0, rt_spread_s)."""
+    if cfg.rt_spread_s <= 0:
+        return 0.0
+    return math.floor(_share(site) * cfg.rt_spread_s / RT_SPREAD_STEP_S) * RT_SPREAD_STEP_S
+
+
+def rt_site_due(batch: Batch, site: str, now: float, cfg: MarketConfig) -> bool:
+    """Whether this site's share of an open batch is due at `now` (always for a day-ahead one)."""
+    return batch.market != RTM or batch.publish_at + rt_offset(site, cfg) <= now
+
+
 def due_batches(now: float, cfg: MarketConfig) -> list[Batch]:
     """Every batch whose publication time has come and whose tenders can still be taken,
     real-time first: a real-time tender has minutes to live, the day-ahead batch (a whole day of
@@ -106,13 +135,19 @@ def due_batches(now: float, cfg: MarketConfig) -> list[Batch]:
 
 
 def next_publication(now: float, cfg: MarketConfig) -> float:
-    """The earliest publication time after `now` (to sleep until)."""
+    """The earliest publication time after `now` (to sleep until): a batch opening, or the next
+    step of an open real-time batch's spread."""
     s = (math.floor(now / RT_STEP_S) + 1) * RT_STEP_S
+    times = []
     while s - cfg.rt_lead_s <= now:
+        opened = s - cfg.rt_lead_s
+        step = opened + (math.floor((now - opened) / RT_SPREAD_STEP_S) + 1) * RT_SPREAD_STEP_S
+        if step < opened + cfg.rt_spread_s:
+            times.append(step)
         s += RT_STEP_S
     today = dt.datetime.fromtimestamp(now, LOCAL_TZ).date()
     days = [day_batch(today + dt.timedelta(days=k), cfg).publish_at for k in (1, 2)]
-    return min([s - cfg.rt_lead_s, *[d for d in days if d > now]])
+    return min([s - cfg.rt_lead_s, *times, *[d for d in days if d > now]])
 
 
 def rt_price(start: int, rtm: Sequence[PriceInterval], dam: Sequence[PriceInterval]) -> PriceInterval | None:

@@ -47,6 +47,7 @@ from tendril_transactive.cloud.market.schedule import (
     due_batches,
     next_publication,
     rt_price,
+    rt_site_due,
 )
 from tendril_transactive.cloud.market.sources import PriceSource, PriceSourceError, ReplayPrices
 from tendril_transactive.cloud.mqtt.window import PUBLISH_WINDOW, windowed_client
@@ -311,7 +312,10 @@ class MarketService:
 
     async def _publish_due(self, client: aiomqtt.Client, sites: Sequence[SiteRecord]) -> None:
         now = self.clock.now()
-        for batch, waiting in self.core.due(due_batches(now, self.config), sites):
+        for batch, all_waiting in self.core.due(due_batches(now, self.config), sites):
+            waiting = [site for site in all_waiting if rt_site_due(batch, site.site, now, self.config)]
+            if not waiting:
+                continue  # a real-time batch whose next sites come later in its spread
             if batch.market == DAM:
                 key = (batch.market, batch.start)
                 if key not in self._day_ahead:
@@ -321,7 +325,7 @@ class MarketService:
                 continue
             prices = await self._batch_prices(batch)
             if prices is not None:
-                await self._publish_batch(client, batch, waiting, prices)
+                await self._publish_batch(client, batch, waiting, prices, rest=len(all_waiting) - len(waiting))
 
     async def _publish_day_ahead(self, client: aiomqtt.Client, batch: Batch, waiting: Sequence[SiteRecord]) -> None:
         prices = await self._batch_prices(batch)
@@ -337,7 +341,8 @@ class MarketService:
             self._background_error = task.exception()  # e.g. the ledger: stop, as in the loop
 
     async def _publish_batch(self, client: aiomqtt.Client, batch: Batch, waiting: Sequence[SiteRecord],
-                             prices: list[Any]) -> None:
+                             prices: list[Any], rest: int = 0) -> None:
+        """`rest`: sites of a real-time batch still to come in its spread (logged at debug till 0)."""
         now = self.clock.now()
         # One ledger write for the batch's tenders of every site, then every publication at
         # once (bench/loop.py: a write and a PUBACK wait per site held the last site's tenders
@@ -352,8 +357,8 @@ class MarketService:
                                    for site, tenders, _ in offers for tender in tenders])
         self.stats.tenders_published += sum(len(tenders) for _, tenders, _ in offers)
         self.stats.tenders_recorded += len(items)
-        log.info("market: published %s tenders for %s to %d site(s)", batch.market,
-                 _window(batch), len(waiting))
+        log.log(logging.DEBUG if rest else logging.INFO, "market: published %s tenders for %s to %d site(s)%s",
+                batch.market, _window(batch), len(waiting), f", {rest} later in the spread" if rest else "")
 
     async def _batch_prices(self, batch: Batch) -> list[Any] | None:
         try:

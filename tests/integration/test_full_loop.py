@@ -43,6 +43,7 @@ from tendril_transactive.cloud.demo.fleet import DemoSite, make_sites
 from tendril_transactive.cloud.devices.mosquitto import password_hash
 from tendril_transactive.cloud.devices.registry import Registry
 from tendril_transactive.cloud.ledger.chain import Ledger
+from tendril_transactive.cloud.market.schedule import MarketConfig, rt_offset
 from tendril_transactive.cloud.market.tenders import LOCAL_TZ
 from tendril_transactive.edge.clock import SimClock
 from tendril_transactive.hil.servers import (
@@ -67,6 +68,7 @@ END = START + HOURS * 3600
 KILL_AT = START + 12 * 3600  # mid-day: kill -9 market and one agent worker once this interval is tendered
 STARTUP_S = 40.0  # wall seconds until simulated START: broker, 40 nodes, services up and subscribed
 RT_LEAD_S = 290.0  # tenders go out 290 s (~1 wall second) before their interval
+RT_SPREAD_S = 20.0  # ... each site's up to 20 s later (the market's default spread)
 STEP = 300
 TX_REASONS = {wire.TX_REFUSE_UNKNOWN, wire.TX_REFUSE_WRONG_PARTY, wire.TX_REFUSE_EXPIRED, wire.TX_REFUSE_OVER_QUANTITY,
               wire.TX_REFUSE_BAD_QUANTITY, wire.TX_REFUSE_MALFORMED, wire.TX_REFUSE_CONFLICT}
@@ -301,8 +303,9 @@ def full_run(micropython: str) -> Iterator[Run]:
         print(f"\nstartup: 40 nodes online after {online_s:.1f} s, agent workers after "
               f"{time.monotonic() - wall0:.1f} s (wall)")
         market_argv = ["market", *reg, "--username", "tendril-market", "--ledger", postgres.url,
-                       "--influx-url", victoria.url, "--rt-lead-s", str(RT_LEAD_S), "--feeder-ratio", "feeder-b=0.95",
-                       "--default-feeder-ratio", "0.55", "--state-dir", str(base / "market"), "--health-s", "2"]
+                       "--influx-url", victoria.url, "--rt-lead-s", str(RT_LEAD_S), "--rt-spread-s", str(RT_SPREAD_S),
+                       "--feeder-ratio", "feeder-b=0.95", "--default-feeder-ratio", "0.55",
+                       "--state-dir", str(base / "market"), "--health-s", "2"]
         _start(run, "market", market_argv, secrets["market"])
         assert clock.now() < START - RT_LEAD_S - 600, "startup ran into the day: raise STARTUP_S"
 
@@ -334,7 +337,7 @@ def full_run(micropython: str) -> Iterator[Run]:
         def all_settled() -> bool:
             with Ledger(postgres.url) as ledger:
                 n = sum(1 for r in ledger.records("settlement") if START <= r.body["intervalStart"] < END)
-            return n >= SITES * (HOURS * 12 - len(_outage_intervals(run)))
+            return n >= SITES * HOURS * 12 - len(_outage(run))
 
         _wait(lambda: clock.now() > END, lambda: "end of day", (END - clock.now()) / SPEED + 60)
         def unsettled() -> str:
@@ -343,9 +346,8 @@ def full_run(micropython: str) -> Iterator[Run]:
                         if "intervalStart" in r.body}
                 rt = {(r.site, int(r.body["intervalStart"])) for r in ledger.records("tender")
                       if r.body["marketId"] == "RTM"}
-            outage = _outage_intervals(run)
-            want = {(s.site, int(START + STEP * k)) for s in run.sites for k in range(HOURS * 12)} - {
-                (s.site, o) for s in run.sites for o in outage}
+            outage = _outage(run)
+            want = {(s.site, int(START + STEP * k)) for s in run.sites for k in range(HOURS * 12)} - outage
             missing = sorted(want - done)
             untendered = sorted(m for m in missing if m not in rt)
             when = sorted({dt.datetime.fromtimestamp(t, LOCAL_TZ).strftime("%H:%M") for _, t in missing})
@@ -396,12 +398,15 @@ def full_run(micropython: str) -> Iterator[Run]:
 # ---------------------------------------------------------------- what the run shows
 
 
-def _outage_intervals(run: Run) -> set[int]:
-    """Intervals whose whole publication window [S - lead, S) fell while the market was down
-    (kill -9 to its restarted self's first tender): nobody could have published them. At 300x a
-    restart of ~2 wall seconds is ~600 simulated seconds; at 1x it is two seconds of a 290 s lead."""
-    return {int(START + STEP * k) for k in range(HOURS * 12)
-            if run.kill_t <= START + STEP * k - RT_LEAD_S and START + STEP * k <= run.back_t}
+def _outage(run: Run) -> set[tuple[str, int]]:
+    """(site, interval) whose whole publication window [S - lead + the site's offset in the spread,
+    S) fell while the market was down (kill -9 to its restarted self's first tender): nobody could
+    have published them. At 300x a restart of ~2 wall seconds is ~600 simulated seconds; at 1x it is
+    two seconds of a 290 s lead."""
+    spread = MarketConfig(rt_lead_s=RT_LEAD_S, rt_spread_s=RT_SPREAD_S)
+    return {(s.site, int(START + STEP * k)) for s in run.sites for k in range(HOURS * 12)
+            if run.kill_t <= START + STEP * k - RT_LEAD_S + rt_offset(s.site, spread)
+            and START + STEP * k <= run.back_t}
 
 
 def _records(run: Run, kind: str) -> list[Any]:
@@ -428,11 +433,11 @@ def test_every_real_time_tender_was_published(full_run: Run) -> None:
     rt = {(t["counterPartyId"], t["intervalStart"], t["side"]) for t in tenders if t["marketId"] == "RTM"}
     want = {(s.site, int(START + STEP * k), side) for s in run.sites for k in range(HOURS * 12)
             for side in (wire.SIDE_BUY, wire.SIDE_SELL)}
-    outage = _outage_intervals(run)
+    outage = _outage(run)
     missing = sorted(want - rt)
-    print(f"\nmarket down {run.back_t - run.kill_t:.0f} s (simulated): {len(outage)} interval(s) not tendered")
-    assert len(outage) <= 1 + (run.back_t - run.kill_t) // STEP
-    unexplained = [m for m in missing if m[1] not in outage]
+    print(f"\nmarket down {run.back_t - run.kill_t:.0f} s (simulated): {len(outage)} site interval(s) not tendered")
+    assert len({start for _, start in outage}) <= 1 + (run.back_t - run.kill_t) // STEP
+    unexplained = [m for m in missing if m[:2] not in outage]
     assert not unexplained, f"{len(unexplained)} real-time tenders never published, e.g. {unexplained[:5]}"
     # ... and went out on the wire, each id always with the same terms (also across the restart)
     wire_copies: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -529,7 +534,7 @@ def test_each_bill_from_the_ledger_equals_a_recomputation_from_the_meters_and_te
                for t in (r.body for r in _records(run, "tender")) if t["marketId"] == "RTM"}
     txs = [r.body for r in _records(run, "transaction")]
     settlements = [r.body for r in _records(run, "settlement") if START <= r.body["intervalStart"] < END]
-    outage = _outage_intervals(run)
+    outage = _outage(run)
     lines = []
     for site in run.sites:
         record = run.registry.site(site.site)
@@ -541,7 +546,7 @@ def test_each_bill_from_the_ledger_equals_a_recomputation_from_the_meters_and_te
         mine = [b for b in settlements if b["site"] == site.site]
         starts = [b["intervalStart"] for b in mine]
         # every interval with real-time tenders is settled exactly once (none without: no price)
-        tendered = [int(START + STEP * k) for k in range(HOURS * 12) if int(START + STEP * k) not in outage]
+        tendered = [s for s in (int(START + STEP * k) for k in range(HOURS * 12)) if (site.site, s) not in outage]
         assert sorted(starts) == tendered, f"{site.site}: not every tendered interval settled exactly once"
         site_txs = [t for t in txs if t["site"] == site.site]
         ours = 0.0

@@ -23,7 +23,9 @@ from tendril_transactive.cloud.market.schedule import (
     due_batches,
     next_publication,
     rt_batch,
+    rt_offset,
     rt_price,
+    rt_site_due,
 )
 from tendril_transactive.cloud.market.settle import metered_kwh, register_at
 from tendril_transactive.cloud.market.tenders import LOCAL_TZ
@@ -68,6 +70,27 @@ def test_due_batches_before_and_after_the_day_ahead_hour() -> None:
     assert next_publication(RT_S - 61, CFG) == RT_S - 60
     # just past the 10:00 RT publication (10:00 - 1 s): the next is the day-ahead batch at 10:00
     assert next_publication(local(2024, 3, 12, 10, 0) - 0.5, MarketConfig(rt_lead_s=1)) == local(2024, 3, 12, 10)
+
+
+def test_a_spread_real_time_batch_goes_out_site_by_site_at_fixed_whole_second_offsets() -> None:
+    spread = MarketConfig(rt_lead_s=60, rt_spread_s=20)
+    sites = [f"site-{i}" for i in range(400)]
+    offsets = {s: rt_offset(s, spread) for s in sites}
+    assert all(0 <= o < 20 and o == int(o) for o in offsets.values())
+    assert len(set(offsets.values())) == 20, "400 sites use every second of a 20 s spread"
+    assert offsets == {s: rt_offset(s, MarketConfig(rt_lead_s=60, rt_spread_s=20)) for s in sites}, "fixed"
+    assert all(rt_offset(s, CFG) == 0 for s in sites), "no spread by default in the library"
+    batch = rt_batch(RT_S, spread)
+    late = max(sites, key=offsets.__getitem__)
+    assert rt_site_due(batch, late, batch.publish_at + offsets[late], spread)
+    assert not rt_site_due(batch, late, batch.publish_at + offsets[late] - 0.5, spread)
+    assert rt_site_due(day_batch(dt.date(2024, 3, 13), spread), late, T11, spread), "day-ahead: not spread"
+    # the tick wakes at each second of an open batch's spread, then at the next batch's opening
+    assert next_publication(RT_S - 60, spread) == RT_S - 59
+    assert next_publication(RT_S - 41.5, spread) == RT_S - 41
+    assert next_publication(RT_S - 41, spread) == RT_S + 300 - 60
+    with pytest.raises(ValueError, match="rt_spread_s must be in"):
+        MarketConfig(rt_lead_s=10, rt_spread_s=10)
 
 
 def test_dst_day_has_23_day_ahead_hours() -> None:
