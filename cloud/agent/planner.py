@@ -19,6 +19,7 @@ stays the same: failures come back as results with `error`, never as exceptions.
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,11 @@ class Planner(Protocol):
         """Solve every job; one result per job, failures as results with `error` set."""
         ...
 
+    def cancel(self) -> None:
+        """Stop soon: a plan() under way answers its remaining jobs with an error (the service
+        is stopping), so a SIGTERM does not wait out a chunk's time limits one after another."""
+        ...
+
     def close(self) -> None:
         ...
 
@@ -49,6 +55,7 @@ class InProcessPlanner:
         self._runner = HighsRunner(time_limit_s=time_limit_s)
         self._planners: dict[str, SitePlanner] = {}
         self.time_limit_s = time_limit_s
+        self._cancelled = threading.Event()
 
     def add(self, spec: SiteSpec) -> None:
         if self._specs.get(spec.site) != spec:
@@ -63,6 +70,9 @@ class InProcessPlanner:
         out = []
         for job in jobs:
             t0 = time.perf_counter()
+            if self._cancelled.is_set():
+                out.append(JobResult(job.site, job.mode, None, "cancelled: the agent is stopping", 0.0))
+                continue
             try:
                 planner = self._planners.get(job.site)
                 if planner is None:
@@ -79,6 +89,9 @@ class InProcessPlanner:
                 tb = traceback.format_exception_only(exc)[-1].strip()
                 out.append(JobResult(job.site, job.mode, None, f"internal: {tb}", time.perf_counter() - t0))
         return out
+
+    def cancel(self) -> None:
+        self._cancelled.set()
 
     def close(self) -> None:
         self._planners.clear()
@@ -98,6 +111,9 @@ class PoolPlanner:
             if (job.site, job.mode) not in seen:
                 results.append(JobResult(job.site, job.mode, None, report.failed.get(job.site, "no result"), 0.0))
         return results
+
+    def cancel(self) -> None:
+        """Nothing to do before close(), which ends the worker processes (and a solve under way)."""
 
     def close(self) -> None:
         self._pool.close()

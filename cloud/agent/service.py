@@ -210,6 +210,7 @@ class AgentService:
         # time limit), then the planner: closing a PoolPlanner under a thread that waits on its
         # pipes left that thread waiting out the job's whole budget, and the interpreter joins
         # it at exit, so a SIGTERM sometimes took 20 s.
+        self.planner.cancel()
         await asyncio.to_thread(self._solver_thread.shutdown, True, cancel_futures=True)
         self.planner.close()
         self._write_stats()

@@ -350,3 +350,16 @@ def test_forecast_series_looked_up_per_hour_equal_the_step_by_step_ones(with_day
                                   _pump_per_step(a, start, steps, step_s, start - 5))
             per_step = [a.cfg.subscribed_kwh(start + k * step_s, step_s) for k in range(steps)]
             assert np.array_equal(a.cfg.subscribed_series(start, steps, step_s), np.array(per_step))
+
+
+def test_a_cancelled_planner_answers_its_remaining_jobs_with_an_error_at_once() -> None:
+    """SIGTERM: the service cancels the planner before waiting for its solver thread, so a chunk of
+    jobs does not run out its time limits one after another."""
+    a, planner = agent(), InProcessPlanner({"site-1": config().spec})
+    telemetry(a, T0 - 30)
+    for t in tenders(T0):
+        a.on_tender(t, T0 - 5)
+    job, _ = a.rt_job(T0 - 5, T0)
+    planner.cancel()
+    [result] = planner.plan([job])
+    assert result.schedule is None and result.error == "cancelled: the agent is stopping"
