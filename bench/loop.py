@@ -523,6 +523,9 @@ def report(r: Result, args: argparse.Namespace) -> list[str]:
     return lines
 
 
+DEFAULT_SPREAD_WALL_S = 20.0  # `tendril market --rt-spread-s`'s default, on a real clock
+
+
 def spread_sim(args: argparse.Namespace) -> float:
     return float(args.rt_spread_wall_s * args.speed)
 
@@ -534,9 +537,10 @@ def main() -> int:
     parser.add_argument("--speed", type=float, default=10.0, help="simulated seconds per real second")
     parser.add_argument("--rt-lead-s", type=float, default=240.0,
                         help="the market publishes real-time tenders this long (simulated s) before the interval")
-    parser.add_argument("--rt-spread-wall-s", type=float, default=20.0,
+    parser.add_argument("--rt-spread-wall-s", type=float, default=None,
                         help="the market spreads each real-time batch over this many wall seconds (its --rt-spread-s "
-                             "is this times --speed; default: `tendril market`'s 20 s on a real clock; 0: at once)")
+                             "is this times --speed; default: `tendril market`'s 20 s on a real clock, at most half "
+                             "of --rt-lead-s; 0: at once)")
     parser.add_argument("--telemetry-s", type=float, default=10.0, help="simulated s between a device's reports")
     parser.add_argument("--warmup-timeout-s", type=float, default=900.0, help="wall seconds for the warm-up")
     parser.add_argument("--agent-workers", type=int, default=1,
@@ -549,6 +553,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.sites < 1 or args.intervals < 1 or args.agent_workers < 1 or not 0 < args.rt_lead_s < STEP_S:
         parser.error("--sites, --intervals and --agent-workers must be >= 1 and --rt-lead-s in (0, 300)")
+    if not args.speed > 0:
+        parser.error(f"--speed must be > 0, got {args.speed:g}")
+    if args.rt_spread_wall_s is None:
+        args.rt_spread_wall_s = min(DEFAULT_SPREAD_WALL_S, args.rt_lead_s / 2 / args.speed)
     if not 0 <= spread_sim(args) < args.rt_lead_s:
         parser.error(f"--rt-spread-wall-s x --speed must be in [0, --rt-lead-s): {spread_sim(args):g} simulated s")
     if args.profile_agent and args.agent_workers > 1:

@@ -10,7 +10,7 @@ Pure: every function takes `now` and inputs and returns what is due or what to p
   expiring at S. Each site's tenders go out `rt_offset` after the batch opens: a fixed share of
   `rt_spread_s` from a digest of the site id, in whole seconds. Spreading the batch is what keeps
   one agent's answers within seconds of their tenders at a thousand sites: all at once, every
-  site waits for the whole round of solves (docs/loop-bench.md, runs l-n); OpenADR 2.0b spreads
+  site waits for the whole round of solves (docs/loop-bench.md, runs l and m); OpenADR 2.0b spreads
   event starts across VENs (randomizeStart) for the same reason. The same site always gets the
   same offset, so a restarted market keeps it.
 
