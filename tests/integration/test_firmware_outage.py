@@ -156,7 +156,14 @@ def test_outage_of_60_device_seconds_loses_and_repeats_nothing(
 
     readings = observer.telemetry()
     seqs = [int(str(m["seq"])) for m in readings]
-    assert len(seqs) == len(set(seqs)), f"repeated seqs: {sorted(s for s in set(seqs) if seqs.count(s) > 1)}"
+    # QoS 1 is at least once: the reading the cut followed (seq 4) can reach the observer before its
+    # PUBACK reaches the device (seen on a loaded machine), and the device then rightly sends it
+    # again. That one may come twice; any other repeat is a defect.
+    repeated = sorted(s for s in set(seqs) if seqs.count(s) > 1)
+    assert set(repeated) <= {4} and seqs.count(4) <= 2, f"repeated seqs: {repeated}"
+    if 4 in repeated:
+        again = len(seqs) - 1 - seqs[::-1].index(4)
+        del seqs[again], readings[again]
     assert sorted(seqs) == list(range(len(seqs))), "a seq is missing"
     backlog, live = split_runs(seqs)
     assert backlog == sorted(backlog) and live == sorted(live), f"out of order: {seqs}"
