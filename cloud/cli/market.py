@@ -126,6 +126,9 @@ def run_market(args: argparse.Namespace) -> int:
         if influx_url:
             check_http_url(influx_url)
         pricing = StaticFeederRatios(parse_feeder_ratios(args.feeder_ratio), args.default_feeder_ratio)
+        if args.rt_spread_s >= args.rt_lead_s:
+            raise UsageError(f"--rt-spread-s ({args.rt_spread_s:g}) must be below --rt-lead-s ({args.rt_lead_s:g}): "
+                             "the last site's real-time tenders must go out before they expire")
         config = MarketConfig(da_hour=args.da_hour, rt_lead_s=args.rt_lead_s, rt_spread_s=args.rt_spread_s,
                               settle_delay_intervals=args.settle_delay_intervals,
                               da_quantity_kwh=args.da_quantity_kwh, rt_quantity_kwh=args.rt_quantity_kwh)

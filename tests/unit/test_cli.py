@@ -41,6 +41,8 @@ def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[s
         (["demo", "--sites", "0"], "--sites must be a whole number > 0"),
         (["demo", "--speed", "fast"], "--speed must be a number > 0"),
         (["nonsense"], "invalid choice"),
+        (["market", "--rt-spread-s", "-1"], "--rt-spread-s must be a number >= 0"),
+        (["market", "--rt-lead-s", "30", "--rt-spread-s", "30"], "--rt-spread-s (30) must be below --rt-lead-s (30)"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_reason(argv: list[str], message: str) -> None:
