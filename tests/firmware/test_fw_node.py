@@ -225,6 +225,30 @@ def command(node, seq, state):
     return cmd, tw.decode(tw.ACK, node.uplink._acks[-1])
 
 
+class LateSwitchBoard(RelayBoard):
+    """The output moves 30 s after the command was decided (a slow flash write on a busy host)."""
+
+    def set_relay(self, state):
+        self.t += 30.0
+        self.outputs.append(state)
+
+
+def test_the_minimum_on_time_counts_from_when_the_output_moved():
+    path, _dev = fw_flash.fresh_dir()
+    board = LateSwitchBoard()
+    node = Node(board, config.parse(raw_config(device="r1", type="relay", state_dir=path, min_on_s=120.0)))
+    node.boot(board.now())
+    node._arm_fallback = lambda: None
+    _, ack = command(node, 1, 1)  # decided at T0, the output on at T0 + 30
+    assert ack["ok"] and board.outputs == [1]
+    board.t = T0 + 125.0  # 125 s after the decision, only 95 s after the output moved
+    _, ack = command(node, 2, 0)
+    assert not ack["ok"] and ack["reason"] == tw.REFUSE_MIN_ON and board.outputs == [1]
+    board.t = T0 + 150.0
+    _, ack = command(node, 3, 0)
+    assert ack["ok"] and board.outputs == [1, 0]
+
+
 def test_relay_node_refuses_a_replay_after_reboot_and_writes_flash_only_on_accept():
     path, _dev = fw_flash.fresh_dir()
     board, node = relay_node(path)
