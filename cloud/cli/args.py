@@ -20,27 +20,24 @@ def positive_int(name: str) -> Callable[[str], int]:
     return parse
 
 
-def positive_float(name: str) -> Callable[[str], float]:
+def _float_at_least(name: str, low: float, inclusive: bool) -> Callable[[str], float]:
+    bound = f"{'>=' if inclusive else '>'} {low:g}"
+
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number > 0, got {text!r}") from None
-        if not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{name} must be a number > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"{name} must be a number {bound}, got {text!r}") from None
+        if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+            raise argparse.ArgumentTypeError(f"{name} must be a number {bound}, got {text}")
         return value
 
     return parse
+
+
+def positive_float(name: str) -> Callable[[str], float]:
+    return _float_at_least(name, 0.0, inclusive=False)
 
 
 def non_negative_float(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number >= 0, got {text!r}") from None
-        if not (value >= 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{name} must be a number >= 0, got {text}")
-        return value
-
-    return parse
+    return _float_at_least(name, 0.0, inclusive=True)
