@@ -145,7 +145,9 @@ def test_market_service_end_to_end_with_kill_and_restart(
         da_buy = min((t for t in da if t["side"] == "BUY"), key=lambda t: t["intervalStart"])
         da_sell = next(t for t in agent.find(lambda t: t["marketId"] == "DAM" and t["side"] == "SELL"
                                              and t["counterPartyId"] == "site-1"))
-        site2 = agent.find(lambda t: t["counterPartyId"] == "site-2" and t["marketId"] == "DAM")[0]
+        # site-2's come after site-1's on the wire: wait for them too (not there yet on a loaded machine)
+        site2 = wait_for(lambda: agent.find(lambda t: t["counterPartyId"] == "site-2" and t["marketId"] == "DAM"),
+                         "site-2's DA tenders", proc, log)[0]
         assert site2["price"] > next(t for t in agent.find(
             lambda t: t["counterPartyId"] == "site-1" and t["marketId"] == "DAM"
             and t["side"] == site2["side"] and t["intervalStart"] == site2["intervalStart"]))["price"]
