@@ -284,11 +284,9 @@ class Node:
         # type: (float) -> None
         assert self.relay is not None
         self.board.set_relay(self.relay.relay)
-        # The hold (min on / min off) counts from when the output moved, not from when the
-        # command was decided: between the two lie a flash write and a log line, and on a busy
-        # host at 200x (the HIL anti-short-cycle scenario) a late switch on then an on-time
-        # switch off made an on period shorter than min_on_s on the bench's own clock.
-        self.relay.last_change = max(self.relay.last_change, self.board.now())
+        # on a busy host at 200x (the HIL anti-short-cycle scenario) the hold counted from the
+        # decision made an on period shorter than min_on_s on the bench's own clock
+        self.relay.output_moved(self.board.now())
         self.telemetry(now)  # report a switch at once, not at the next period
 
     def _arm_fallback(self):

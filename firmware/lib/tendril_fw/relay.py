@@ -100,6 +100,13 @@ class RelayNode:
             return 1 << 30
         return self.max_switches_per_hour - len(self.switch_times)
 
+    def output_moved(self, now):
+        # type: (float) -> None
+        """The board moved the output at `now` (at or after the decision): the hold counts from
+        here. Between decision and output lie a flash write and a log line (Node._on_message)."""
+        if now > self.last_change:
+            self.last_change = now
+
     def _switch(self, now, target):
         # type: (float, int) -> bool
         if target == self.relay:
