@@ -57,6 +57,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from tendril_transactive.cloud import command  # noqa: E402
 from tendril_transactive.cloud.devices.registry import Registry, SiteRecord  # noqa: E402
+from tendril_transactive.cloud.settings import DEFAULT_RT_SPREAD_S  # noqa: E402
 from tendril_transactive.edge.clock import SimClock  # noqa: E402
 from tendril_transactive.hil import servers  # noqa: E402
 
@@ -523,9 +524,6 @@ def report(r: Result, args: argparse.Namespace) -> list[str]:
     return lines
 
 
-DEFAULT_SPREAD_WALL_S = 20.0  # `tendril market --rt-spread-s`'s default, on a real clock
-
-
 def spread_sim(args: argparse.Namespace) -> float:
     return float(args.rt_spread_wall_s * args.speed)
 
@@ -556,7 +554,7 @@ def main() -> int:
     if not args.speed > 0:
         parser.error(f"--speed must be > 0, got {args.speed:g}")
     if args.rt_spread_wall_s is None:
-        args.rt_spread_wall_s = min(DEFAULT_SPREAD_WALL_S, args.rt_lead_s / 2 / args.speed)
+        args.rt_spread_wall_s = min(DEFAULT_RT_SPREAD_S, args.rt_lead_s / 2 / args.speed)
     if not 0 <= spread_sim(args) < args.rt_lead_s:
         parser.error(f"--rt-spread-wall-s x --speed must be in [0, --rt-lead-s): {spread_sim(args):g} simulated s")
     if args.profile_agent and args.agent_workers > 1:

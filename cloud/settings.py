@@ -42,6 +42,7 @@ DEFAULT_LEDGER_URL = "sqlite:///tendril-ledger.db"
 DEFAULT_SHARE_GROUP = "tendril-ingest"
 DEFAULT_INFLUX_ORG = "tendril"
 DEFAULT_INFLUX_BUCKET = "tendril"
+DEFAULT_RT_SPREAD_S = 20.0  # `tendril market --rt-spread-s`, the demo, the loop benchmark (MarketConfig's: 0)
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
 

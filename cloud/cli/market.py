@@ -19,6 +19,7 @@ from tendril_transactive.cloud.cli.args import non_negative_float, positive_floa
 from tendril_transactive.cloud.cli.service_log import progress_logging
 from tendril_transactive.cloud.settings import (
     DEFAULT_BROKER,
+    DEFAULT_RT_SPREAD_S,
     ENV_BROKER,
     ENV_CLOCK,
     ENV_INFLUX_URL,
@@ -93,7 +94,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="local hour (America/Los_Angeles) at which the next day's day-ahead tenders go out")
     p.add_argument("--rt-lead-s", type=positive_float("--rt-lead-s"), default=60.0,
                    help="publish each real-time tender this many clock seconds before its interval")
-    p.add_argument("--rt-spread-s", type=non_negative_float("--rt-spread-s"), default=20.0,
+    p.add_argument("--rt-spread-s", type=non_negative_float("--rt-spread-s"), default=DEFAULT_RT_SPREAD_S,
                    help="spread a real-time batch over this many clock seconds after it opens, each site "
                         "at a fixed offset from its id, so agents answer a steady stream, not one burst "
                         "(0: every site at once; must be below --rt-lead-s)")

@@ -50,7 +50,7 @@ from tendril_transactive.cloud.market.schedule import MarketConfig
 from tendril_transactive.cloud.market.service import MarketService
 from tendril_transactive.cloud.market.tenders import TenderConfig, tender_prices
 from tendril_transactive.cloud.mqtt.codec import V311
-from tendril_transactive.cloud.settings import BrokerSettings, parse_broker_url
+from tendril_transactive.cloud.settings import DEFAULT_RT_SPREAD_S, BrokerSettings, parse_broker_url
 from tendril_transactive.cloud.sources.prices import default_prices, prices_between
 from tendril_transactive.cloud.store.sinks import EmbeddedStore, InfluxSink, Sink
 from tendril_transactive.edge.clock import SimClock
@@ -170,7 +170,7 @@ async def _start(run: Run) -> None:
     ratios = {s.feeder: s.feeder_load_ratio for s in run.sites}
     # Real-time tenders go out almost a whole interval ahead: at 1200x, 290 simulated seconds are
     # 0.24 s of wall time for the agent to plan and answer, on a machine running every firmware node.
-    market_cfg = MarketConfig(rt_lead_s=290.0, rt_spread_s=20.0, settle_delay_intervals=2)
+    market_cfg = MarketConfig(rt_lead_s=290.0, rt_spread_s=DEFAULT_RT_SPREAD_S, settle_delay_intervals=2)
     run.market = MarketService(lambda: run.registry.sites, run.as_user("market"), run.ledger,
                                meters=EmbeddedMeterReader(run.store), pricing=StaticFeederRatios(ratios),
                                clock=run.clock, config=market_cfg, client_id="tendril-demo-market",

@@ -48,7 +48,7 @@ RT_SPREAD_STEP_S = 1.0  # a site's offset in the spread is a whole number of the
 class MarketConfig:
     da_hour: int = 10  # local hour at which the next day's day-ahead tenders go out
     rt_lead_s: float = 60.0  # real-time tenders go out this long before their interval
-    rt_spread_s: float = 0.0  # ... each site's up to this much later (rt_offset); `tendril market`: 20 s
+    rt_spread_s: float = 0.0  # ... each site's up to this much later (rt_offset); services: DEFAULT_RT_SPREAD_S
     settle_delay_intervals: int = 2  # settle an interval this many 5-minute steps after it ends
     settle_give_up_s: float = 86400.0  # an interval without meter data this long after its end stays unsettled
     da_quantity_kwh: float = 20.0  # most a site may take of one day-ahead tender

@@ -45,6 +45,7 @@ from tendril_transactive.cloud.devices.registry import Registry
 from tendril_transactive.cloud.ledger.chain import Ledger
 from tendril_transactive.cloud.market.schedule import MarketConfig, rt_offset
 from tendril_transactive.cloud.market.tenders import LOCAL_TZ
+from tendril_transactive.cloud.settings import DEFAULT_RT_SPREAD_S
 from tendril_transactive.edge.clock import SimClock
 from tendril_transactive.hil.servers import (
     LOOPBACK,
@@ -68,7 +69,7 @@ END = START + HOURS * 3600
 KILL_AT = START + 12 * 3600  # mid-day: kill -9 market and one agent worker once this interval is tendered
 STARTUP_S = 40.0  # wall seconds until simulated START: broker, 40 nodes, services up and subscribed
 RT_LEAD_S = 290.0  # tenders go out 290 s (~1 wall second) before their interval
-RT_SPREAD_S = 20.0  # ... each site's up to 20 s later (the market's default spread)
+RT_SPREAD_S = DEFAULT_RT_SPREAD_S  # ... each site's up to 20 s later (the market's default spread)
 STEP = 300
 TX_REASONS = {wire.TX_REFUSE_UNKNOWN, wire.TX_REFUSE_WRONG_PARTY, wire.TX_REFUSE_EXPIRED, wire.TX_REFUSE_OVER_QUANTITY,
               wire.TX_REFUSE_BAD_QUANTITY, wire.TX_REFUSE_MALFORMED, wire.TX_REFUSE_CONFLICT}
